@@ -1,0 +1,594 @@
+"""Load and validate the YAML config into a frozen Config, or raise one ConfigError naming file:line."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from scanner.protocols import ALL_PROTOCOLS, Protocol
+
+DEFAULT_CONCURRENCY = 64
+DEFAULT_INTERVAL = 60.0
+DEFAULT_TIMEOUT = 5.0
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; str() is `PATH:LINE: what is wrong`."""
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        super().__init__(f"{path}:{line}: {message}")
+        self.path = path
+        self.line = line
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A policy: protocols that must be accepted / rejected, and those over which HTTP must answer 2xx/3xx."""
+
+    accept: frozenset[Protocol] = frozenset()
+    reject: frozenset[Protocol] = frozenset()
+    http_ok: frozenset[Protocol] = frozenset()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.accept or self.reject or self.http_ok)
+
+
+@dataclass(frozen=True)
+class HttpCheck:
+    """The HTTP request sent over each accepted handshake (brownout-by-403 detection)."""
+
+    path: str = "/"
+    method: str = "GET"
+    host: str | None = None  # Host header; None means the target's host
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One configured endpoint, with defaults already applied."""
+
+    name: str
+    host: str
+    port: int = 443
+    sni: str | None = None  # None: no SNI (IP literals)
+    labels: tuple[tuple[str, str], ...] = ()
+    interval: float = DEFAULT_INTERVAL
+    timeout: float = DEFAULT_TIMEOUT
+    protocols: tuple[Protocol, ...] = ALL_PROTOCOLS
+    expect: Expectation = field(default_factory=Expectation)
+    http: HttpCheck | None = None
+    line: int = 0  # where the target is defined, for messages
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated config."""
+
+    path: str
+    targets: tuple[TargetConfig, ...]
+    concurrency: int = DEFAULT_CONCURRENCY
+
+
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_BOOL = "tag:yaml.org,2002:bool"
+_NULL = "tag:yaml.org,2002:null"
+_MERGE = "tag:yaml.org,2002:merge"
+_KINDS = {_BOOL: "boolean", "tag:yaml.org,2002:timestamp": "timestamp", "tag:yaml.org,2002:binary": "binary"}
+
+_TOP_KEYS = ("concurrency", "defaults", "targets")
+_DEFAULTS_KEYS = ("interval", "timeout", "protocols", "expect", "http", "labels")
+_TARGET_KEYS = ("host", "port", "name", "sni", "labels", "timeout", "interval", "protocols", "expect", "http")
+_EXPECT_KEYS = ("accept", "reject", "http_ok")
+_HTTP_KEYS = ("path", "method", "host")
+# The scanner's own metric labels; a user label of the same name would clash with them.
+RESERVED_LABELS = ("target", "protocol", "reason", "address", "name", "host", "port")
+
+_KNOWN_PROTOCOLS = ", ".join(ALL_PROTOCOLS)
+_DURATION_RE = re.compile(r"(-?)(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_HINT = "use e.g. 500ms, 3s, 5m, 1h"
+_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
+_METHOD_RE = re.compile(r"[A-Z]+")
+_VISIBLE_ASCII_RE = re.compile(r"[\x21-\x7e]+")  # these strings go verbatim into an HTTP request
+_UNQUOTED_IPV6_RE = re.compile(r"\s*-?\s*\[[0-9A-Fa-f:.%]*\]:")
+
+
+def parse_duration(text: str) -> float:
+    """Return the seconds in a duration like 500ms, 1.5s, 5m or 1h; raise ValueError if malformed or not > 0."""
+    match = _DURATION_RE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"bad duration {_quote(text)}: {_DURATION_HINT}")
+    sign, number, unit = match.groups()
+    return _positive_seconds(float(sign + number) * _DURATION_UNITS[unit], _quote(text))
+
+
+def _positive_seconds(seconds: float, shown: str) -> float:
+    """Return `seconds` if finite and > 0, else raise ValueError naming the value as `shown`."""
+    if math.isnan(seconds):
+        raise ValueError(f"bad duration {shown}: {_DURATION_HINT}")
+    if seconds <= 0:
+        raise ValueError(f"bad duration {shown}: must be greater than 0")
+    if math.isinf(seconds):
+        raise ValueError(f"bad duration {shown}: too large")
+    return seconds
+
+
+class _Invalid(Exception):
+    """A problem at a node (or line), raised inside the walker and turned into ConfigError with the path."""
+
+    def __init__(self, where: yaml.Node | int, message: str) -> None:
+        super().__init__(message)
+        self.line = where if isinstance(where, int) else _line(where)
+        self.message = message
+
+
+_ProtoLines = dict[Protocol, int]  # protocol -> line it was written on, in the order written
+_Pairs = dict[str, tuple[yaml.Node, yaml.Node]]  # key -> (key node, value node)
+
+
+@dataclass
+class _Layer:
+    """Per-target settings written at one level (defaults or one target); None or absent means not given."""
+
+    interval: float | None = None
+    timeout: float | None = None
+    protocols: tuple[Protocol, ...] | None = None
+    expect: dict[str, tuple[yaml.Node, _ProtoLines]] = field(default_factory=dict)
+    http: HttpCheck | None = None
+    http_node: yaml.Node | None = None  # set when `http` was given, even as false
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, parse and validate the config at `path`; raise ConfigError on anything wrong."""
+    name = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(name, 1, f"cannot read config: {exc.strerror or exc}") from exc
+    try:
+        if b"\0" in data:
+            raise UnicodeError("NUL byte")
+        text = data.decode("utf-8")
+    except UnicodeError:
+        raise ConfigError(name, 1, "not a text file (binary or not UTF-8)") from None
+    root = _compose(name, text)
+    try:
+        return _build(name, root)
+    except _Invalid as exc:
+        raise ConfigError(name, exc.line, exc.message) from None
+
+
+def _compose(name: str, text: str) -> yaml.Node | None:
+    """Parse `text` into a node tree, turning YAML errors into ConfigError at the problem's line."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        message = exc.problem or exc.context or "syntax error"
+        if exc.context and exc.problem and not exc.context.startswith("while "):
+            message = f"{exc.context}, {exc.problem}"
+        source = text.splitlines()[line - 1] if 0 < line <= len(text.splitlines()) else ""
+        if _UNQUOTED_IPV6_RE.match(source):
+            message += ' (quote bracketed IPv6 addresses: "[::1]:8443")'
+        raise ConfigError(name, line, f"invalid YAML: {message}") from exc
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(name, line, f"invalid YAML: unacceptable character #x{exc.character:04x}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(name, 1, f"invalid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(name, 1, "invalid YAML: nested too deeply") from None
+
+
+def _build(name: str, root: yaml.Node | None) -> Config:
+    """Validate the whole document and build the Config."""
+    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == _NULL):
+        raise _Invalid(1, 'config is empty: expected a mapping with a "targets" list')
+    if not isinstance(root, yaml.MappingNode):
+        raise _Invalid(root, f"top level: expected a mapping, got {_describe(root)}")
+    pairs = _mapping(root, "top level", _TOP_KEYS)
+    concurrency = DEFAULT_CONCURRENCY
+    if "concurrency" in pairs:
+        node = pairs["concurrency"][1]
+        value = _int(node)
+        if value is None or value < 1:
+            raise _Invalid(node, f"concurrency: expected an integer >= 1, got {_describe(node)}")
+        concurrency = value
+    defaults = _Layer()
+    if "defaults" in pairs:
+        node = pairs["defaults"][1]
+        if not isinstance(node, yaml.MappingNode):
+            raise _Invalid(node, f"defaults: expected a mapping, got {_describe(node)}")
+        for key, (key_node, value_node) in _mapping(node, "defaults", _DEFAULTS_KEYS).items():
+            _layer_key(defaults, key, key_node, value_node)
+        _check_expect(defaults.expect, set(defaults.expect))
+    if "targets" not in pairs:
+        raise _Invalid(1, "targets: at least one target is required")
+    node = pairs["targets"][1]
+    if (isinstance(node, yaml.ScalarNode) and node.tag == _NULL) or (
+        isinstance(node, yaml.SequenceNode) and not node.value
+    ):
+        raise _Invalid(node, "targets: at least one target is required")
+    if not isinstance(node, yaml.SequenceNode):
+        raise _Invalid(node, f"targets: expected a list, got {_describe(node)}")
+    targets: list[TargetConfig] = []
+    name_lines: dict[str, int] = {}
+    for item in node.value:
+        target, name_line = _target(item, defaults)
+        if target.name in name_lines:
+            first = name_lines[target.name]
+            raise _Invalid(name_line, f"duplicate target name {_quote(target.name)} (first defined on line {first})")
+        name_lines[target.name] = name_line
+        targets.append(target)
+    return Config(path=name, targets=tuple(targets), concurrency=concurrency)
+
+
+def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
+    """Build one target from its short or long form; also return the line its name comes from."""
+    own = _Layer()
+    port: int | None = None
+    name: str | None = None
+    name_line = _line(node)
+    sni_given: str | bool = True  # True: derive from host
+    if isinstance(node, yaml.ScalarNode) and node.tag == _STR:
+        host, port = _host_port(node.value, node)
+    elif isinstance(node, yaml.MappingNode):
+        pairs = _mapping(node, "target", _TARGET_KEYS)
+        if "host" not in pairs:
+            raise _Invalid(node, 'target: missing required key "host"')
+        host = ""
+        for key, (key_node, value_node) in pairs.items():
+            if key == "host":
+                host = _host(_str(value_node, "host"), value_node)
+            elif key == "port":
+                port = _int(value_node)
+                if port is None or not 1 <= port <= 65535:
+                    raise _Invalid(value_node, f"port: expected an integer 1-65535, got {_describe(value_node)}")
+            elif key == "name":
+                name = _str(value_node, "name")
+                if not name.strip() or not name.isprintable():
+                    raise _Invalid(
+                        value_node, f"name: expected a non-empty printable string, got {_describe(value_node)}"
+                    )
+                name_line = _line(value_node)
+            elif key == "sni":
+                sni_given = _sni(value_node)
+            else:
+                _layer_key(own, key, key_node, value_node)
+    else:
+        hint = ' (quote bracketed IPv6 addresses: "[::1]:8443")' if isinstance(node, yaml.SequenceNode) else ""
+        raise _Invalid(node, f'target: expected "host[:port]" or a mapping with host, got {_describe(node)}{hint}')
+    port = 443 if port is None else port
+    if sni_given is True:
+        sni = None if _is_ip(host) else host
+    else:
+        sni = sni_given or None
+    if name is None:
+        name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    expect = {**defaults.expect, **own.expect}
+    _check_expect(expect, set(own.expect))
+    http = own.http if own.http_node is not None else defaults.http
+    if http is None and "http_ok" in expect and expect["http_ok"][1]:
+        where = own.http_node or own.expect.get("http_ok", (node, {}))[0]
+        raise _Invalid(
+            where,
+            f"expect.http_ok needs an HTTP check, but target {_quote(name)} has none "
+            "(set http: true or a mapping, or http_ok: [])",
+        )
+    labels = {**defaults.labels, **own.labels}
+    target = TargetConfig(
+        name=name,
+        host=host,
+        port=port,
+        sni=sni,
+        labels=tuple(sorted(labels.items())),
+        interval=own.interval or defaults.interval or DEFAULT_INTERVAL,
+        timeout=own.timeout or defaults.timeout or DEFAULT_TIMEOUT,
+        protocols=own.protocols or defaults.protocols or ALL_PROTOCOLS,
+        expect=Expectation(**{key: frozenset(protocols) for key, (_, protocols) in expect.items()}),
+        http=http,
+        line=_line(node),
+    )
+    return target, name_line
+
+
+def _layer_key(layer: _Layer, key: str, key_node: yaml.Node, node: yaml.Node) -> None:
+    """Parse one of the keys shared by defaults and targets into `layer`."""
+    if key in ("interval", "timeout"):
+        setattr(layer, key, _duration(node, key))
+    elif key == "protocols":
+        protocols = _protocols(node, "protocols")
+        if not protocols:
+            raise _Invalid(node, "protocols: at least one protocol is required")
+        layer.protocols = tuple(protocol for protocol in ALL_PROTOCOLS if protocol in protocols)
+    elif key == "expect":
+        if not isinstance(node, yaml.MappingNode):
+            raise _Invalid(node, f"expect: expected a mapping with accept, reject, http_ok, got {_describe(node)}")
+        for name, (name_node, value_node) in _mapping(node, "expect", _EXPECT_KEYS).items():
+            layer.expect[name] = (name_node, _protocols(value_node, f"expect.{name}"))
+    elif key == "http":
+        layer.http = _http(node)
+        layer.http_node = key_node
+    elif key == "labels":
+        layer.labels = _labels(node)
+
+
+def _check_expect(expect: dict[str, tuple[yaml.Node, _ProtoLines]], own: set[str]) -> None:
+    """Reject a protocol both expected to work and to be rejected; blame the line written at the level `own`."""
+    reject = expect.get("reject", (None, {}))[1]
+    for other in ("accept", "http_ok"):
+        protocols = expect.get(other, (None, {}))[1]
+        for protocol, line in protocols.items():
+            if protocol in reject:
+                lines = [n for key, n in ((other, line), ("reject", reject[protocol])) if key in own]
+                where = max(lines or [line, reject[protocol]])
+                raise _Invalid(
+                    where,
+                    f"{protocol} is in both expect.{other} (line {line}) and expect.reject (line {reject[protocol]})",
+                )
+
+
+def _mapping(node: yaml.MappingNode, what: str, allowed: tuple[str, ...]) -> _Pairs:
+    """Return the mapping's keys, rejecting keys not in `allowed`."""
+    pairs = _pairs(node, what)
+    for key, (key_node, _) in pairs.items():
+        if key not in allowed:
+            where = "at top level" if what == "top level" else f"in {what}"
+            raise _Invalid(key_node, f"unknown key {_quote(key)} {where} (allowed: {', '.join(allowed)})")
+    return pairs
+
+
+def _pairs(node: yaml.MappingNode, what: str, seen: frozenset[int] = frozenset()) -> _Pairs:
+    """Return key -> (key node, value node) in file order, applying `<<` merges and rejecting duplicate keys."""
+    if id(node) in seen:
+        raise _Invalid(node, f"{what}: recursive merge")
+    explicit: _Pairs = {}
+    merged: _Pairs = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE:
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in sources:
+                if not isinstance(source, yaml.MappingNode):
+                    raise _Invalid(source, f"<<: expected a mapping to merge, got {_describe(source)}")
+                for key, pair in _pairs(source, what, seen | {id(node)}).items():
+                    merged.setdefault(key, pair)
+            continue
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR:
+            raise _Invalid(key_node, f"{what}: keys must be strings, got {_describe(key_node)}")
+        key = key_node.value
+        if key in explicit:
+            first = _line(explicit[key][0])
+            raise _Invalid(key_node, f"duplicate key {_quote(key)} in {what} (first on line {first})")
+        explicit[key] = (key_node, value_node)
+    pairs = {key: pair for key, pair in merged.items() if key not in explicit} | explicit
+    return dict(sorted(pairs.items(), key=lambda item: item[1][0].start_mark.index))
+
+
+def _host_port(text: str, node: yaml.Node) -> tuple[str, int | None]:
+    """Split a short-form target `host`, `host:port`, `[v6]:port` or bare IPv6 into host and port."""
+    _check_not_url(text, node)
+    port_text: str | None = None
+    if text.startswith("["):
+        match = re.fullmatch(r"\[([^\]]*)\](?::(.*))?", text)
+        if match is None:
+            raise _Invalid(node, f'bad target {_quote(text)}: write bracketed IPv6 addresses as "[::1]:8443"')
+        host, port_text = match.group(1), match.group(2)
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host = text
+    host = _host(host, node, allow_brackets=False)
+    if port_text is None:
+        return host, None
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
+        raise _Invalid(node, f"target {_quote(text)}: port must be an integer 1-65535, got {_quote(port_text)}")
+    return host, int(port_text)
+
+
+def _host(text: str, node: yaml.Node, allow_brackets: bool = True) -> str:
+    """Validate a host name or IP address (brackets around IPv6 are dropped) and return it."""
+    _check_not_url(text, node)
+    if allow_brackets and text.startswith("[") and text.endswith("]") and _is_ip(text[1:-1]):
+        text = text[1:-1]
+    if not text:
+        raise _Invalid(node, "host must not be empty")
+    if _is_ip(text):
+        return text
+    if ":" in text:
+        if text.count(":") == 1:
+            raise _Invalid(node, f"host {_quote(text)} must not include a port; use the port key")
+        raise _Invalid(node, f"host {_quote(text)} is not a valid IPv6 address")
+    _check_hostname(text, node, "host")
+    return text
+
+
+def _check_not_url(text: str, node: yaml.Node) -> None:
+    """Reject URLs and paths where a bare host is expected."""
+    if "://" in text or "/" in text:
+        raise _Invalid(node, f"host must be a name or address, not a URL ({_quote(text)})")
+
+
+def _check_hostname(text: str, node: yaml.Node, what: str) -> None:
+    """Reject strings that cannot be a DNS name."""
+    if not text.isascii():
+        raise _Invalid(node, f"{what} {_quote(text)} must be ASCII: write internationalized names as xn--...")
+    if any(char.isspace() or not char.isprintable() for char in text):
+        raise _Invalid(node, f"{what} {_quote(text)} must not contain spaces or control characters")
+    if not _HOSTNAME_RE.fullmatch(text) or len(text) > 253:
+        raise _Invalid(node, f"{what} {_quote(text)} is not a valid host name")
+
+
+def _is_ip(text: str) -> bool:
+    """Tell whether `text` is an IPv4 or IPv6 literal."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _sni(node: yaml.Node) -> str | bool:
+    """Parse `sni`: a DNS name, or false for none."""
+    if _bool(node) is False:
+        return False
+    if not isinstance(node, yaml.ScalarNode) or node.tag != _STR:
+        raise _Invalid(node, f"sni: expected a server name or false, got {_describe(node)}")
+    if _is_ip(node.value):
+        raise _Invalid(node, "sni: must be a DNS name, not an IP address (use sni: false to send none)")
+    _check_hostname(node.value, node, "sni")
+    return str(node.value)
+
+
+def _duration(node: yaml.Node, key: str) -> float:
+    """Parse a duration given as text with a unit, or as a bare number of seconds."""
+    try:
+        if isinstance(node, yaml.ScalarNode) and node.tag == _STR:
+            return parse_duration(node.value)
+        number = _number(node)
+        if number is not None:
+            return _positive_seconds(number, node.value)
+    except ValueError as exc:
+        raise _Invalid(node, f"{key}: {exc}") from None
+    raise _Invalid(node, f"{key}: expected a duration such as 500ms, 3s, 5m, 1h, got {_describe(node)}")
+
+
+def _protocols(node: yaml.Node, key: str) -> _ProtoLines:
+    """Parse a list of protocol names, rejecting unknown and repeated ones."""
+    if not isinstance(node, yaml.SequenceNode):
+        raise _Invalid(node, f"{key}: expected a list of protocols, got {_describe(node)}")
+    protocols: _ProtoLines = {}
+    for item in node.value:
+        if not isinstance(item, yaml.ScalarNode) or item.tag != _STR:
+            raise _Invalid(item, f"{key}: expected a protocol name, got {_describe(item)}")
+        if item.value not in Protocol.__members__.values():
+            raise _Invalid(item, f"unknown protocol {_quote(item.value)} (known: {_KNOWN_PROTOCOLS})")
+        protocol = Protocol(item.value)
+        if protocol in protocols:
+            raise _Invalid(item, f"{key}: duplicate protocol {protocol} (first on line {protocols[protocol]})")
+        protocols[protocol] = _line(item)
+    return protocols
+
+
+def _http(node: yaml.Node) -> HttpCheck | None:
+    """Parse `http`: true (all defaults), false (no check), or a mapping of path, method, host."""
+    flag = _bool(node)
+    if flag is not None:
+        return HttpCheck() if flag else None
+    if not isinstance(node, yaml.MappingNode):
+        raise _Invalid(node, f"http: expected true, false or a mapping with path, method, host, got {_describe(node)}")
+    values: dict[str, str] = {}
+    for key, (_, value_node) in _mapping(node, "http", _HTTP_KEYS).items():
+        value = _str(value_node, f"http.{key}")
+        if key == "path" and not value.startswith("/"):
+            raise _Invalid(value_node, f'http.path: must start with "/", got {_quote(value)}')
+        if key == "method" and not _METHOD_RE.fullmatch(value):
+            raise _Invalid(
+                value_node, f"http.method: expected an uppercase method such as GET, HEAD, POST, got {_quote(value)}"
+            )
+        if not _VISIBLE_ASCII_RE.fullmatch(value):
+            raise _Invalid(
+                value_node, f"http.{key}: must be non-empty printable ASCII without spaces, got {_quote(value)}"
+            )
+        values[key] = value
+    return HttpCheck(**values)
+
+
+def _labels(node: yaml.Node) -> dict[str, str]:
+    """Parse a mapping of Prometheus label names to string values."""
+    if not isinstance(node, yaml.MappingNode):
+        raise _Invalid(node, f"labels: expected a mapping of names to strings, got {_describe(node)}")
+    labels: dict[str, str] = {}
+    for key, (key_node, value_node) in _pairs(node, "labels").items():
+        if not _LABEL_RE.fullmatch(key):
+            raise _Invalid(
+                key_node, f"label name {_quote(key)} is not valid: use letters, digits and _, not starting with a digit"
+            )
+        if key.startswith("__"):
+            raise _Invalid(
+                key_node, f'label name {_quote(key)} is reserved: names starting with "__" are for Prometheus'
+            )
+        if key in RESERVED_LABELS:
+            reserved = ", ".join(RESERVED_LABELS)
+            raise _Invalid(key_node, f"label name {_quote(key)} is reserved for the scanner's own labels ({reserved})")
+        if not isinstance(value_node, yaml.ScalarNode) or value_node.tag != _STR:
+            hint = " (quote it)" if isinstance(value_node, yaml.ScalarNode) else ""
+            raise _Invalid(
+                value_node, f"label {_quote(key)}: expected a string value, got {_describe(value_node)}{hint}"
+            )
+        labels[key] = value_node.value
+    return labels
+
+
+def _str(node: yaml.Node, key: str) -> str:
+    """Return a string scalar's text, or raise naming `key`."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag != _STR:
+        raise _Invalid(node, f"{key}: expected a string, got {_describe(node)}")
+    return str(node.value)
+
+
+def _int(node: yaml.Node) -> int | None:
+    """Return an integer scalar's value (not a boolean, not a quoted number), else None."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag != _INT:
+        return None
+    try:
+        return yaml.constructor.SafeConstructor().construct_yaml_int(node)
+    except ValueError:  # an explicit !!int tag on text that is not a number
+        return None
+
+
+def _number(node: yaml.Node) -> float | None:
+    """Return an integer or float scalar's value as a float, else None."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == _FLOAT:
+        try:
+            return yaml.constructor.SafeConstructor().construct_yaml_float(node)
+        except ValueError:
+            return None
+    value = _int(node)
+    return None if value is None else float(value)
+
+
+def _bool(node: yaml.Node) -> bool | None:
+    """Return a boolean scalar's value, else None."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag != _BOOL:
+        return None
+    return yaml.constructor.SafeConstructor.bool_values.get(str(node.value).lower())
+
+
+def _line(node: yaml.Node) -> int:
+    """Return the 1-based line where `node` starts."""
+    return int(node.start_mark.line) + 1
+
+
+def _describe(node: yaml.Node) -> str:
+    """Describe a node for `got ...` in messages: a quoted string, a number, or the kind of value."""
+    if isinstance(node, yaml.MappingNode):
+        return "mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "list"
+    if node.tag == _STR:
+        return _quote(node.value)
+    if node.tag in (_INT, _FLOAT):
+        return str(node.value)
+    if node.tag == _NULL:
+        return "null"
+    kind = _KINDS.get(node.tag, f"a value tagged {node.tag}")
+    return f"{kind} {node.value}"
+
+
+def _quote(text: str) -> str:
+    """Quote user text for a message, escaping control characters and shortening long values."""
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return json.dumps(text, ensure_ascii=False)

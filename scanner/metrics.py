@@ -1,0 +1,126 @@
+"""A custom Prometheus collector that renders the results store on each scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import sslyze
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from scanner import __version__
+from scanner.probe import ErrorReason, ProtocolState
+from scanner.store import ResultStore, TargetStatus
+
+_FROM_SWEEP = "(from the last sweep, not measured at scrape time)"
+
+
+@dataclass
+class ReloadStatus:
+    """What the daemon knows about its own config, for the self-metrics."""
+
+    successful: bool = True
+    last_success_at: float | None = None
+    error: str | None = None
+
+
+class ScannerCollector(Collector):
+    """Yields every tls_scanner_* family from the store; removed targets vanish with the config."""
+
+    def __init__(self, store: ResultStore, reload: ReloadStatus | None = None) -> None:
+        self.store = store
+        self.reload = reload
+
+    def collect(self) -> Iterator[Metric]:
+        accepted = _gauge(
+            "tls_scanner_protocol_accepted",
+            "1 if the protocol is accepted, 0 if rejected; an error keeps the last determined value",
+        )
+        changes = CounterMetricFamily(
+            "tls_scanner_protocol_changes", f"Flips between accepted and rejected observed {_FROM_SWEEP}"
+        )
+        last_change = _gauge(
+            "tls_scanner_protocol_last_change_timestamp_seconds",
+            "When the protocol's state last flipped, or was first determined",
+        )
+        protocol_error = _gauge("tls_scanner_protocol_error", "1 if the last sweep could not determine the protocol")
+        http_status = _gauge("tls_scanner_http_status_code", "HTTP status answered over the protocol's handshake")
+        success = _gauge("tls_scanner_scan_success", "1 if the last sweep determined every protocol")
+        last_scan = _gauge("tls_scanner_last_scan_timestamp_seconds", "When the last sweep of the target ended")
+        last_success = _gauge(
+            "tls_scanner_last_success_timestamp_seconds", "When the last sweep that determined every protocol ended"
+        )
+        duration = _gauge("tls_scanner_scan_duration_seconds", "How long the last sweep of the target took")
+        errors = CounterMetricFamily("tls_scanner_scan_errors", f"Sweeps that hit an error, by reason {_FROM_SWEEP}")
+        expectation = _gauge("tls_scanner_expectation_met", "1 if the last sweep met the target's expect policy")
+
+        snapshot = self.store.snapshot()
+        for status in snapshot:
+            labels = _target_labels(status)
+            for protocol, state in status.protocols.items():
+                plabels = {**labels, "protocol": protocol.value}
+                accepted.add_sample(accepted.name, plabels, 1.0 if state.state is ProtocolState.ACCEPTED else 0.0)
+                changes.add_sample(changes.name + "_total", plabels, float(state.changes))
+                last_change.add_sample(last_change.name, plabels, state.last_change)
+            for reason in ErrorReason:
+                errors.add_sample(
+                    errors.name + "_total", {**labels, "reason": reason.value}, float(status.errors.get(reason, 0))
+                )
+            sweep = status.last_sweep
+            if sweep is None:
+                continue
+            for protocol, result in sweep.protocols.items():
+                plabels = {**labels, "protocol": protocol.value}
+                protocol_error.add_sample(protocol_error.name, plabels, float(result.state is ProtocolState.ERROR))
+                if result.http_status is not None:
+                    http_status.add_sample(http_status.name, plabels, float(result.http_status))
+            ended = sweep.started_at + sweep.duration_seconds
+            success.add_sample(success.name, labels, float(sweep.complete))
+            last_scan.add_sample(last_scan.name, labels, ended)
+            duration.add_sample(duration.name, labels, sweep.duration_seconds)
+            if status.last_success_at is not None:
+                last_success.add_sample(last_success.name, labels, status.last_success_at)
+            if status.verdict is not None and not status.target.expect.empty:
+                expectation.add_sample(expectation.name, labels, float(status.verdict.met))
+        yield from (accepted, changes, last_change, protocol_error, http_status, success, last_scan, last_success)
+        yield from (duration, errors, expectation)
+
+        yield _single("tls_scanner_targets", "Targets configured", float(len(snapshot)))
+        info = GaugeMetricFamily(
+            "tls_scanner_build_info", "Versions of tls-scanner and sslyze", labels=["version", "sslyze_version"]
+        )
+        info.add_metric([__version__, sslyze.__version__.__version__], 1.0)
+        yield info
+        if self.reload is not None:
+            yield _single(
+                "tls_scanner_config_last_reload_successful",
+                "1 if the last config (re)load succeeded",
+                float(self.reload.successful),
+            )
+            if self.reload.last_success_at is not None:
+                yield _single(
+                    "tls_scanner_config_last_reload_success_timestamp_seconds",
+                    "When the config was last loaded successfully",
+                    self.reload.last_success_at,
+                )
+
+
+def _gauge(name: str, documentation: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, f"{documentation} {_FROM_SWEEP}")
+
+
+def _single(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _target_labels(status: TargetStatus) -> dict[str, str]:
+    return {"target": status.target.name, **dict(status.target.labels)}
+
+
+def render(store: ResultStore, reload: ReloadStatus | None = None) -> bytes:
+    """The text exposition of the store alone (for --once and tests)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ScannerCollector(store, reload))
+    return generate_latest(registry)

@@ -1,0 +1,37 @@
+"""Check a sweep against its target's expectations (the policy in `expect:`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from scanner.config import Expectation
+from scanner.probe import ProtocolResult, ProtocolState
+from scanner.protocols import Protocol
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a sweep met its policy; what could not be determined is neither met nor violated."""
+
+    met: bool
+    violations: tuple[str, ...] = ()
+
+
+def evaluate(expect: Expectation, protocols: Mapping[Protocol, ProtocolResult]) -> Verdict:
+    """Compare determined protocol states (and HTTP statuses) with the expectation."""
+    violations: list[str] = []
+    for protocol in Protocol:
+        result: ProtocolResult | None = protocols.get(protocol)
+        if result is None or result.state is ProtocolState.ERROR:
+            continue
+        if protocol in expect.accept and result.state is ProtocolState.REJECTED:
+            violations.append(f"{protocol} expected accepted, is rejected")
+        if protocol in expect.reject and result.state is ProtocolState.ACCEPTED:
+            violations.append(f"{protocol} expected rejected, is accepted")
+        if protocol in expect.http_ok:
+            if result.state is ProtocolState.REJECTED:
+                violations.append(f"{protocol} expected HTTP 2xx/3xx, handshake rejected")
+            elif result.http_status is not None and not 200 <= result.http_status < 400:
+                violations.append(f"{protocol} expected HTTP 2xx/3xx, got {result.http_status}")
+    return Verdict(met=not violations, violations=tuple(violations))

@@ -1,0 +1,402 @@
+"""One sweep of one target with sslyze: one handshake per protocol version, errors as data."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from nassl import _nassl
+from nassl.ssl_client import ClientCertificateRequested, SslClient
+from sslyze.connection_helpers.http_response_parser import HttpResponseParser
+from sslyze.connection_helpers.tls_connection import SslConnection
+from sslyze.errors import (
+    ConnectionToServerFailed,
+    ConnectionToServerTimedOut,
+    ServerRejectedConnection,
+    ServerRejectedTlsHandshake,
+    ServerTlsConfigurationNotSupported,
+    TlsHandshakeTimedOut,
+)
+from sslyze.server_connectivity import TlsVersionEnum
+from sslyze.server_setting import ServerNetworkConfiguration, ServerNetworkLocation
+
+from scanner.config import HttpCheck, TargetConfig
+from scanner.protocols import Protocol
+
+# Polite by default: never more than this many connections at once to one target.
+CONNECTIONS_PER_TARGET = 6
+# Past its timeout a target gets this long before its hung connections are torn down.
+DEADLINE_GRACE_SECONDS = 0.8
+
+_SSLYZE_VERSION = {
+    Protocol.SSLv2: TlsVersionEnum.SSL_2_0,
+    Protocol.SSLv3: TlsVersionEnum.SSL_3_0,
+    Protocol.TLSv1_0: TlsVersionEnum.TLS_1_0,
+    Protocol.TLSv1_1: TlsVersionEnum.TLS_1_1,
+    Protocol.TLSv1_2: TlsVersionEnum.TLS_1_2,
+    Protocol.TLSv1_3: TlsVersionEnum.TLS_1_3,
+}
+
+_TLS13_ALL_SUITES = (
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:"
+    "TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256"
+)
+_TLS13_DEFAULT_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+# First every suite the version can use, then sslyze's shorter fallback for servers that choke on a long hello.
+_CIPHER_LISTS: Mapping[Protocol, tuple[str, ...]] = {
+    Protocol.SSLv2: ("SSLv2",),
+    Protocol.SSLv3: ("ALL:COMPLEMENTOFALL:-PSK:-SRP", "DEFAULT"),
+    Protocol.TLSv1_0: ("ALL:COMPLEMENTOFALL:-PSK:-SRP", "DEFAULT"),
+    Protocol.TLSv1_1: ("ALL:COMPLEMENTOFALL:-PSK:-SRP", "DEFAULT"),
+    Protocol.TLSv1_2: ("ALL:COMPLEMENTOFALL:-PSK:-SRP", "DEFAULT"),
+    Protocol.TLSv1_3: (_TLS13_ALL_SUITES, _TLS13_DEFAULT_SUITES),
+}
+
+
+class ProtocolState(enum.StrEnum):
+    """What a sweep learned about one protocol version."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    ERROR = "error"
+
+
+class ErrorReason(enum.StrEnum):
+    """Why a protocol or target could not be determined; a small fixed set, used as a metric label."""
+
+    DNS = "dns"
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    TLS = "tls"
+    OTHER = "other"
+
+
+class Evidence(enum.StrEnum):
+    """How a rejection was observed; only an alert proves on its own that the peer speaks TLS."""
+
+    ALERT = "alert"
+    CLOSED = "closed"
+    NOT_TLS = "not-tls"
+
+
+@dataclass(frozen=True)
+class ProtocolResult:
+    """The answer for one protocol version in one sweep."""
+
+    state: ProtocolState
+    detail: str = ""  # the alert, error or cipher behind the answer
+    reason: ErrorReason | None = None  # set when state is ERROR
+    evidence: Evidence | None = None  # set when state is REJECTED
+    http_status: int | None = None  # set when ACCEPTED, the target has an http check, and it was answered
+    http_error: str | None = None  # set when ACCEPTED, the target has an http check, and it failed
+    connections: int = 0  # TCP connections this answer took
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """One sweep of one target: a state per configured protocol, plus a target-level error if any."""
+
+    target: TargetConfig
+    started_at: float  # unix time
+    duration_seconds: float
+    address: str | None = None  # the address connected to; None when the name did not resolve
+    protocols: Mapping[Protocol, ProtocolResult] = field(default_factory=dict)
+    error: str | None = None  # target-level: DNS failure, not a TLS server, unreachable
+    error_reason: ErrorReason | None = None  # set with error
+
+    @property
+    def complete(self) -> bool:
+        """Every configured protocol was determined (accepted or rejected)."""
+        return self.error is None and all(r.state is not ProtocolState.ERROR for r in self.protocols.values())
+
+    @property
+    def connections(self) -> int:
+        return sum(r.connections for r in self.protocols.values())
+
+    def state(self, protocol: Protocol) -> ProtocolState | None:
+        result = self.protocols.get(protocol)
+        return None if result is None else result.state
+
+
+def classify(exc: BaseException) -> ProtocolResult:
+    """Map anything a handshake attempt raised to a ProtocolResult: the one place exceptions become reasons."""
+    if isinstance(exc, ServerTlsConfigurationNotSupported):
+        # sslyze raises this when our own OpenSSL refuses the server's DH group: the server did pick this version.
+        return ProtocolResult(ProtocolState.ACCEPTED, detail=exc.error_message)
+    if isinstance(exc, TlsHandshakeTimedOut | ConnectionToServerTimedOut | socket.timeout | TimeoutError):
+        return ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
+    if isinstance(exc, ServerRejectedTlsHandshake):
+        message = exc.error_message.strip()
+        if message.startswith("TLS alert"):
+            evidence = Evidence.ALERT
+        elif "wrong version number" in message or "wrong SSL version" in message:
+            evidence = Evidence.NOT_TLS
+        else:
+            evidence = Evidence.CLOSED
+        return ProtocolResult(ProtocolState.REJECTED, detail=message, evidence=evidence)
+    if isinstance(exc, ServerRejectedConnection):
+        return ProtocolResult(ProtocolState.ERROR, detail="connection refused", reason=ErrorReason.REFUSED)
+    if isinstance(exc, ConnectionToServerFailed):
+        return ProtocolResult(ProtocolState.ERROR, detail=exc.error_message, reason=ErrorReason.OTHER)
+    if isinstance(exc, socket.gaierror):
+        return ProtocolResult(ProtocolState.ERROR, detail=f"cannot resolve: {exc.strerror}", reason=ErrorReason.DNS)
+    if isinstance(exc, _nassl.OpenSSLError):
+        return ProtocolResult(ProtocolState.ERROR, detail=f"TLS error: {exc}", reason=ErrorReason.TLS)
+    if isinstance(exc, ConnectionRefusedError):
+        return ProtocolResult(ProtocolState.ERROR, detail="connection refused", reason=ErrorReason.REFUSED)
+    if isinstance(exc, OSError):
+        return ProtocolResult(ProtocolState.ERROR, detail=f"network error: {exc}", reason=ErrorReason.OTHER)
+    return ProtocolResult(ProtocolState.ERROR, detail=f"{type(exc).__name__}: {exc}", reason=ErrorReason.OTHER)
+
+
+class _Handshake:
+    """One blocking handshake attempt, abortable from another thread when its deadline passes."""
+
+    def __init__(self, location: ServerNetworkLocation, network: ServerNetworkConfiguration, sni: bool) -> None:
+        self.location = location
+        self.network = network
+        self.sni = sni
+        self._lock = threading.Lock()
+        self._connection: SslConnection | None = None
+        self._aborted = False
+
+    def run(self, protocol: Protocol, cipher_list: str, http: HttpCheck | None, http_host: str) -> ProtocolResult:
+        connection = SslConnection(
+            server_location=self.location,
+            network_configuration=self.network,
+            tls_version=_SSLYZE_VERSION[protocol],
+            should_ignore_client_auth=True,
+            should_enable_server_name_indication=self.sni,
+        )
+        if protocol is Protocol.TLSv1_3:
+            assert isinstance(connection.ssl_client, SslClient)
+            connection.ssl_client.set_ciphersuites(cipher_list)
+        else:
+            connection.ssl_client.set_cipher_list(cipher_list)
+        with self._lock:
+            if self._aborted:
+                return ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
+            self._connection = connection
+        try:
+            connection.connect(should_retry_connection=False)
+            cipher = connection.ssl_client.get_current_cipher_name()
+            status, http_error = (None, None) if http is None else _http_request(connection, http, http_host)
+            return ProtocolResult(
+                ProtocolState.ACCEPTED, detail=cipher, http_status=status, http_error=http_error, connections=1
+            )
+        except ClientCertificateRequested:
+            # The server got as far as asking who we are: it accepts this version.
+            return ProtocolResult(ProtocolState.ACCEPTED, detail="client certificate requested", connections=1)
+        except Exception as exc:
+            if self._aborted:
+                return ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
+            return _with_connections(classify(exc), 1)
+        finally:
+            self._close(connection)
+
+    def abort(self) -> None:
+        """Tear down the socket so a thread stuck in recv() returns now."""
+        with self._lock:
+            self._aborted = True
+            connection = self._connection
+        if connection is not None:
+            sock = connection.ssl_client.get_underlying_socket()
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _close(connection: SslConnection) -> None:
+        try:
+            connection.close()
+        except Exception:
+            pass
+
+
+def _with_connections(result: ProtocolResult, connections: int) -> ProtocolResult:
+    return ProtocolResult(
+        result.state,
+        detail=result.detail,
+        reason=result.reason,
+        evidence=result.evidence,
+        http_status=result.http_status,
+        http_error=result.http_error,
+        connections=connections,
+    )
+
+
+def _http_request(connection: SslConnection, http: HttpCheck, host: str) -> tuple[int | None, str | None]:
+    """Send the target's HTTP request over the established TLS connection; return (status, error)."""
+    request = (
+        f"{http.method} {http.path} HTTP/1.1\r\n"
+        f"Host: {http.host or host}\r\n"
+        "User-Agent: tls-scanner\r\n"
+        "Accept: */*\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii")
+    try:
+        connection.ssl_client.write(request)
+        response = HttpResponseParser.parse_from_ssl_connection(connection.ssl_client)
+    except Exception as exc:
+        return None, f"HTTP request failed: {type(exc).__name__}: {exc}".strip()
+    return response.status, None
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_header(host: str, port: int) -> str:
+    name = f"[{host}]" if ":" in host else host
+    return name if port == 443 else f"{name}:{port}"
+
+
+class Prober:
+    """Sweeps targets: asyncio on top, sslyze's blocking handshakes in a bounded thread pool."""
+
+    def __init__(self, concurrency: int, connections_per_target: int = CONNECTIONS_PER_TARGET) -> None:
+        self.concurrency = concurrency
+        self.connections_per_target = connections_per_target
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="handshake")
+        self._slots: asyncio.Semaphore | None = None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def sweep(self, target: TargetConfig) -> SweepResult:
+        """Resolve the target once, then try each configured protocol; never raises for a misbehaving server."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
+        started_at = time.time()
+        clock = time.monotonic()
+        address = await self._resolve(target)
+        if isinstance(address, ProtocolResult):
+            return SweepResult(
+                target=target,
+                started_at=started_at,
+                duration_seconds=time.monotonic() - clock,
+                protocols={p: address for p in target.protocols},
+                error=address.detail,
+                error_reason=address.reason,
+            )
+        location = ServerNetworkLocation(hostname=target.host, port=target.port, ip_address=address)
+        network = ServerNetworkConfiguration(
+            tls_server_name_indication=target.sni or target.host,
+            network_timeout=target.timeout,  # type: ignore[arg-type]  # sockets take float seconds
+            network_max_retries=1,
+        )
+        per_target = asyncio.Semaphore(self.connections_per_target)
+        results = await asyncio.gather(
+            *(self._probe_protocol(target, location, network, p, per_target) for p in target.protocols)
+        )
+        protocols = dict(zip(target.protocols, results, strict=True))
+        protocols, error, reason = _judge_peer(protocols)
+        return SweepResult(
+            target=target,
+            started_at=started_at,
+            duration_seconds=time.monotonic() - clock,
+            address=address,
+            protocols=protocols,
+            error=error,
+            error_reason=reason,
+        )
+
+    async def _resolve(self, target: TargetConfig) -> str | ProtocolResult:
+        """The address to connect to, or the DNS error as a result."""
+        if _is_ip_literal(target.host):
+            return target.host
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM), target.timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                exc = socket.gaierror(socket.EAI_AGAIN, "DNS lookup timed out")
+            return ProtocolResult(ProtocolState.ERROR, detail=classify(exc).detail, reason=ErrorReason.DNS)
+        return str(infos[0][4][0])
+
+    async def _probe_protocol(
+        self,
+        target: TargetConfig,
+        location: ServerNetworkLocation,
+        network: ServerNetworkConfiguration,
+        protocol: Protocol,
+        per_target: asyncio.Semaphore,
+    ) -> ProtocolResult:
+        assert self._slots is not None
+        loop = asyncio.get_running_loop()
+        http_host = _host_header(target.host, target.port)
+        connections = 0
+        result = ProtocolResult(ProtocolState.ERROR, detail="not tried", reason=ErrorReason.OTHER)
+        async with per_target:
+            deadline: float | None = None
+            for attempt, cipher_list in enumerate(_CIPHER_LISTS[protocol]):
+                async with self._slots:
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + target.timeout + DEADLINE_GRACE_SECONDS
+                    budget = min(target.timeout, deadline - now - DEADLINE_GRACE_SECONDS / 2)
+                    if attempt > 0 and budget < 0.2:
+                        break  # no time left for the fallback; keep the first answer
+                    attempt_network = ServerNetworkConfiguration(
+                        tls_server_name_indication=network.tls_server_name_indication,
+                        network_timeout=budget,  # type: ignore[arg-type]
+                        network_max_retries=1,
+                    )
+                    handshake = _Handshake(location, attempt_network, sni=target.sni is not None)
+                    future = loop.run_in_executor(
+                        self._executor, handshake.run, protocol, cipher_list, target.http, http_host
+                    )
+                    try:
+                        result = await asyncio.wait_for(asyncio.shield(future), deadline - now)
+                    except TimeoutError:
+                        handshake.abort()
+                        result = ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
+                connections += 1
+                # Only a rejection without an alert (closed, reset) is worth the shorter hello.
+                if result.state is not ProtocolState.REJECTED or result.evidence is Evidence.ALERT:
+                    break
+        return _with_connections(result, connections)
+
+
+def _judge_peer(
+    protocols: dict[Protocol, ProtocolResult],
+) -> tuple[dict[Protocol, ProtocolResult], str | None, ErrorReason | None]:
+    """Decide whether rejections can be believed, and what target-level error the sweep carries."""
+    states = [r.state for r in protocols.values()]
+    if ProtocolState.ACCEPTED in states:
+        return protocols, None, None
+    if any(r.evidence is Evidence.ALERT for r in protocols.values()):
+        return protocols, None, None
+    errors = [r for r in protocols.values() if r.state is ProtocolState.ERROR]
+    if len(errors) == len(protocols):
+        # Nothing got through at all: the target is unreachable; report the first reason.
+        first = errors[0]
+        return protocols, first.detail, first.reason
+    # No handshake completed and no TLS alert came back: the peer gave no sign of speaking TLS, so its
+    # refusals prove nothing about versions (a false "rejected" is a false brownout alarm).
+    detail = "not a TLS server: no handshake completed and no TLS alert received"
+    if any(r.evidence is Evidence.NOT_TLS for r in protocols.values()):
+        detail = "not a TLS server: the peer answered with non-TLS data"
+    judged = {
+        p: r
+        if r.state is ProtocolState.ERROR
+        else ProtocolResult(ProtocolState.ERROR, detail=r.detail, reason=ErrorReason.TLS, connections=r.connections)
+        for p, r in protocols.items()
+    }
+    return judged, detail, ErrorReason.TLS

@@ -1,0 +1,109 @@
+"""The long-running daemon: scheduled sweeps, the HTTP server, SIGHUP reload and a clean SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+
+from scanner.config import Config, ConfigError, load_config
+from scanner.metrics import ReloadStatus, ScannerCollector
+from scanner.probe import Prober
+from scanner.scheduler import Scheduler
+from scanner.store import ResultStore
+from scanner.web import WebState, make_app
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen_address(address: str) -> tuple[str | None, int]:
+    """`:9913`, `0.0.0.0:9913`, `[::1]:9913` -> (host or None for all interfaces, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid --web.listen-address {address!r}: expected [HOST]:PORT")
+    host = host.strip("[]")
+    return (host or None), int(port)
+
+
+class Service:
+    """Owns the stages for the daemon's lifetime and swaps the config in on reload."""
+
+    def __init__(self, config: Config, state_file: str) -> None:
+        self.config = config
+        self.store = ResultStore(state_file)
+        self.prober = Prober(config.concurrency)
+        self.scheduler = Scheduler(self.prober, self.store)
+        self.reload_status = ReloadStatus(successful=True, last_success_at=time.time())
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ScannerCollector(self.store, self.reload_status))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.stopped = asyncio.Event()
+
+    def start(self) -> None:
+        self.store.set_targets(self.config.targets)
+        self.scheduler.apply(self.config.targets)
+        log.info("scanning %d targets from %s", len(self.config.targets), self.config.path)
+
+    async def reload(self) -> str | None:
+        """Re-read the config; a bad one changes nothing. Returns the error, or None when applied."""
+        try:
+            config = load_config(self.config.path)
+        except ConfigError as exc:
+            self.reload_status.successful = False
+            self.reload_status.error = str(exc)
+            log.error("config reload failed, keeping the old config: %s", exc)
+            return str(exc)
+        if config.concurrency != self.config.concurrency:
+            log.warning("concurrency changes take effect on restart (still %d)", self.config.concurrency)
+        self.config = config
+        self.store.set_targets(config.targets)
+        self.scheduler.apply(config.targets)
+        self.reload_status.successful = True
+        self.reload_status.error = None
+        self.reload_status.last_success_at = time.time()
+        log.info("config reloaded: %d targets", len(config.targets))
+        return None
+
+    async def stop_scanning(self) -> None:
+        await self.scheduler.stop()
+        self.prober.close()
+
+
+async def _serve(config: Config, listen_address: str, state_file: str) -> None:
+    host, port = parse_listen_address(listen_address)
+    service = Service(config, state_file)
+    state = WebState(
+        store=service.store,
+        registry=service.registry,
+        reload_status=service.reload_status,
+        reload=service.reload,
+        ready=lambda: service.scheduler.running,
+    )
+    runner = web.AppRunner(make_app(state), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("listening on %s", listen_address)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(service.reload()))
+    service.start()
+    await stop.wait()
+    log.info("stopping: waiting for sweeps in flight")
+    await service.stop_scanning()
+    await runner.cleanup()
+    service.store.close()
+    log.info("stopped")
+
+
+def serve(config: Config, listen_address: str, state_file: str) -> None:
+    """Run the daemon until SIGTERM/SIGINT; ValueError/OSError when it cannot listen."""
+    parse_listen_address(listen_address)
+    asyncio.run(_serve(config, listen_address, state_file))

@@ -1,0 +1,187 @@
+"""The daemon's HTTP side: /metrics, the status page, the targets API, health, readiness and reload."""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from scanner.metrics import ReloadStatus
+from scanner.probe import ProtocolState
+from scanner.protocols import ALL_PROTOCOLS
+from scanner.report import sweep_to_dict
+from scanner.store import ResultStore, TargetStatus, Transition
+
+RECENT_TRANSITIONS = 20
+
+
+@dataclass
+class WebState:
+    """What the handlers read; owned by the service."""
+
+    store: ResultStore
+    registry: CollectorRegistry
+    reload_status: ReloadStatus
+    reload: Callable[[], Awaitable[str | None]]  # returns the error, or None when the new config applied
+    ready: Callable[[], bool]
+
+
+STATE = web.AppKey("state", WebState)
+
+
+def make_app(state: WebState) -> web.Application:
+    app = web.Application()
+    app[STATE] = state
+    app.router.add_get("/", status_page)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/targets", targets_api)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_route("*", "/-/reload", reload)
+    return app
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[STATE].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthy(request: web.Request) -> web.Response:
+    return web.Response(text="Healthy.\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    if request.app[STATE].ready():
+        return web.Response(text="Ready.\n")
+    return web.Response(status=503, text="Not ready.\n")
+
+
+async def reload(request: web.Request) -> web.Response:
+    if request.method != "POST":
+        return web.Response(status=405, text="Only POST reloads the config.\n", headers={"Allow": "POST"})
+    error = await request.app[STATE].reload()
+    if error is not None:
+        return web.Response(status=500, text=f"failed to reload config: {error}\n")
+    return web.Response(text="Config reloaded.\n")
+
+
+def target_to_dict(status: TargetStatus) -> dict[str, Any]:
+    """The API view of one target: latest sweep, determined states, and recent transitions."""
+    entry: dict[str, Any] = {
+        "name": status.target.name,
+        "host": status.target.host,
+        "port": status.target.port,
+        "labels": dict(status.target.labels),
+        "state": {p.value: s.state.value for p, s in status.protocols.items()},
+        "last_change": {p.value: s.last_change for p, s in status.protocols.items()},
+        "changes": {p.value: s.changes for p, s in status.protocols.items()},
+        "last_success_at": status.last_success_at,
+        "errors_total": {r.value: n for r, n in status.errors.items()},
+        "last_sweep": None if status.last_sweep is None else sweep_to_dict(status.last_sweep),
+        "transitions": [
+            {"protocol": t.protocol.value, "at": t.at, "from": t.old.value, "to": t.new.value}
+            for t in status.transitions
+        ],
+    }
+    return entry
+
+
+async def targets_api(request: web.Request) -> web.Response:
+    snapshot = request.app[STATE].store.snapshot(with_transitions=RECENT_TRANSITIONS)
+    return web.json_response({"targets": [target_to_dict(s) for s in snapshot]})
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tls-scanner</title>
+<meta http-equiv="refresh" content="30">
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 2rem; }}
+th, td {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; font-size: .9rem; }}
+td.accepted {{ background: #c8e6c9; }} td.rejected {{ background: #ffcdd2; }}
+td.error {{ background: #fff3c4; }} td.unknown {{ background: #eee; color: #777; }}
+td.changed {{ outline: 3px solid #d32f2f; outline-offset: -3px; font-weight: bold; }}
+.err {{ color: #b71c1c; }}
+</style></head><body>
+<h1>tls-scanner</h1>
+<p>{count} targets. Cells show the latest determined state; a yellow cell means the last sweep hit an error and
+the state shown is the one before it. Outlined cells changed within the last hour.</p>
+<table id="matrix"><thead><tr><th>Target</th><th>Address</th>{proto_headers}<th>HTTP</th><th>Last sweep</th>
+<th>Last change</th><th>Error</th></tr></thead><tbody>
+{rows}
+</tbody></table>
+<h2>Recent transitions</h2>
+<table id="transitions"><thead><tr><th>When</th><th>Target</th><th>Protocol</th><th>From</th><th>To</th></tr></thead>
+<tbody>
+{transitions}
+</tbody></table>
+</body></html>
+"""
+
+
+async def status_page(request: web.Request) -> web.Response:
+    snapshot = request.app[STATE].store.snapshot(with_transitions=RECENT_TRANSITIONS)
+    now = time.time()
+    rows = []
+    transitions: list[Transition] = []
+    for status in snapshot:
+        sweep = status.last_sweep
+        cells = []
+        for protocol in ALL_PROTOCOLS:
+            if protocol not in status.target.protocols:
+                cells.append('<td class="unknown">-</td>')
+                continue
+            determined = status.protocols.get(protocol)
+            latest = None if sweep is None else sweep.state(protocol)
+            css = "unknown" if determined is None else determined.state.value
+            if latest is ProtocolState.ERROR:
+                css = "error"
+            text = "?" if determined is None else determined.state.value
+            if determined is not None and determined.changes and now - determined.last_change < 3600:
+                css += " changed"
+            cells.append(f'<td class="{css}" data-protocol="{protocol.value}">{html.escape(text)}</td>')
+        http = (
+            ""
+            if sweep is None
+            else " ".join(f"{p.value}={r.http_status}" for p, r in sweep.protocols.items() if r.http_status is not None)
+        )
+        last_change = max((s.last_change for s in status.protocols.values() if s.changes), default=None)
+        error = (
+            ""
+            if sweep is None
+            else (
+                sweep.error
+                or "; ".join(
+                    f"{p.value}: {r.detail}" for p, r in sweep.protocols.items() if r.state is ProtocolState.ERROR
+                )
+            )
+        )
+        rows.append(
+            f'<tr data-target="{html.escape(status.target.name)}"><td>{html.escape(status.target.name)}</td>'
+            f"<td>{html.escape((sweep.address if sweep else None) or '-')}</td>{''.join(cells)}"
+            f"<td>{html.escape(http or '-')}</td><td>{_when(sweep.started_at if sweep else None)}</td>"
+            f'<td>{_when(last_change)}</td><td class="err">{html.escape(error)}</td></tr>'
+        )
+        transitions.extend(status.transitions)
+    transitions.sort(key=lambda t: t.at, reverse=True)
+    body = _PAGE.format(
+        count=len(snapshot),
+        proto_headers="".join(f"<th>{p.value}</th>" for p in ALL_PROTOCOLS),
+        rows="\n".join(rows) or '<tr><td colspan="11">No targets yet.</td></tr>',
+        transitions="\n".join(
+            f"<tr><td>{_when(t.at)}</td><td>{html.escape(t.target)}</td><td>{t.protocol.value}</td>"
+            f'<td class="{t.old.value}">{t.old.value}</td><td class="{t.new.value}">{t.new.value}</td></tr>'
+            for t in transitions[:RECENT_TRANSITIONS]
+        )
+        or '<tr><td colspan="5">No transitions seen.</td></tr>',
+    )
+    return web.Response(text=body, content_type="text/html")

@@ -1,0 +1,38 @@
+"""Pytest fixtures over the loopback test lab in tests/lab.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.lab import LabCerts, LabStack, NginxLabFactory, make_lab_certs, require_nginx
+
+
+@pytest.fixture(scope="session")
+def tmp_certs(tmp_path_factory: pytest.TempPathFactory) -> LabCerts:
+    """CA, server, self-signed, expired, wrong-host and client certificates, made once per session."""
+    return make_lab_certs(Path(tmp_path_factory.mktemp("certs")))
+
+
+@pytest.fixture
+def lab(tmp_certs: LabCerts) -> Iterator[LabStack]:
+    """Start lab servers on demand (lab.tls_server, lab.peer, lab.nginx); all stop when the test ends."""
+    stack = LabStack(tmp_certs)
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+@pytest.fixture
+def requires_nginx() -> None:
+    """Skip without nginx, or fail when CI is set and nginx is missing."""
+    require_nginx()
+
+
+@pytest.fixture
+def nginx_lab(requires_nginx: None, lab: LabStack) -> NginxLabFactory:
+    """Start NginxLab instances (tmp_certs.server by default) that stop when the test ends."""
+    return lab.nginx
