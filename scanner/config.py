@@ -269,6 +269,7 @@ def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
                 _layer_key(own, key, key_node, value_node)
     else:
         hint = ' (quote bracketed IPv6 addresses: "[::1]:8443")' if isinstance(node, yaml.SequenceNode) else ""
+        hint = hint or _quote_hint(node)
         raise _Invalid(node, f'target: expected "host[:port]" or a mapping with host, got {_describe(node)}{hint}')
     port = 443 if port is None else port
     if sni_given is True:
@@ -385,6 +386,8 @@ def _host_port(text: str, node: yaml.Node) -> tuple[str, int | None]:
         if match is None:
             raise _Invalid(node, f'bad target {_quote(text)}: write bracketed IPv6 addresses as "[::1]:8443"')
         host, port_text = match.group(1), match.group(2)
+        if ":" not in host or not _is_ip(host):
+            raise _Invalid(node, f"bad target {_quote(text)}: brackets are only for IPv6 addresses")
     elif text.count(":") == 1:
         host, port_text = text.split(":")
     else:
@@ -400,7 +403,7 @@ def _host_port(text: str, node: yaml.Node) -> tuple[str, int | None]:
 def _host(text: str, node: yaml.Node, allow_brackets: bool = True) -> str:
     """Validate a host name or IP address (brackets around IPv6 are dropped) and return it."""
     _check_not_url(text, node)
-    if allow_brackets and text.startswith("[") and text.endswith("]") and _is_ip(text[1:-1]):
+    if allow_brackets and text.startswith("[") and text.endswith("]") and ":" in text and _is_ip(text[1:-1]):
         text = text[1:-1]
     if not text:
         raise _Invalid(node, "host must not be empty")
@@ -523,10 +526,8 @@ def _labels(node: yaml.Node) -> dict[str, str]:
             reserved = ", ".join(RESERVED_LABELS)
             raise _Invalid(key_node, f"label name {_quote(key)} is reserved for the scanner's own labels ({reserved})")
         if not isinstance(value_node, yaml.ScalarNode) or value_node.tag != _STR:
-            hint = " (quote it)" if isinstance(value_node, yaml.ScalarNode) else ""
-            raise _Invalid(
-                value_node, f"label {_quote(key)}: expected a string value, got {_describe(value_node)}{hint}"
-            )
+            message = f"label {_quote(key)}: expected a string value, got {_describe(value_node)}"
+            raise _Invalid(value_node, message + _quote_hint(value_node))
         labels[key] = value_node.value
     return labels
 
@@ -534,8 +535,13 @@ def _labels(node: yaml.Node) -> dict[str, str]:
 def _str(node: yaml.Node, key: str) -> str:
     """Return a string scalar's text, or raise naming `key`."""
     if not isinstance(node, yaml.ScalarNode) or node.tag != _STR:
-        raise _Invalid(node, f"{key}: expected a string, got {_describe(node)}")
+        raise _Invalid(node, f"{key}: expected a string, got {_describe(node)}{_quote_hint(node)}")
     return str(node.value)
+
+
+def _quote_hint(node: yaml.Node) -> str:
+    """Suggest quoting a scalar that YAML read as a number, boolean or date instead of text."""
+    return " (quote it)" if isinstance(node, yaml.ScalarNode) and node.tag != _NULL else ""
 
 
 def _int(node: yaml.Node) -> int | None:
@@ -588,7 +594,4 @@ def _describe(node: yaml.Node) -> str:
 
 
 def _quote(text: str) -> str:
-    """Quote user text for a message, escaping control characters and shortening long values."""
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return json.dumps(text, ensure_ascii=False)
+    """Quote user text for a message

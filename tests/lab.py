@@ -380,6 +380,8 @@ class _ThreadedServer:
     def stop(self) -> None:
         """Stop accepting, cut every open connection and wait briefly for the threads."""
         self._stopping.set()
+        if self._acceptor.is_alive():
+            self._acceptor.join(timeout=5)
         self._listener.close()
         with self._lock:
             conns, threads = list(self._conns), list(self._threads)
@@ -387,7 +389,6 @@ class _ThreadedServer:
             with contextlib.suppress(OSError):
                 # The base-class shutdown wakes threads blocked in recv, also on SSL sockets.
                 socket.socket.shutdown(conn, socket.SHUT_RDWR)
-        self._acceptor.join(timeout=5)
         for thread in threads:
             thread.join(timeout=5)
 
@@ -800,11 +801,11 @@ class NginxLab:
             "    access_log off;",
             "    default_type text/plain;",
             "    keepalive_timeout 5s;",
-            f"    client_body_temp_path {d}/tmp/body;",
-            f"    proxy_temp_path {d}/tmp/proxy;",
-            f"    fastcgi_temp_path {d}/tmp/fastcgi;",
-            f"    uwsgi_temp_path {d}/tmp/uwsgi;",
-            f"    scgi_temp_path {d}/tmp/scgi;",
+            f"    client_body_temp_path {d}/temp/body;",
+            f"    proxy_temp_path {d}/temp/proxy;",
+            f"    fastcgi_temp_path {d}/temp/fastcgi;",
+            f"    uwsgi_temp_path {d}/temp/uwsgi;",
+            f"    scgi_temp_path {d}/temp/scgi;",
             "    server_names_hash_bucket_size 128;",
             "    server {",
             f"        listen {_listen_address(*self.control)};",
@@ -842,7 +843,7 @@ class NginxLab:
     def _write(self, servers: Sequence[NginxServer]) -> None:
         """Write the config for servers under the next generation number and check it with nginx -t."""
         self.generation += 1
-        (self.directory / "tmp").mkdir(exist_ok=True)
+        (self.directory / "temp").mkdir(exist_ok=True)
         self.conf.write_text(self.render(servers))
         test = subprocess.run(self._args("-t", "-q"), capture_output=True, text=True, timeout=120, check=False)
         if test.returncode != 0:

@@ -1,0 +1,74 @@
+"""The collector: series come from the store on each scrape, removed targets vanish, promtool accepts the output."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from scanner.config import Expectation
+from scanner.metrics import ReloadStatus, ScannerCollector, render
+from scanner.protocols import Protocol
+from scanner.store import ResultStore
+from tests.sweeps import A, E, R, sweep, target
+
+T10, T12 = Protocol.TLSv1_0, Protocol.TLSv1_2
+
+
+def _registry(store: ResultStore) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ScannerCollector(store, ReloadStatus(successful=False, last_success_at=5.0)))
+    return registry
+
+
+def test_values_follow_the_store() -> None:
+    store = ResultStore(None)
+    t = target("web", expect=Expectation(reject=frozenset({T10})), labels=(("team", "infra"),))
+    store.set_targets([t])
+    registry = _registry(store)
+    store.record(sweep(t, {T10: A, T12: A}, at=100, http={T12: 200}))
+    labels = {"target": "web", "team": "infra"}
+    get = registry.get_sample_value
+    assert get("tls_scanner_protocol_accepted", {**labels, "protocol": "TLSv1.0"}) == 1
+    assert get("tls_scanner_expectation_met", labels) == 0
+    assert get("tls_scanner_http_status_code", {**labels, "protocol": "TLSv1.2"}) == 200
+    store.record(sweep(t, {T10: R, T12: E}, at=200))
+    assert get("tls_scanner_protocol_accepted", {**labels, "protocol": "TLSv1.0"}) == 0
+    assert get("tls_scanner_protocol_changes_total", {**labels, "protocol": "TLSv1.0"}) == 1
+    assert get("tls_scanner_protocol_last_change_timestamp_seconds", {**labels, "protocol": "TLSv1.0"}) == 200.5
+    # the error leaves TLSv1.2 at its last determined value
+    assert get("tls_scanner_protocol_accepted", {**labels, "protocol": "TLSv1.2"}) == 1
+    assert get("tls_scanner_protocol_error", {**labels, "protocol": "TLSv1.2"}) == 1
+    assert get("tls_scanner_scan_success", labels) == 0
+    assert get("tls_scanner_last_success_timestamp_seconds", labels) == 100.5
+    assert get("tls_scanner_scan_errors_total", {**labels, "reason": "timeout"}) == 1
+    assert get("tls_scanner_scan_errors_total", {**labels, "reason": "dns"}) == 0
+    assert get("tls_scanner_expectation_met", labels) == 1
+    assert get("tls_scanner_config_last_reload_successful") == 0
+    assert get("tls_scanner_targets") == 1
+
+
+def test_removed_target_series_vanish() -> None:
+    store = ResultStore(None)
+    a, b = target("a"), target("b")
+    store.set_targets([a, b])
+    store.record(sweep(a, {T12: A}))
+    store.record(sweep(b, {T12: A}))
+    registry = _registry(store)
+    assert registry.get_sample_value("tls_scanner_protocol_accepted", {"target": "a", "protocol": "TLSv1.2"}) == 1
+    store.set_targets([b])
+    assert registry.get_sample_value("tls_scanner_protocol_accepted", {"target": "a", "protocol": "TLSv1.2"}) is None
+    assert b'target="a"' not in render(store)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (tests/run.sh installs it)")
+def test_promtool_accepts_the_exposition() -> None:
+    store = ResultStore(None)
+    t = target("web", expect=Expectation(accept=frozenset({T12})), labels=(("team", "a b \"c\""),))
+    store.set_targets([t])
+    store.record(sweep(t, {T10: R, T12: A}, http={T12: 403}))
+    text = render(store, ReloadStatus(successful=True, last_success_at=1.0))
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()

@@ -1,0 +1,96 @@
+"""The results store: determined states, flips, errors that change nothing, history, and a durable file."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from scanner.probe import ErrorReason
+from scanner.protocols import Protocol
+from scanner.store import HISTORY_PER_TARGET, ResultStore
+from tests.sweeps import A, E, R, sweep, target
+
+T10, T12 = Protocol.TLSv1_0, Protocol.TLSv1_2
+
+
+def test_flip_is_a_transition_and_error_keeps_last_state() -> None:
+    store = ResultStore(None)
+    t = target()
+    store.set_targets([t])
+    assert store.record(sweep(t, {T10: A, T12: A}, at=100)) == []
+    assert store.record(sweep(t, {T10: E, T12: A}, at=200)) == []  # an outage is not a brownout
+    status = store.status("t")
+    assert status.protocols[T10].state is A
+    assert status.protocols[T10].last_change == 100.5
+    assert status.errors == {ErrorReason.TIMEOUT: 1}
+    flips = store.record(sweep(t, {T10: R, T12: A}, at=300))
+    assert [(f.protocol, f.old, f.new, f.at) for f in flips] == [(T10, A, R, 300.5)]
+    status = store.status("t", with_transitions=5)
+    assert status.protocols[T10].changes == 1
+    assert status.protocols[T12].changes == 0
+    assert status.last_success_at == 300.5
+    assert [t.new for t in status.transitions] == [R]
+
+
+def test_removed_targets_vanish_from_snapshot() -> None:
+    store = ResultStore(None)
+    a, b = target("a"), target("b")
+    store.set_targets([a, b])
+    store.record(sweep(a, {T10: A}))
+    store.record(sweep(b, {T10: A}))
+    store.set_targets([b])
+    assert [s.target.name for s in store.snapshot()] == ["b"]
+
+
+def test_state_survives_restart_and_a_change_while_down_counts(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    t = target()
+    store = ResultStore(path)
+    store.set_targets([t])
+    store.record(sweep(t, {T10: A}, at=100))
+    store.close()
+
+    store = ResultStore(path)
+    store.set_targets([t])
+    assert store.status("t").protocols[T10].last_change == 100.5
+    flips = store.record(sweep(t, {T10: R}, at=500))
+    assert len(flips) == 1
+    assert store.status("t").protocols[T10].changes == 1
+    store.close()
+
+
+def test_history_is_bounded(tmp_path: Path) -> None:
+    store = ResultStore(str(tmp_path / "s.db"))
+    t = target()
+    store.set_targets([t])
+    for i in range(HISTORY_PER_TARGET + 50):
+        store.record(sweep(t, {T10: A if i % 2 else R}, at=float(i)))
+    count = store._db.execute("SELECT COUNT(*) FROM transition WHERE target = 't'").fetchone()[0]
+    assert count == HISTORY_PER_TARGET
+    assert store.status("t").protocols[T10].changes == HISTORY_PER_TARGET + 49
+    store.close()
+
+
+def test_corrupt_file_is_set_aside_not_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    garbage = b"this is not sqlite at all" * 100
+    path.write_bytes(garbage)
+    store = ResultStore(str(path))
+    store.close()
+    aside = [p for p in os.listdir(tmp_path) if p.startswith("state.db.unusable-") and not p.endswith(("-wal", "-shm"))]
+    assert len(aside) == 1
+    assert (tmp_path / aside[0]).read_bytes() == garbage
+
+
+def test_foreign_sqlite_file_is_set_aside(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE invoices (id INTEGER)")
+    db.execute("INSERT INTO invoices VALUES (42)")
+    db.commit()
+    db.close()
+    ResultStore(str(path)).close()
+    aside = [p for p in os.listdir(tmp_path) if p.startswith("state.db.unusable-") and not p.endswith(("-wal", "-shm"))]
+    assert len(aside) == 1
+    assert sqlite3.connect(tmp_path / aside[0]).execute("SELECT id FROM invoices").fetchone() == (42,)
