@@ -90,10 +90,10 @@ _TARGET_KEYS = ("host", "port", "name", "sni", "labels", "timeout", "interval", 
 _EXPECT_KEYS = ("accept", "reject", "http_ok")
 _HTTP_KEYS = ("path", "method", "host")
 # The scanner's own metric labels; a user label of the same name would clash with them.
-RESERVED_LABELS = ("target", "protocol", "reason", "address", "name", "host", "port")
+_RESERVED_LABELS = ("target", "protocol", "reason", "address", "name", "host", "port")
 
 _KNOWN_PROTOCOLS = ", ".join(ALL_PROTOCOLS)
-_DURATION_RE = re.compile(r"(-?)(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)")
+_DURATION_RE = re.compile(r"(-?)([0-9]+(?:\.[0-9]+)?|\.[0-9]+)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_HINT = "use e.g. 500ms, 3s, 5m, 1h"
 _LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -346,9 +346,13 @@ def _mapping(node: yaml.MappingNode, what: str, allowed: tuple[str, ...]) -> _Pa
     pairs = _pairs(node, what)
     for key, (key_node, _) in pairs.items():
         if key not in allowed:
-            where = "at top level" if what == "top level" else f"in {what}"
-            raise _Invalid(key_node, f"unknown key {_quote(key)} {where} (allowed: {', '.join(allowed)})")
+            raise _Invalid(key_node, f"unknown key {_quote(key)} {_in(what)} (allowed: {', '.join(allowed)})")
     return pairs
+
+
+def _in(what: str) -> str:
+    """Say where a key is: "at top level" or "in <section>"."""
+    return "at top level" if what == "top level" else f"in {what}"
 
 
 def _pairs(node: yaml.MappingNode, what: str, seen: frozenset[int] = frozenset()) -> _Pairs:
@@ -371,7 +375,7 @@ def _pairs(node: yaml.MappingNode, what: str, seen: frozenset[int] = frozenset()
         key = key_node.value
         if key in explicit:
             first = _line(explicit[key][0])
-            raise _Invalid(key_node, f"duplicate key {_quote(key)} in {what} (first on line {first})")
+            raise _Invalid(key_node, f"duplicate key {_quote(key)} {_in(what)} (first on line {first})")
         explicit[key] = (key_node, value_node)
     pairs = {key: pair for key, pair in merged.items() if key not in explicit} | explicit
     return dict(sorted(pairs.items(), key=lambda item: item[1][0].start_mark.index))
@@ -522,8 +526,8 @@ def _labels(node: yaml.Node) -> dict[str, str]:
             raise _Invalid(
                 key_node, f'label name {_quote(key)} is reserved: names starting with "__" are for Prometheus'
             )
-        if key in RESERVED_LABELS:
-            reserved = ", ".join(RESERVED_LABELS)
+        if key in _RESERVED_LABELS:
+            reserved = ", ".join(_RESERVED_LABELS)
             raise _Invalid(key_node, f"label name {_quote(key)} is reserved for the scanner's own labels ({reserved})")
         if not isinstance(value_node, yaml.ScalarNode) or value_node.tag != _STR:
             message = f"label {_quote(key)}: expected a string value, got {_describe(value_node)}"
@@ -585,13 +589,16 @@ def _describe(node: yaml.Node) -> str:
         return "list"
     if node.tag == _STR:
         return _quote(node.value)
-    if node.tag in (_INT, _FLOAT):
+    if node.tag in (_INT, _FLOAT) and _number(node) is not None:
         return str(node.value)
     if node.tag == _NULL:
         return "null"
-    kind = _KINDS.get(node.tag, f"a value tagged {node.tag}")
+    kind = _KINDS.get(node.tag, "a value tagged " + node.tag.replace("tag:yaml.org,2002:", "!!"))
     return f"{kind} {node.value}"
 
 
 def _quote(text: str) -> str:
-    """Quote user text for a message
+    """Quote user text for a message, escaping control characters and shortening long values."""
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return json.dumps(text, ensure_ascii=False)

@@ -173,7 +173,9 @@ class _Handshake:
             server_location=self.location,
             network_configuration=self.network,
             tls_version=_SSLYZE_VERSION[protocol],
-            should_ignore_client_auth=True,
+            # Be told when a client certificate is asked for: carrying on without one ends in an alert
+            # that would read as a rejection.
+            should_ignore_client_auth=False,
             should_enable_server_name_indication=self.sni,
         )
         if protocol is Protocol.TLSv1_3:
@@ -319,6 +321,11 @@ class Prober:
         """The address to connect to, or the DNS error as a result."""
         if _is_ip_literal(target.host):
             return target.host
+        if target.host.rstrip(".").lower().endswith(".invalid"):
+            # RFC 6761: resolvers should answer NXDOMAIN for .invalid without sending a query.
+            return ProtocolResult(
+                ProtocolState.ERROR, detail="cannot resolve: .invalid never resolves", reason=ErrorReason.DNS
+            )
         loop = asyncio.get_running_loop()
         try:
             infos = await asyncio.wait_for(

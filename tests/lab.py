@@ -533,7 +533,8 @@ class TLSServer(_ThreadedServer):
             except (ssl.SSLError, OSError) as exc:
                 with self._lock:
                     self.errors.append(f"{type(exc).__name__}: {exc}")
-                tls.close()
+                # Closing with the client's unread bytes queued would send a RST that can overtake OpenSSL's alert.
+                _drain_and_close(tls)
                 return
             with self._lock:
                 self.negotiated.append(tls.version() or "")

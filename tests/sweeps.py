@@ -9,7 +9,9 @@ from scanner.protocols import Protocol
 A, R, E = ProtocolState.ACCEPTED, ProtocolState.REJECTED, ProtocolState.ERROR
 
 
-def target(name: str = "t", expect: Expectation | None = None, labels: tuple[tuple[str, str], ...] = ()) -> TargetConfig:
+def target(
+    name: str = "t", expect: Expectation | None = None, labels: tuple[tuple[str, str], ...] = ()
+) -> TargetConfig:
     return TargetConfig(name=name, host="127.0.0.1", port=443, expect=expect or Expectation(), labels=labels)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -289,7 +290,7 @@ INVALID_INLINE = {
     "duplicate_top_level": (
         "targets: [a.org]\nconcurrency: 2\ntargets: [b.org]\n",
         3,
-        'duplicate key "targets" in top level (first on line 1)',
+        'duplicate key "targets" at top level (first on line 1)',
     ),
 }
 
@@ -500,7 +501,11 @@ targets:
         ("{path: /health, method: HEAD}", "false", None),
         ("{path: /health, method: HEAD}", "true", HttpCheck()),
         ("{path: /health, method: HEAD}", "{host: h.example}", HttpCheck(host="h.example")),
-        (None, "{path: '/x?y=1', method: POST, host: 'h:8443'}", HttpCheck(path="/x?y=1", method="POST", host="h:8443")),
+        (
+            None,
+            "{path: '/x?y=1', method: POST, host: 'h:8443'}",
+            HttpCheck(path="/x?y=1", method="POST", host="h:8443"),
+        ),
     ],
 )
 def test_http(tmp_path: Path, default_http: str | None, target_http: str | None, expected: HttpCheck | None) -> None:
@@ -534,32 +539,25 @@ def test_path_object_is_stored_as_str(tmp_path: Path) -> None:
 
 def test_valid_full() -> None:
     path = CONFIGS / "valid_full.yaml"
-    default_labels = (("env", "prod"), ("team", "infra"))
-    default_expect = Expectation(
-        accept=frozenset({P.TLSv1_2}), reject=frozenset({P.SSLv2, P.SSLv3}), http_ok=frozenset({P.TLSv1_2})
+    inherited = TargetConfig(
+        name="",
+        host="",
+        labels=(("env", "prod"), ("team", "infra")),
+        interval=300.0,
+        timeout=2.5,
+        expect=Expectation(
+            accept=frozenset({P.TLSv1_2}), reject=frozenset({P.SSLv2, P.SSLv3}), http_ok=frozenset({P.TLSv1_2})
+        ),
+        http=HttpCheck(path="/healthz", method="HEAD", host="status.example.org"),
     )
-    default_http = HttpCheck(path="/healthz", method="HEAD", host="status.example.org")
-    common = {"labels": default_labels, "interval": 300.0, "timeout": 2.5, "expect": default_expect}
     assert load_config(path) == Config(
         path=str(path),
         concurrency=32,
         targets=(
-            TargetConfig(
-                name="python.org:443", host="python.org", sni="python.org", http=default_http, line=14, **common
-            ),
-            TargetConfig(
-                name="example.org:8443",
-                host="example.org",
-                port=8443,
-                sni="example.org",
-                http=default_http,
-                line=15,
-                **common,
-            ),
-            TargetConfig(
-                name="[2001:db8::1]:8443", host="2001:db8::1", port=8443, http=default_http, line=16, **common
-            ),
-            TargetConfig(name="192.0.2.10:443", host="192.0.2.10", http=default_http, line=17, **common),
+            replace(inherited, name="python.org:443", host="python.org", sni="python.org", line=14),
+            replace(inherited, name="example.org:8443", host="example.org", port=8443, sni="example.org", line=15),
+            replace(inherited, name="[2001:db8::1]:8443", host="2001:db8::1", port=8443, line=16),
+            replace(inherited, name="192.0.2.10:443", host="192.0.2.10", line=17),
             TargetConfig(
                 name="testpypi",
                 host="test.pypi.org",
@@ -577,23 +575,21 @@ def test_valid_full() -> None:
                 http=HttpCheck(path="/simple/"),
                 line=18,
             ),
-            TargetConfig(
+            replace(
+                inherited,
                 name="[2001:db8::2]:443",
                 host="2001:db8::2",
-                labels=default_labels,
-                interval=300.0,
-                timeout=2.5,
-                expect=Expectation(accept=frozenset({P.TLSv1_2}), reject=frozenset({P.SSLv2, P.SSLv3})),
+                expect=replace(inherited.expect, http_ok=frozenset()),
                 http=None,
                 line=28,
             ),
-            TargetConfig(
+            replace(
+                inherited,
                 name="files.example.org:443",
                 host="files.example.org",
                 sni="files.example.org",
                 http=HttpCheck(),
                 line=32,
-                **common,
             ),
         ),
     )

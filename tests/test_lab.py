@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import shutil
 import socket
 import ssl
 import time
@@ -14,7 +15,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from scanner.protocols import Protocol
-from tests import lab as lab_module
 from tests.lab import (
     Endpoint,
     LabCerts,
@@ -207,7 +207,7 @@ def test_python_server_on_ipv6_loopback() -> None:
 
 def test_lab_refuses_non_loopback_hosts() -> None:
     """The lab never binds outside loopback."""
-    with pytest.raises(ValueError, match="loopback"), python_tls_server({TLS13}, host="0.0.0.0"):  # noqa: S104
+    with pytest.raises(ValueError, match="loopback"), python_tls_server({TLS13}, host="0.0.0.0"):
         pass
     with pytest.raises(ValueError, match="loopback"):
         free_ports(1, host="192.0.2.1")
@@ -302,7 +302,7 @@ def test_lab_stack_stops_everything(tmp_certs: LabCerts) -> None:
 
 def test_require_nginx_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without nginx a local run skips with the README hint, a CI run fails."""
-    monkeypatch.setattr(lab_module.shutil, "which", lambda _: None)
+    monkeypatch.setattr(shutil, "which", lambda _: None)
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="README"):
         require_nginx()

@@ -66,7 +66,7 @@ def test_removed_target_series_vanish() -> None:
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (tests/run.sh installs it)")
 def test_promtool_accepts_the_exposition() -> None:
     store = ResultStore(None)
-    t = target("web", expect=Expectation(accept=frozenset({T12})), labels=(("team", "a b \"c\""),))
+    t = target("web", expect=Expectation(accept=frozenset({T12})), labels=(("team", 'a b "c"'),))
     store.set_targets([t])
     store.record(sweep(t, {T10: R, T12: A}, http={T12: 403}))
     text = render(store, ReloadStatus(successful=True, last_success_at=1.0))

@@ -18,7 +18,11 @@ POLICY = Expectation(accept=frozenset({T12}), reject=frozenset({S3, T10}), http_
     [
         ({S3: R, T10: R, T12: A}, {T12: 200}, []),
         ({S3: R, T10: A, T12: A}, {T12: 301}, ["TLSv1.0 expected rejected, is accepted"]),
-        ({S3: R, T10: R, T12: R}, {}, ["TLSv1.2 expected accepted, is rejected", "TLSv1.2 expected HTTP 2xx/3xx, handshake rejected"]),
+        (
+            {S3: R, T10: R, T12: R},
+            {},
+            ["TLSv1.2 expected accepted, is rejected", "TLSv1.2 expected HTTP 2xx/3xx, handshake rejected"],
+        ),
         ({S3: R, T10: R, T12: A}, {T12: 403}, ["TLSv1.2 expected HTTP 2xx/3xx, got 403"]),
         ({S3: E, T10: E, T12: E}, {}, []),  # unknown is not a violation
     ],
