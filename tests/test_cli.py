@@ -71,7 +71,8 @@ def test_once_unreachable_exits_3_and_violation_wins_over_errors(lab: LabStack, 
         e = lab.tls_server({Protocol.TLSv1_2})
         config = write(
             tmp_path,
-            f"targets:\n  - 127.0.0.1:{closed.port}\n  - {{host: 127.0.0.1, port: {e.port}, expect: {{accept: [TLSv1.3]}}}}\n",
+            f"targets:\n  - 127.0.0.1:{closed.port}\n"
+            f"  - {{host: 127.0.0.1, port: {e.port}, expect: {{accept: [TLSv1.3]}}}}\n",
         )
         assert run("--once", "--config", config).returncode == 1
 

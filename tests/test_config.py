@@ -283,7 +283,7 @@ INVALID_INLINE = {
     "explicit_int_tag": (
         "targets:\n  - host: python.org\n    port: !!int abc\n",
         3,
-        "port: expected an integer 1-65535, got abc",
+        "port: expected an integer 1-65535, got a value tagged !!int abc",
     ),
     "recursive_merge": ("defaults: &d\n  <<: *d\ntargets: [python.org]\n", 1, "defaults: recursive merge"),
     "merge_scalar": ("defaults:\n  <<: 5\ntargets: [python.org]\n", 2, "<<: expected a mapping to merge, got 5"),
