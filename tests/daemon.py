@@ -121,7 +121,7 @@ class Daemon:
                     args, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
                 )
             process = self.process
-            until(lambda: process.poll() is not None or self._healthy(), timeout, "the daemon to answer /-/healthy")
+            until(lambda p=process: p.poll() is not None or self._healthy(), timeout, "the daemon to answer /-/healthy")
             if process.poll() is None:
                 return self
             self.process = None
