@@ -10,14 +10,15 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from scanner import __version__
-from scanner.config import Config, ConfigError, load_config
+from scanner.config import Config, ConfigError, TargetConfig, load_config
 from scanner.logs import setup_logging
 from scanner.metrics import render
-from scanner.policy import evaluate
+from scanner.policy import verdict
 from scanner.probe import Prober, SweepResult
 from scanner.report import render_json, render_table
 from scanner.service import serve
 from scanner.store import ResultStore
+from scanner.targets import ALL, Shard, expand
 
 DEFAULT_CONFIG = "config/endpoints.yaml"
 DEFAULT_LISTEN_ADDRESS = ":9913"
@@ -59,10 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"daemon: SQLite state (default {DEFAULT_STATE_FILE})",
     )
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="INDEX/COUNT",
+        help="scan only this replica's share of the targets (rendezvous hashing on target names), e.g. 0/3",
+    )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--version", action="version", version=f"tls-scanner {__version__}")
     return parser
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,56 +88,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tls-scanner: {exc}", file=sys.stderr)
         return ExitCode.USAGE
+    shard = args.shard or ALL
     if args.check_config:
-        print(f"{args.config}: OK, {len(config.targets)} targets", file=sys.stderr)
+        count = len(expand(config, shard))
+        print(f"{args.config}: OK, {count} targets{' on this shard' if args.shard else ''}", file=sys.stderr)
         return ExitCode.OK
     if args.once:
-        return run_once(config, args.format, sys.stdout, sys.stderr)
+        return run_once(config, args.format, sys.stdout, sys.stderr, shard)
     try:
-        serve(config, listen_address=args.listen_address, state_file=args.state_file)
+        serve(config, listen_address=args.listen_address, state_file=args.state_file, shard=args.shard)
     except (ValueError, OSError) as exc:
         print(f"tls-scanner: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     return ExitCode.OK
 
 
-def run_once(config: Config, output_format: str, out: TextIO, progress: TextIO) -> int:
+def run_once(config: Config, output_format: str, out: TextIO, progress: TextIO, shard: Shard = ALL) -> int:
     """Sweep every target once, print the report, and return the exit code."""
-    sweeps = asyncio.run(sweep_all(config, progress if progress.isatty() else None))
+    targets = expand(config, shard)
+    sweeps = asyncio.run(sweep_all(config, targets, progress if progress.isatty() else None))
     if output_format == "json":
         out.write(render_json(sweeps))
     elif output_format == "prometheus":
         store = ResultStore(None)
-        store.set_targets(config.targets)
+        store.set_targets(targets)
         for sweep in sweeps:
             store.record(sweep)
-        out.write(render(store).decode())
+        out.write(render(store, shard=None if shard is ALL else shard).decode())
         store.close()
     else:
         out.write(render_table(sweeps))
-    if any(not evaluate(s.target.expect, s.protocols).met for s in sweeps):
+    if any(not verdict(s).met for s in sweeps if not s.closed):
         return ExitCode.VIOLATED
-    if any(not s.complete for s in sweeps):
+    if any(not s.complete for s in sweeps if not s.closed):
         return ExitCode.INCOMPLETE
     return ExitCode.OK
 
 
-async def sweep_all(config: Config, progress: TextIO | None) -> list[SweepResult]:
+async def sweep_all(config: Config, targets: Sequence[TargetConfig], progress: TextIO | None) -> list[SweepResult]:
     """One round over every target, at most `concurrency` handshakes in flight, results in config order."""
-    prober = Prober(config.concurrency)
+    prober = Prober(config.concurrency, config.politeness, config.resolver)
     done = 0
 
-    async def one(index: int) -> SweepResult:
+    async def one(target: TargetConfig) -> SweepResult:
         nonlocal done
-        result = await prober.sweep(config.targets[index])
+        result = await prober.sweep(target)
         done += 1
         if progress is not None:
-            progress.write(f"\rscanned {done}/{len(config.targets)} targets")
+            progress.write(f"\rscanned {done}/{len(targets)} targets")
             progress.flush()
         return result
 
     try:
-        return list(await asyncio.gather(*(one(i) for i in range(len(config.targets)))))
+        return list(await asyncio.gather(*(one(t) for t in targets)))
     finally:
         prober.close()
         if progress is not None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import json
 import math
+import os
 import re
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -16,6 +19,7 @@ from scanner.protocols import ALL_PROTOCOLS, Protocol
 DEFAULT_CONCURRENCY = 64
 DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 5.0
+DEFAULT_MAX_RANGE_ENDPOINTS = 65536  # a /16 on one port
 
 
 class ConfigError(Exception):
@@ -50,6 +54,60 @@ class HttpCheck:
     host: str | None = None  # Host header; None means the target's host
 
 
+class AddressMode(enum.StrEnum):
+    """Which of the addresses a name resolves to are probed."""
+
+    ALL = "all"
+    FIRST = "first"
+    IPV4 = "ipv4"
+    IPV6 = "ipv6"
+
+
+class StartTls(enum.StrEnum):
+    """Protocols that upgrade a plain connection to TLS (sslyze's opportunistic TLS)."""
+
+    SMTP = "smtp"
+    IMAP = "imap"
+    POP3 = "pop3"
+    FTP = "ftp"
+    XMPP = "xmpp"
+    LDAP = "ldap"
+    POSTGRES = "postgres"
+    RDP = "rdp"
+
+
+@dataclass(frozen=True)
+class ClientCert:
+    """A client certificate (chain) and key, for endpoints that demand mTLS."""
+
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Resolver:
+    """DNS servers to ask instead of the system's."""
+
+    nameservers: tuple[tuple[str, int], ...]
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Who /probe may scan beyond the configured targets, and how many probes run at once."""
+
+    allow: tuple[str, ...] = ()  # CIDR networks and host name patterns (fnmatch, e.g. *.example.org)
+    max_concurrent: int = 4
+
+
+@dataclass(frozen=True)
+class Politeness:
+    """Limits per remote address, whichever targets share it."""
+
+    connections_per_address: int = 8
+    connections_per_second: float = 0.0  # 0: no rate limit
+
+
 @dataclass(frozen=True)
 class TargetConfig:
     """One configured endpoint, with defaults already applied."""
@@ -65,6 +123,26 @@ class TargetConfig:
     expect: Expectation = field(default_factory=Expectation)
     http: HttpCheck | None = None
     line: int = 0  # where the target is defined, for messages
+    addresses: AddressMode = AddressMode.ALL
+    address: str | None = None  # pinned connect address; host stays the SNI and Host name
+    starttls: StartTls | None = None
+    client_cert: ClientCert | None = None
+    https_proxy: str | None = None  # http://host:port, CONNECT tunnel
+    range: str | None = None  # set for endpoints expanded from a `network:` range
+
+
+@dataclass(frozen=True)
+class RangeConfig:
+    """A `network:` entry: every address:port in it is swept; template carries the shared settings."""
+
+    network: str
+    ports: tuple[int, ...]
+    template: TargetConfig
+    line: int = 0
+
+    @property
+    def size(self) -> int:
+        return ipaddress.ip_network(self.network).num_addresses * len(self.ports)
 
 
 @dataclass(frozen=True)
@@ -74,6 +152,11 @@ class Config:
     path: str
     targets: tuple[TargetConfig, ...]
     concurrency: int = DEFAULT_CONCURRENCY
+    ranges: tuple[RangeConfig, ...] = ()
+    max_range_endpoints: int = DEFAULT_MAX_RANGE_ENDPOINTS
+    resolver: Resolver | None = None
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    politeness: Politeness = field(default_factory=Politeness)
 
 
 _STR = "tag:yaml.org,2002:str"
@@ -84,9 +167,16 @@ _NULL = "tag:yaml.org,2002:null"
 _MERGE = "tag:yaml.org,2002:merge"
 _KINDS = {_BOOL: "boolean", "tag:yaml.org,2002:timestamp": "timestamp", "tag:yaml.org,2002:binary": "binary"}
 
-_TOP_KEYS = ("concurrency", "defaults", "targets")
-_DEFAULTS_KEYS = ("interval", "timeout", "protocols", "expect", "http", "labels")
-_TARGET_KEYS = ("host", "port", "name", "sni", "labels", "timeout", "interval", "protocols", "expect", "http")
+_TOP_KEYS = ("concurrency", "defaults", "targets", "resolver", "max_range_endpoints", "probe", "politeness")
+_LAYER_KEYS: tuple[str, ...] = ("interval", "timeout", "protocols", "expect", "http", "labels")
+_LAYER_KEYS += ("addresses", "starttls", "client_cert", "https_proxy")
+_DEFAULTS_KEYS = _LAYER_KEYS
+_TARGET_KEYS = ("host", "port", "name", "sni", "address", *_LAYER_KEYS)
+_RANGE_KEYS = ("network", "ports", *_LAYER_KEYS)
+_RESOLVER_KEYS = ("nameservers", "timeout")
+_PROBE_KEYS = ("allow", "max_concurrent")
+_POLITENESS_KEYS = ("connections_per_address", "connections_per_second")
+_CLIENT_CERT_KEYS = ("cert", "key")
 _EXPECT_KEYS = ("accept", "reject", "http_ok")
 _HTTP_KEYS = ("path", "method", "host")
 # The scanner's own metric labels; a user label of the same name would clash with them.
@@ -147,6 +237,11 @@ class _Layer:
     http: HttpCheck | None = None
     http_node: yaml.Node | None = None  # set when `http` was given, even as false
     labels: dict[str, str] = field(default_factory=dict)
+    addresses: AddressMode | None = None
+    starttls: StartTls | None = None
+    starttls_node: yaml.Node | None = None
+    client_cert: ClientCert | None = None
+    https_proxy: str | None = None
 
 
 def load_config(path: str | Path) -> Config:
@@ -224,15 +319,145 @@ def _build(name: str, root: yaml.Node | None) -> Config:
     if not isinstance(node, yaml.SequenceNode):
         raise _Invalid(node, f"targets: expected a list, got {_describe(node)}")
     targets: list[TargetConfig] = []
+    ranges: list[RangeConfig] = []
     name_lines: dict[str, int] = {}
     for item in node.value:
+        if isinstance(item, yaml.MappingNode) and "network" in _pairs(item, "target"):
+            ranges.append(_range(item, defaults))
+            continue
         target, name_line = _target(item, defaults)
         if target.name in name_lines:
             first = name_lines[target.name]
             raise _Invalid(name_line, f"duplicate target name {_quote(target.name)} (first defined on line {first})")
         name_lines[target.name] = name_line
         targets.append(target)
-    return Config(path=name, targets=tuple(targets), concurrency=concurrency)
+    max_range_endpoints = DEFAULT_MAX_RANGE_ENDPOINTS
+    if "max_range_endpoints" in pairs:
+        max_range_endpoints = _positive_int(pairs["max_range_endpoints"][1], "max_range_endpoints")
+    total = 0
+    for entry in ranges:
+        total += entry.size
+        if total > max_range_endpoints:
+            raise _Invalid(
+                entry.line,
+                f"network {entry.network} with {len(entry.ports)} port(s) brings the ranges to {total} endpoints, "
+                f"more than max_range_endpoints ({max_range_endpoints})",
+            )
+    return Config(
+        path=name,
+        targets=tuple(targets),
+        concurrency=concurrency,
+        ranges=tuple(ranges),
+        max_range_endpoints=max_range_endpoints,
+        resolver=_resolver(pairs["resolver"][1]) if "resolver" in pairs else None,
+        probe=_probe_settings(pairs["probe"][1]) if "probe" in pairs else ProbeSettings(),
+        politeness=_politeness(pairs["politeness"][1]) if "politeness" in pairs else Politeness(),
+    )
+
+
+def _positive_int(node: yaml.Node, key: str) -> int:
+    value = _int(node)
+    if value is None or value < 1:
+        raise _Invalid(node, f"{key}: expected an integer >= 1, got {_describe(node)}")
+    return value
+
+
+def _section(node: yaml.Node, key: str, allowed: tuple[str, ...]) -> _Pairs:
+    if not isinstance(node, yaml.MappingNode):
+        raise _Invalid(node, f"{key}: expected a mapping with {', '.join(allowed)}, got {_describe(node)}")
+    return _mapping(node, key, allowed)
+
+
+def _resolver(node: yaml.Node) -> Resolver:
+    """Parse `resolver: {nameservers: [host:port, ...], timeout: 2s}`."""
+    pairs = _section(node, "resolver", _RESOLVER_KEYS)
+    if "nameservers" not in pairs:
+        raise _Invalid(node, 'resolver: missing required key "nameservers"')
+    servers_node = pairs["nameservers"][1]
+    if not isinstance(servers_node, yaml.SequenceNode) or not servers_node.value:
+        raise _Invalid(servers_node, f"resolver.nameservers: expected a non-empty list, got {_describe(servers_node)}")
+    servers = []
+    for item in servers_node.value:
+        text = _str(item, "resolver.nameservers")
+        host, port = _host_port(text, item)
+        if not _is_ip(host):
+            raise _Invalid(item, f"resolver.nameservers: expected an IP address[:port], got {_quote(text)}")
+        servers.append((host, 53 if port is None else port))
+    timeout = _duration(pairs["timeout"][1], "resolver.timeout") if "timeout" in pairs else 2.0
+    return Resolver(nameservers=tuple(servers), timeout=timeout)
+
+
+def _probe_settings(node: yaml.Node) -> ProbeSettings:
+    """Parse `probe: {allow: [CIDR or name pattern, ...], max_concurrent: N}`."""
+    pairs = _section(node, "probe", _PROBE_KEYS)
+    allow: list[str] = []
+    if "allow" in pairs:
+        allow_node = pairs["allow"][1]
+        if not isinstance(allow_node, yaml.SequenceNode):
+            raise _Invalid(allow_node, f"probe.allow: expected a list, got {_describe(allow_node)}")
+        for item in allow_node.value:
+            text = _str(item, "probe.allow")
+            if "/" in text or _is_ip(text):
+                try:
+                    text = str(ipaddress.ip_network(text, strict=False))
+                except ValueError:
+                    raise _Invalid(item, f"probe.allow: {_quote(text)} is not a valid network") from None
+            elif not re.fullmatch(r"[A-Za-z0-9_.*?-]+", text):
+                raise _Invalid(item, f"probe.allow: expected a CIDR network or a host name pattern, got {_quote(text)}")
+            allow.append(text)
+    max_concurrent = ProbeSettings.max_concurrent
+    if "max_concurrent" in pairs:
+        max_concurrent = _positive_int(pairs["max_concurrent"][1], "probe.max_concurrent")
+    return ProbeSettings(allow=tuple(allow), max_concurrent=max_concurrent)
+
+
+def _politeness(node: yaml.Node) -> Politeness:
+    """Parse `politeness: {connections_per_address: 8, connections_per_second: 0}`."""
+    pairs = _section(node, "politeness", _POLITENESS_KEYS)
+    per_address = Politeness.connections_per_address
+    if "connections_per_address" in pairs:
+        per_address = _positive_int(pairs["connections_per_address"][1], "politeness.connections_per_address")
+    rate = Politeness.connections_per_second
+    if "connections_per_second" in pairs:
+        rate_node = pairs["connections_per_second"][1]
+        number = _number(rate_node)
+        if number is None or number < 0 or math.isinf(number):
+            raise _Invalid(
+                rate_node, f"politeness.connections_per_second: expected a number >= 0, got {_describe(rate_node)}"
+            )
+        rate = number
+    return Politeness(connections_per_address=per_address, connections_per_second=rate)
+
+
+def _range(node: yaml.MappingNode, defaults: _Layer) -> RangeConfig:
+    """Build a `network:` range entry; its endpoints are expanded later, in scanner.targets."""
+    pairs = _mapping(node, "range", _RANGE_KEYS)
+    own = _Layer()
+    network_node = pairs["network"][1]
+    text = _str(network_node, "network")
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise _Invalid(network_node, f"network: {_quote(text)} is not a valid network ({exc})") from None
+    ports: tuple[int, ...] = (443,)
+    for key, (key_node, value_node) in pairs.items():
+        if key == "ports":
+            if not isinstance(value_node, yaml.SequenceNode) or not value_node.value:
+                raise _Invalid(value_node, f"ports: expected a non-empty list of ports, got {_describe(value_node)}")
+            ports = tuple(_port(item) for item in value_node.value)
+            if len(set(ports)) != len(ports):
+                raise _Invalid(value_node, "ports: duplicate port")
+        elif key != "network":
+            _layer_key(own, key, key_node, value_node)
+    template = _settings(own, defaults, name=str(network), host=str(network.network_address), port=ports[0], node=node)
+    return RangeConfig(network=str(network), ports=ports, template=template, line=_line(node))
+
+
+def _port(node: yaml.Node) -> int:
+    port = _int(node)
+    if port is None or not 1 <= port <= 65535:
+        raise _Invalid(node, f"port: expected an integer 1-65535, got {_describe(node)}")
+    return port
 
 
 def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
@@ -241,6 +466,7 @@ def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
     port: int | None = None
     name: str | None = None
     name_line = _line(node)
+    address: str | None = None
     sni_given: str | bool = True  # True: derive from host
     if isinstance(node, yaml.ScalarNode) and node.tag == _STR:
         host, port = _host_port(node.value, node)
@@ -253,9 +479,12 @@ def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
             if key == "host":
                 host = _host(_str(value_node, "host"), value_node)
             elif key == "port":
-                port = _int(value_node)
-                if port is None or not 1 <= port <= 65535:
-                    raise _Invalid(value_node, f"port: expected an integer 1-65535, got {_describe(value_node)}")
+                port = _port(value_node)
+            elif key == "address":
+                address = _str(value_node, "address")
+                if not _is_ip(address.strip("[]")):
+                    raise _Invalid(value_node, f"address: expected an IP address, got {_quote(address)}")
+                address = address.strip("[]")
             elif key == "name":
                 name = _str(value_node, "name")
                 if not name.strip() or not name.isprintable():
@@ -278,6 +507,14 @@ def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
         sni = sni_given or None
     if name is None:
         name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    target = _settings(own, defaults, name=name, host=host, port=port, node=node)
+    if own.https_proxy is not None and address is not None:
+        raise _Invalid(node, "address: cannot pin an address when connecting through https_proxy")
+    return replace(target, sni=sni, address=address), name_line
+
+
+def _settings(own: _Layer, defaults: _Layer, *, name: str, host: str, port: int, node: yaml.Node) -> TargetConfig:
+    """Merge one level's settings over the defaults into a TargetConfig, checking combinations."""
     expect = {**defaults.expect, **own.expect}
     _check_expect(expect, set(own.expect))
     http = own.http if own.http_node is not None else defaults.http
@@ -288,12 +525,16 @@ def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
             f"expect.http_ok needs an HTTP check, but target {_quote(name)} has none "
             "(set http: true or a mapping, or http_ok: [])",
         )
+    starttls = own.starttls or defaults.starttls
+    if starttls is not None and http is not None:
+        where = own.starttls_node or own.http_node or node
+        raise _Invalid(where, f"starttls: {starttls} endpoints do not speak HTTP; drop the http check (http: false)")
     labels = {**defaults.labels, **own.labels}
-    target = TargetConfig(
+    return TargetConfig(
         name=name,
         host=host,
         port=port,
-        sni=sni,
+        sni=None if _is_ip(host) else host,
         labels=tuple(sorted(labels.items())),
         interval=own.interval or defaults.interval or DEFAULT_INTERVAL,
         timeout=own.timeout or defaults.timeout or DEFAULT_TIMEOUT,
@@ -301,8 +542,11 @@ def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
         expect=Expectation(**{key: frozenset(protocols) for key, (_, protocols) in expect.items()}),
         http=http,
         line=_line(node),
+        addresses=own.addresses or defaults.addresses or AddressMode.ALL,
+        starttls=starttls,
+        client_cert=own.client_cert or defaults.client_cert,
+        https_proxy=own.https_proxy or defaults.https_proxy,
     )
-    return target, name_line
 
 
 def _layer_key(layer: _Layer, key: str, key_node: yaml.Node, node: yaml.Node) -> None:
@@ -324,6 +568,40 @@ def _layer_key(layer: _Layer, key: str, key_node: yaml.Node, node: yaml.Node) ->
         layer.http_node = key_node
     elif key == "labels":
         layer.labels = _labels(node)
+    elif key == "addresses":
+        layer.addresses = _choice(node, key, AddressMode)
+    elif key == "starttls":
+        layer.starttls = _choice(node, key, StartTls)
+        layer.starttls_node = node
+    elif key == "client_cert":
+        pairs = _section(node, "client_cert", _CLIENT_CERT_KEYS)
+        paths = {}
+        for name in _CLIENT_CERT_KEYS:
+            if name not in pairs:
+                raise _Invalid(node, f'client_cert: missing required key "{name}"')
+            path_node = pairs[name][1]
+            path = _str(path_node, f"client_cert.{name}")
+            if not os.access(path, os.R_OK) or not os.path.isfile(path):
+                raise _Invalid(path_node, f"client_cert.{name}: cannot read {_quote(path)}")
+            paths[name] = path
+        layer.client_cert = ClientCert(**paths)
+    elif key == "https_proxy":
+        url = _str(node, "https_proxy")
+        match = re.fullmatch(r"http://([^/:@\s]+|\[[0-9A-Fa-f:]+\]):([0-9]{1,5})/?", url)
+        if match is None or not 1 <= int(match.group(2)) <= 65535:
+            raise _Invalid(node, f"https_proxy: expected http://host:port, got {_quote(url)}")
+        layer.https_proxy = url
+
+
+_E = typing.TypeVar("_E", bound=enum.StrEnum)
+
+
+def _choice(node: yaml.Node, key: str, choices: type[_E]) -> _E:
+    """Parse one of an enum's values."""
+    allowed = ", ".join(choice.value for choice in choices)
+    if isinstance(node, yaml.ScalarNode) and node.tag == _STR and node.value in {c.value for c in choices}:
+        return choices(node.value)
+    raise _Invalid(node, f"{key}: expected one of {allowed}, got {_describe(node)}")
 
 
 def _check_expect(expect: dict[str, tuple[yaml.Node, _ProtoLines]], own: set[str]) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from scanner.config import Expectation
-from scanner.probe import ProtocolResult, ProtocolState
+from scanner.probe import ProtocolResult, ProtocolState, SweepResult
 from scanner.protocols import Protocol
 
 
@@ -34,4 +34,14 @@ def evaluate(expect: Expectation, protocols: Mapping[Protocol, ProtocolResult]) 
                 violations.append(f"{protocol} expected HTTP 2xx/3xx, handshake rejected")
             elif result.http_status is not None and not 200 <= result.http_status < 400:
                 violations.append(f"{protocol} expected HTTP 2xx/3xx, got {result.http_status}")
+    return Verdict(met=not violations, violations=tuple(violations))
+
+
+def verdict(sweep: SweepResult) -> Verdict:
+    """The sweep's verdict: every address must meet the policy (a partial rollout is a violation)."""
+    violations: list[str] = []
+    for result in sweep.addresses:
+        found = evaluate(sweep.target.expect, result.protocols).violations
+        prefix = f"{result.address}: " if len(sweep.addresses) > 1 else ""
+        violations.extend(prefix + v for v in found)
     return Verdict(met=not violations, violations=tuple(violations))

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import ipaddress
 import socket
 import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from nassl import _nassl
 from nassl.ssl_client import ClientCertificateRequested, SslClient
 from sslyze.connection_helpers.http_response_parser import HttpResponseParser
+from sslyze.connection_helpers.opportunistic_tls_helpers import ProtocolWithOpportunisticTlsEnum
 from sslyze.connection_helpers.tls_connection import SslConnection
 from sslyze.errors import (
     ConnectionToServerFailed,
@@ -25,13 +27,17 @@ from sslyze.errors import (
     TlsHandshakeTimedOut,
 )
 from sslyze.server_connectivity import TlsVersionEnum
-from sslyze.server_setting import ServerNetworkConfiguration, ServerNetworkLocation
+from sslyze.server_setting import (
+    ClientAuthenticationCredentials,
+    HttpProxySettings,
+    ServerNetworkConfiguration,
+    ServerNetworkLocation,
+)
 
-from scanner.config import HttpCheck, TargetConfig
+from scanner.config import HttpCheck, Politeness, Resolver, StartTls, TargetConfig
 from scanner.protocols import Protocol
+from scanner.resolve import ResolveError, resolve
 
-# Polite by default: never more than this many connections at once to one target.
-CONNECTIONS_PER_TARGET = 6
 # Past its timeout a target gets this long before its hung connections are torn down.
 DEADLINE_GRACE_SECONDS = 0.8
 
@@ -101,15 +107,12 @@ class ProtocolResult:
 
 
 @dataclass(frozen=True)
-class SweepResult:
-    """One sweep of one target: a state per configured protocol, plus a target-level error if any."""
+class AddressResult:
+    """One address of a target: a state per configured protocol, plus an address-level error if any."""
 
-    target: TargetConfig
-    started_at: float  # unix time
-    duration_seconds: float
-    address: str | None = None  # the address connected to; None when the name did not resolve
-    protocols: Mapping[Protocol, ProtocolResult] = field(default_factory=dict)
-    error: str | None = None  # target-level: DNS failure, not a TLS server, unreachable
+    address: str  # the IP connected to; "" when connecting through an HTTP proxy
+    protocols: Mapping[Protocol, ProtocolResult]
+    error: str | None = None  # unreachable, not a TLS server
     error_reason: ErrorReason | None = None  # set with error
 
     @property
@@ -117,13 +120,55 @@ class SweepResult:
         """Every configured protocol was determined (accepted or rejected)."""
         return self.error is None and all(r.state is not ProtocolState.ERROR for r in self.protocols.values())
 
+
+@dataclass(frozen=True)
+class SweepResult:
+    """One sweep of one target: every address it resolved to, plus a target-level error if any."""
+
+    target: TargetConfig
+    started_at: float  # unix time
+    duration_seconds: float
+    addresses: tuple[AddressResult, ...] = ()
+    error: str | None = None  # target-level: DNS failure, or every address failed
+    error_reason: ErrorReason | None = None  # set with error
+    closed: bool = False  # a range endpoint that did not accept TCP: counted, not scanned
+
+    @property
+    def address(self) -> str | None:
+        """The first address probed; None when the name did not resolve."""
+        return self.addresses[0].address if self.addresses else None
+
+    @property
+    def protocols(self) -> Mapping[Protocol, ProtocolResult]:
+        """Per protocol, the target's answer: accepted if any address accepted, else an error if any, else rejected."""
+        if not self.addresses:
+            error = ProtocolResult(ProtocolState.ERROR, detail=self.error or "", reason=self.error_reason)
+            return {p: error for p in self.target.protocols}
+        merged: dict[Protocol, ProtocolResult] = {}
+        rank = {ProtocolState.ACCEPTED: 0, ProtocolState.ERROR: 1, ProtocolState.REJECTED: 2}
+        for address in self.addresses:
+            for protocol, result in address.protocols.items():
+                best = merged.get(protocol)
+                if best is None or rank[result.state] < rank[best.state]:
+                    merged[protocol] = result
+        return merged
+
+    @property
+    def complete(self) -> bool:
+        """Every configured protocol was determined on every address."""
+        return self.error is None and bool(self.addresses) and all(a.complete for a in self.addresses)
+
     @property
     def connections(self) -> int:
-        return sum(r.connections for r in self.protocols.values())
+        return sum(r.connections for a in self.addresses for r in a.protocols.values())
 
     def state(self, protocol: Protocol) -> ProtocolState | None:
         result = self.protocols.get(protocol)
         return None if result is None else result.state
+
+    def accepted_addresses(self, protocol: Protocol) -> int:
+        """How many addresses accepted the protocol in this sweep."""
+        return sum(1 for a in self.addresses if (r := a.protocols.get(protocol)) and r.state is ProtocolState.ACCEPTED)
 
 
 def classify(exc: BaseException) -> ProtocolResult:
@@ -254,14 +299,6 @@ def _http_request(connection: SslConnection, http: HttpCheck, host: str) -> tupl
     return response.status, None
 
 
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _host_header(host: str, port: int) -> str:
     name = f"[{host}]" if ":" in host else host
     return name if port == 443 else f"{name}:{port}"
@@ -270,115 +307,164 @@ def _host_header(host: str, port: int) -> str:
 class Prober:
     """Sweeps targets: asyncio on top, sslyze's blocking handshakes in a bounded thread pool."""
 
-    def __init__(self, concurrency: int, connections_per_target: int = CONNECTIONS_PER_TARGET) -> None:
+    def __init__(
+        self, concurrency: int, politeness: Politeness | None = None, resolver: Resolver | None = None
+    ) -> None:
         self.concurrency = concurrency
-        self.connections_per_target = connections_per_target
+        self.politeness = politeness or Politeness()
+        self.resolver = resolver
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="handshake")
         self._slots: asyncio.Semaphore | None = None
+        self._per_address: dict[str, asyncio.Semaphore] = {}
+        self._next_connection: dict[str, float] = {}
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def sweep(self, target: TargetConfig) -> SweepResult:
-        """Resolve the target once, then try each configured protocol; never raises for a misbehaving server."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.concurrency)
+    async def sweep(self, target: TargetConfig, addresses: list[str] | None = None) -> SweepResult:
+        """Resolve the target once (unless `addresses` are given), then try each protocol on each address.
+
+        Never raises for a misbehaving server: every failure is in the result.
+        """
         started_at = time.time()
         clock = time.monotonic()
-        address = await self._resolve(target)
-        if isinstance(address, ProtocolResult):
-            return SweepResult(
-                target=target,
-                started_at=started_at,
-                duration_seconds=time.monotonic() - clock,
-                protocols={p: address for p in target.protocols},
-                error=address.detail,
-                error_reason=address.reason,
-            )
-        location = ServerNetworkLocation(hostname=target.host, port=target.port, ip_address=address)
-        network = ServerNetworkConfiguration(
-            tls_server_name_indication=target.sni or target.host,
-            network_timeout=target.timeout,  # type: ignore[arg-type]  # sockets take float seconds
-            network_max_retries=1,
-        )
-        per_target = asyncio.Semaphore(self.connections_per_target)
-        results = await asyncio.gather(
-            *(self._probe_protocol(target, location, network, p, per_target) for p in target.protocols)
-        )
-        protocols = dict(zip(target.protocols, results, strict=True))
-        protocols, error, reason = _judge_peer(protocols)
-        return SweepResult(
-            target=target,
-            started_at=started_at,
-            duration_seconds=time.monotonic() - clock,
-            address=address,
-            protocols=protocols,
-            error=error,
-            error_reason=reason,
-        )
 
-    async def _resolve(self, target: TargetConfig) -> str | ProtocolResult:
-        """The address to connect to, or the DNS error as a result."""
-        if _is_ip_literal(target.host):
-            return target.host
-        if target.host.rstrip(".").lower().endswith(".invalid"):
-            # RFC 6761: resolvers should answer NXDOMAIN for .invalid without sending a query.
-            return ProtocolResult(
-                ProtocolState.ERROR, detail="cannot resolve: .invalid never resolves", reason=ErrorReason.DNS
-            )
-        loop = asyncio.get_running_loop()
+        def done(results: tuple[AddressResult, ...] = (), error: str | None = None, **kw: Any) -> SweepResult:
+            reason = kw.pop("reason", None)
+            return SweepResult(target, started_at, time.monotonic() - clock, results, error, reason, **kw)
+
+        if target.https_proxy is not None:
+            addresses = [""]  # the proxy resolves and connects
+        elif addresses is None:
+            if target.address is not None:
+                addresses = [target.address]
+            else:
+                try:
+                    addresses = await resolve(target.host, target.addresses, self.resolver, target.timeout)
+                except ResolveError as exc:
+                    return done(error=f"cannot resolve {target.host}: {exc}", reason=ErrorReason.DNS)
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM), target.timeout
-            )
-        except (OSError, TimeoutError) as exc:
-            if isinstance(exc, TimeoutError):
-                exc = socket.gaierror(socket.EAI_AGAIN, "DNS lookup timed out")
-            return ProtocolResult(ProtocolState.ERROR, detail=classify(exc).detail, reason=ErrorReason.DNS)
-        return str(infos[0][4][0])
+            credentials = _credentials(target)
+        except Exception as exc:
+            return done(error=f"client certificate unusable: {exc}", reason=ErrorReason.OTHER)
+        if target.range is not None:
+            opened = await self._tcp_open(addresses[0], target)
+            if opened is not None:
+                return done(error=opened.detail, reason=opened.reason, closed=True)
+        results = await asyncio.gather(*(self._sweep_address(target, a, credentials) for a in addresses))
+        error, reason = None, None
+        if all(r.error is not None for r in results):
+            error, reason = results[0].error, results[0].error_reason
+            if len(results) > 1:
+                error = f"all {len(results)} addresses failed: {error}"
+        return done(tuple(results), error, reason=reason)
+
+    async def _sweep_address(
+        self, target: TargetConfig, address: str, credentials: ClientAuthenticationCredentials | None
+    ) -> AddressResult:
+        proxy = None if target.https_proxy is None else HttpProxySettings.from_url(target.https_proxy)
+        location = ServerNetworkLocation(
+            hostname=target.host, port=target.port, ip_address=address or None, http_proxy_settings=proxy
+        )
+        results = await asyncio.gather(
+            *(self._probe_protocol(target, location, address, p, credentials) for p in target.protocols)
+        )
+        protocols, error, reason = _judge_peer(dict(zip(target.protocols, results, strict=True)))
+        return AddressResult(address, protocols, error, reason)
+
+    async def _tcp_open(self, address: str, target: TargetConfig) -> ProtocolResult | None:
+        """For range endpoints: None if the port accepts TCP, else why not."""
+        async with self._address_slot(address):
+            await self._pace(address)
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(address, target.port), target.timeout)
+            except (OSError, TimeoutError) as exc:
+                return classify(exc)
+            writer.close()
+            return None
+
+    def _address_slot(self, address: str) -> asyncio.Semaphore:
+        slot = self._per_address.get(address)
+        if slot is None:
+            slot = self._per_address[address] = asyncio.Semaphore(self.politeness.connections_per_address)
+        return slot
+
+    async def _pace(self, address: str) -> None:
+        """Wait for this address's next connection slot under the optional per-address rate limit."""
+        rate = self.politeness.connections_per_second
+        if rate <= 0:
+            return
+        now = time.monotonic()
+        at = max(now, self._next_connection.get(address, now))
+        self._next_connection[address] = at + 1.0 / rate
+        if at > now:
+            await asyncio.sleep(at - now)
 
     async def _probe_protocol(
         self,
         target: TargetConfig,
         location: ServerNetworkLocation,
-        network: ServerNetworkConfiguration,
+        address: str,
         protocol: Protocol,
-        per_target: asyncio.Semaphore,
+        credentials: ClientAuthenticationCredentials | None,
     ) -> ProtocolResult:
-        assert self._slots is not None
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
         loop = asyncio.get_running_loop()
         http_host = _host_header(target.host, target.port)
         connections = 0
         result = ProtocolResult(ProtocolState.ERROR, detail="not tried", reason=ErrorReason.OTHER)
-        async with per_target:
-            deadline: float | None = None
-            for attempt, cipher_list in enumerate(_CIPHER_LISTS[protocol]):
-                async with self._slots:
-                    now = time.monotonic()
-                    if deadline is None:
-                        deadline = now + target.timeout + DEADLINE_GRACE_SECONDS
-                    budget = min(target.timeout, deadline - now - DEADLINE_GRACE_SECONDS / 2)
-                    if attempt > 0 and budget < 0.2:
-                        break  # no time left for the fallback; keep the first answer
-                    attempt_network = ServerNetworkConfiguration(
-                        tls_server_name_indication=network.tls_server_name_indication,
-                        network_timeout=budget,  # type: ignore[arg-type]
-                        network_max_retries=1,
-                    )
-                    handshake = _Handshake(location, attempt_network, sni=target.sni is not None)
-                    future = loop.run_in_executor(
-                        self._executor, handshake.run, protocol, cipher_list, target.http, http_host
-                    )
-                    try:
-                        result = await asyncio.wait_for(asyncio.shield(future), deadline - now)
-                    except TimeoutError:
-                        handshake.abort()
-                        result = ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
-                connections += 1
-                # Only a rejection without an alert (closed, reset) is worth the shorter hello.
-                if result.state is not ProtocolState.REJECTED or result.evidence is Evidence.ALERT:
-                    break
+        deadline: float | None = None
+        for attempt, cipher_list in enumerate(_CIPHER_LISTS[protocol]):
+            async with self._address_slot(address), self._slots:
+                await self._pace(address)
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + target.timeout + DEADLINE_GRACE_SECONDS
+                budget = min(target.timeout, deadline - now - DEADLINE_GRACE_SECONDS / 2)
+                if attempt > 0 and budget < 0.2:
+                    break  # no time left for the fallback; keep the first answer
+                network = ServerNetworkConfiguration(
+                    tls_server_name_indication=target.sni or target.host,
+                    tls_opportunistic_encryption=_STARTTLS[target.starttls] if target.starttls else None,
+                    tls_client_auth_credentials=credentials,
+                    network_timeout=budget,  # type: ignore[arg-type]  # sockets take float seconds
+                    network_max_retries=1,
+                )
+                handshake = _Handshake(location, network, sni=target.sni is not None)
+                future = loop.run_in_executor(
+                    self._executor, handshake.run, protocol, cipher_list, target.http, http_host
+                )
+                try:
+                    result = await asyncio.wait_for(asyncio.shield(future), deadline - now)
+                except TimeoutError:
+                    handshake.abort()
+                    result = ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
+            connections += 1
+            # Only a rejection without an alert (closed, reset) is worth the shorter hello.
+            if result.state is not ProtocolState.REJECTED or result.evidence is Evidence.ALERT:
+                break
         return _with_connections(result, connections)
+
+
+def _credentials(target: TargetConfig) -> ClientAuthenticationCredentials | None:
+    if target.client_cert is None:
+        return None
+    return ClientAuthenticationCredentials(
+        certificate_chain_path=Path(target.client_cert.cert), key_path=Path(target.client_cert.key)
+    )
+
+
+_STARTTLS = {
+    StartTls.SMTP: ProtocolWithOpportunisticTlsEnum.SMTP,
+    StartTls.IMAP: ProtocolWithOpportunisticTlsEnum.IMAP,
+    StartTls.POP3: ProtocolWithOpportunisticTlsEnum.POP3,
+    StartTls.FTP: ProtocolWithOpportunisticTlsEnum.FTP,
+    StartTls.XMPP: ProtocolWithOpportunisticTlsEnum.XMPP,
+    StartTls.LDAP: ProtocolWithOpportunisticTlsEnum.LDAP,
+    StartTls.POSTGRES: ProtocolWithOpportunisticTlsEnum.POSTGRES,
+    StartTls.RDP: ProtocolWithOpportunisticTlsEnum.RDP,
+}
 
 
 def _judge_peer(

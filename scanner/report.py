@@ -6,17 +6,35 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from scanner.policy import evaluate
-from scanner.probe import ProtocolState, SweepResult
+from scanner.policy import verdict
+from scanner.probe import AddressResult, ProtocolState, SweepResult
 from scanner.protocols import ALL_PROTOCOLS
 
 _CELL = {ProtocolState.ACCEPTED: "yes", ProtocolState.REJECTED: "no", ProtocolState.ERROR: "ERROR"}
 
 
+def _address_to_dict(result: AddressResult) -> dict[str, Any]:
+    return {
+        "address": result.address,
+        "protocols": {p.value: r.state.value for p, r in result.protocols.items()},
+        "details": {p.value: r.detail for p, r in result.protocols.items()},
+        "http": {p.value: r.http_status for p, r in result.protocols.items() if r.http_status is not None},
+        "http_errors": {p.value: r.http_error for p, r in result.protocols.items() if r.http_error is not None},
+        "error": result.error,
+        "error_reason": None if result.error_reason is None else result.error_reason.value,
+        "connections": sum(r.connections for r in result.protocols.values()),
+    }
+
+
 def sweep_to_dict(sweep: SweepResult) -> dict[str, Any]:
-    """One target's result as plain JSON-able data (shared with the web API)."""
+    """One target's result as plain JSON-able data (shared with the web API).
+
+    The top-level `protocols`, `details` and `http` speak for the target as a whole (accepted if any address
+    accepted); `addresses` has each address's own answers.
+    """
     target = sweep.target
-    verdict = evaluate(target.expect, sweep.protocols)
+    judged = verdict(sweep)
+    first = _address_to_dict(AddressResult("", sweep.protocols))
     return {
         "name": target.name,
         "host": target.host,
@@ -24,45 +42,79 @@ def sweep_to_dict(sweep: SweepResult) -> dict[str, Any]:
         "address": sweep.address,
         "sni": target.sni,
         "labels": dict(target.labels),
-        "protocols": {p.value: r.state.value for p, r in sweep.protocols.items()},
-        "details": {p.value: r.detail for p, r in sweep.protocols.items()},
-        "http": {p.value: r.http_status for p, r in sweep.protocols.items() if r.http_status is not None},
-        "http_errors": {p.value: r.http_error for p, r in sweep.protocols.items() if r.http_error is not None},
+        "protocols": first["protocols"],
+        "details": first["details"],
+        "http": first["http"],
+        "http_errors": first["http_errors"],
+        "accepted_addresses": {p.value: sweep.accepted_addresses(p) for p in target.protocols},
+        "addresses": [_address_to_dict(a) for a in sweep.addresses],
         "error": sweep.error,
         "error_reason": None if sweep.error_reason is None else sweep.error_reason.value,
         "complete": sweep.complete,
         "started_at": sweep.started_at,
         "duration_seconds": round(sweep.duration_seconds, 6),
         "connections": sweep.connections,
-        "expect": {"met": verdict.met, "violations": list(verdict.violations)},
+        "expect": {"met": judged.met, "violations": list(judged.violations)},
     }
 
 
 def render_json(sweeps: Sequence[SweepResult]) -> str:
-    return json.dumps({"targets": [sweep_to_dict(s) for s in sweeps]}, indent=2) + "\n"
+    """Every scanned target; range endpoints that did not accept TCP are only counted."""
+    closed: dict[str, int] = {}
+    for sweep in sweeps:
+        if sweep.closed and sweep.target.range is not None:
+            closed[sweep.target.range] = closed.get(sweep.target.range, 0) + 1
+    document: dict[str, Any] = {"targets": [sweep_to_dict(s) for s in sweeps if not s.closed]}
+    if closed:
+        document["ranges_closed_endpoints"] = closed
+    return json.dumps(document, indent=2) + "\n"
 
 
 def render_table(sweeps: Sequence[SweepResult]) -> str:
-    """One row per target, one column per protocol, then the errors and policy violations below."""
+    """One row per target, one column per protocol, then the errors and policy violations below.
+
+    A cell reads `2/4` when only some of the target's addresses accept the protocol.
+    """
     headers = ["TARGET", "ADDRESS", *(p.value for p in ALL_PROTOCOLS), "HTTP", "POLICY"]
     rows: list[list[str]] = []
     notes: list[str] = []
+    closed = 0
     for sweep in sweeps:
-        verdict = evaluate(sweep.target.expect, sweep.protocols)
+        if sweep.closed:
+            closed += 1
+            continue
+        judged = verdict(sweep)
+        protocols = sweep.protocols
         cells = []
         for protocol in ALL_PROTOCOLS:
-            result = sweep.protocols.get(protocol)
-            cells.append("-" if result is None else _CELL[result.state])
-        http = " ".join(f"{p.value}={r.http_status}" for p, r in sweep.protocols.items() if r.http_status is not None)
-        policy = "-" if sweep.target.expect.empty else ("ok" if verdict.met else "VIOLATED")
-        rows.append([sweep.target.name, sweep.address or "-", *cells, http or "-", policy])
+            result = protocols.get(protocol)
+            accepted = sweep.accepted_addresses(protocol)
+            if result is None:
+                cells.append("-")
+            elif result.state is ProtocolState.ACCEPTED and accepted < len(sweep.addresses):
+                cells.append(f"{accepted}/{len(sweep.addresses)}")
+            else:
+                cells.append(_CELL[result.state])
+        http = " ".join(f"{p.value}={r.http_status}" for p, r in protocols.items() if r.http_status is not None)
+        policy = "-" if sweep.target.expect.empty else ("ok" if judged.met else "VIOLATED")
+        address = sweep.address or "-"
+        if len(sweep.addresses) > 1:
+            address += f" (+{len(sweep.addresses) - 1})"
+        rows.append([sweep.target.name, address, *cells, http or "-", policy])
         if sweep.error:
             notes.append(f"{sweep.target.name}: error: {sweep.error}")
         else:
-            for protocol, result in sweep.protocols.items():
-                if result.state is ProtocolState.ERROR:
-                    notes.append(f"{sweep.target.name}: {protocol.value}: error: {result.detail}")
-        notes.extend(f"{sweep.target.name}: policy: {v}" for v in verdict.violations)
+            for each in sweep.addresses:
+                where = f"{sweep.target.name} {each.address}" if len(sweep.addresses) > 1 else sweep.target.name
+                if each.error:
+                    notes.append(f"{where}: error: {each.error}")
+                    continue
+                for protocol, outcome in each.protocols.items():
+                    if outcome.state is ProtocolState.ERROR:
+                        notes.append(f"{where}: {protocol.value}: error: {outcome.detail}")
+        notes.extend(f"{sweep.target.name}: policy: {v}" for v in judged.violations)
+    if closed:
+        notes.append(f"{closed} range endpoint(s) did not accept TCP")
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [headers, *rows]]
     return "\n".join(lines + (["", *notes] if notes else [])) + "\n"

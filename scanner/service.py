@@ -10,11 +10,12 @@ import time
 from aiohttp import web
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from scanner.config import Config, ConfigError, load_config
+from scanner.config import Config, ConfigError, TargetConfig, load_config
 from scanner.metrics import ReloadStatus, ScannerCollector
 from scanner.probe import Prober
 from scanner.scheduler import Scheduler
 from scanner.store import ResultStore
+from scanner.targets import ALL, Shard, expand
 from scanner.web import WebState, make_app
 
 log = logging.getLogger(__name__)
@@ -32,22 +33,28 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
 class Service:
     """Owns the stages for the daemon's lifetime and swaps the config in on reload."""
 
-    def __init__(self, config: Config, state_file: str) -> None:
+    def __init__(self, config: Config, state_file: str, shard: Shard | None = None) -> None:
         self.config = config
+        self.shard = shard
         self.store = ResultStore(state_file)
-        self.prober = Prober(config.concurrency)
+        self.prober = Prober(config.concurrency, config.politeness, config.resolver)
         self.scheduler = Scheduler(self.prober, self.store)
         self.reload_status = ReloadStatus(successful=True, last_success_at=time.time())
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ScannerCollector(self.store, self.reload_status))
+        self.registry.register(ScannerCollector(self.store, self.reload_status, shard))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self.stopped = asyncio.Event()
 
+    @property
+    def targets(self) -> tuple[TargetConfig, ...]:
+        return expand(self.config, self.shard or ALL)
+
     def start(self) -> None:
-        self.store.set_targets(self.config.targets)
-        self.scheduler.apply(self.config.targets)
-        log.info("scanning %d targets from %s", len(self.config.targets), self.config.path)
+        targets = self.targets
+        self.store.set_targets(targets)
+        self.scheduler.apply(targets)
+        log.info("scanning %d targets from %s", len(targets), self.config.path)
 
     async def reload(self) -> str | None:
         """Re-read the config; a bad one changes nothing. Returns the error, or None when applied."""
@@ -58,15 +65,17 @@ class Service:
             self.reload_status.error = str(exc)
             log.error("config reload failed, keeping the old config: %s", exc)
             return str(exc)
-        if config.concurrency != self.config.concurrency:
-            log.warning("concurrency changes take effect on restart (still %d)", self.config.concurrency)
+        for key in ("concurrency", "politeness", "resolver"):
+            if getattr(config, key) != getattr(self.config, key):
+                log.warning("%s changes take effect on restart", key)
         self.config = config
-        self.store.set_targets(config.targets)
-        self.scheduler.apply(config.targets)
+        targets = self.targets
+        self.store.set_targets(targets)
+        self.scheduler.apply(targets)
         self.reload_status.successful = True
         self.reload_status.error = None
         self.reload_status.last_success_at = time.time()
-        log.info("config reloaded: %d targets", len(config.targets))
+        log.info("config reloaded: %d targets", len(targets))
         return None
 
     async def stop_scanning(self) -> None:
@@ -74,9 +83,9 @@ class Service:
         self.prober.close()
 
 
-async def _serve(config: Config, listen_address: str, state_file: str) -> None:
+async def _serve(config: Config, listen_address: str, state_file: str, shard: Shard | None) -> None:
     host, port = parse_listen_address(listen_address)
-    service = Service(config, state_file)
+    service = Service(config, state_file, shard)
     state = WebState(
         store=service.store,
         registry=service.registry,
@@ -103,7 +112,7 @@ async def _serve(config: Config, listen_address: str, state_file: str) -> None:
     log.info("stopped")
 
 
-def serve(config: Config, listen_address: str, state_file: str) -> None:
+def serve(config: Config, listen_address: str, state_file: str, shard: Shard | None = None) -> None:
     """Run the daemon until SIGTERM/SIGINT; ValueError/OSError when it cannot listen."""
     parse_listen_address(listen_address)
-    asyncio.run(_serve(config, listen_address, state_file))
+    asyncio.run(_serve(config, listen_address, state_file, shard))

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from scanner.config import TargetConfig
-from scanner.policy import Verdict, evaluate
+from scanner.policy import Verdict, verdict
 from scanner.probe import ErrorReason, ProtocolState, SweepResult
 from scanner.protocols import Protocol
 
@@ -20,19 +20,21 @@ log = logging.getLogger(__name__)
 HISTORY_PER_TARGET = 1000
 # Marks a state file as ours ("TLSS"), so a foreign SQLite file is never mistaken for one.
 _APPLICATION_ID = 0x544C5353
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS protocol_state (
     target TEXT NOT NULL,
+    address TEXT NOT NULL,
     protocol TEXT NOT NULL,
     state TEXT NOT NULL,
     last_change REAL NOT NULL,
     changes INTEGER NOT NULL,
-    PRIMARY KEY (target, protocol)
+    PRIMARY KEY (target, address, protocol)
 );
 CREATE TABLE IF NOT EXISTS transition (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     target TEXT NOT NULL,
+    address TEXT NOT NULL,
     protocol TEXT NOT NULL,
     at REAL NOT NULL,
     old TEXT NOT NULL,
@@ -48,9 +50,10 @@ class StateFileError(Exception):
 
 @dataclass(frozen=True)
 class Transition:
-    """A protocol flipping between accepted and rejected."""
+    """A protocol flipping between accepted and rejected on one address of a target."""
 
     target: str
+    address: str
     protocol: Protocol
     at: float
     old: ProtocolState
@@ -72,7 +75,7 @@ class TargetStatus:
 
     target: TargetConfig
     last_sweep: SweepResult | None
-    protocols: Mapping[Protocol, ProtocolStatus]
+    addresses: Mapping[str, Mapping[Protocol, ProtocolStatus]]  # the last sweep's addresses (all known before it)
     last_success_at: float | None
     errors: Mapping[ErrorReason, int]
     verdict: Verdict | None  # from the last sweep; None before the first one
@@ -90,15 +93,16 @@ class ResultStore:
         self._last_success: dict[str, float] = {}
         self._errors: dict[str, Counter[ErrorReason]] = {}
         self._verdicts: dict[str, Verdict] = {}
-        self._status: dict[tuple[str, Protocol], ProtocolStatus] = {}
-        for target, protocol, state, last_change, changes in self._db.execute(
-            "SELECT target, protocol, state, last_change, changes FROM protocol_state"
+        # target -> address -> protocol -> status
+        self._status: dict[str, dict[str, dict[Protocol, ProtocolStatus]]] = {}
+        for target, address, protocol, state, last_change, changes in self._db.execute(
+            "SELECT target, address, protocol, state, last_change, changes FROM protocol_state"
         ):
             try:
-                key = (str(target), Protocol(protocol))
-                self._status[key] = ProtocolStatus(ProtocolState(state), float(last_change), int(changes))
+                status = ProtocolStatus(ProtocolState(state), float(last_change), int(changes))
+                self._status.setdefault(target, {}).setdefault(address, {})[Protocol(protocol)] = status
             except ValueError:
-                log.warning("state file: ignoring unknown row %r/%r", target, protocol)
+                log.warning("state file: ignoring unknown row %r/%r/%r", target, address, protocol)
 
     def close(self) -> None:
         self._db.close()
@@ -126,33 +130,38 @@ class ResultStore:
         if sweep.error_reason is not None:
             reasons.add(sweep.error_reason)
         self._errors.setdefault(name, Counter()).update(reasons)
-        self._verdicts[name] = evaluate(sweep.target.expect, sweep.protocols)
+        self._verdicts[name] = verdict(sweep)
 
         transitions: list[Transition] = []
-        rows: list[tuple[str, str, str, float, int]] = []
-        for protocol, result in sweep.protocols.items():
-            if result.state is ProtocolState.ERROR:
-                continue  # keep the last determined state
-            previous = self._status.get((name, protocol))
-            if previous is None:
-                status = ProtocolStatus(result.state, at, 0)
-            elif previous.state is result.state:
-                continue
-            else:
-                status = ProtocolStatus(result.state, at, previous.changes + 1)
-                transitions.append(Transition(name, protocol, at, previous.state, result.state))
-            self._status[(name, protocol)] = status
-            rows.append((name, protocol.value, status.state.value, status.last_change, status.changes))
+        rows: list[tuple[str, str, str, str, float, int]] = []
+        known = self._status.setdefault(name, {})
+        for result in sweep.addresses:
+            statuses = known.setdefault(result.address, {})
+            for protocol, outcome in result.protocols.items():
+                if outcome.state is ProtocolState.ERROR:
+                    continue  # keep the last determined state: an outage is not a brownout
+                previous = statuses.get(protocol)
+                if previous is None:
+                    status = ProtocolStatus(outcome.state, at, 0)
+                elif previous.state is outcome.state:
+                    continue
+                else:
+                    status = ProtocolStatus(outcome.state, at, previous.changes + 1)
+                    transitions.append(Transition(name, result.address, protocol, at, previous.state, outcome.state))
+                statuses[protocol] = status
+                rows.append(
+                    (name, result.address, protocol.value, status.state.value, status.last_change, status.changes)
+                )
         if rows:
             with self._db:
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO protocol_state (target, protocol, state, last_change, changes)"
-                    " VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO protocol_state (target, address, protocol, state, last_change, changes)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 self._db.executemany(
-                    "INSERT INTO transition (target, protocol, at, old, new) VALUES (?, ?, ?, ?, ?)",
-                    [(t.target, t.protocol.value, t.at, t.old.value, t.new.value) for t in transitions],
+                    "INSERT INTO transition (target, address, protocol, at, old, new) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(t.target, t.address, t.protocol.value, t.at, t.old.value, t.new.value) for t in transitions],
                 )
                 if transitions:
                     self._db.execute(
@@ -165,17 +174,25 @@ class ResultStore:
     def transitions(self, target: str, limit: int = 20) -> tuple[Transition, ...]:
         """The most recent transitions of a target, newest first."""
         rows = self._db.execute(
-            "SELECT protocol, at, old, new FROM transition WHERE target = ? ORDER BY id DESC LIMIT ?",
+            "SELECT address, protocol, at, old, new FROM transition WHERE target = ? ORDER BY id DESC LIMIT ?",
             (target, limit),
         ).fetchall()
-        return tuple(Transition(target, Protocol(p), at, ProtocolState(o), ProtocolState(n)) for p, at, o, n in rows)
+        return tuple(
+            Transition(target, a, Protocol(p), at, ProtocolState(o), ProtocolState(n)) for a, p, at, o, n in rows
+        )
 
     def status(self, name: str, with_transitions: int = 0) -> TargetStatus:
         target = self._targets[name]
+        last = self._last.get(name)
+        known = self._status.get(name, {})
+        current = known if last is None else {a.address: known.get(a.address, {}) for a in last.addresses}
         return TargetStatus(
             target=target,
-            last_sweep=self._last.get(name),
-            protocols={p: s for p in target.protocols if (s := self._status.get((name, p))) is not None},
+            last_sweep=last,
+            addresses={
+                address: {p: statuses[p] for p in target.protocols if p in statuses}
+                for address, statuses in current.items()
+            },
             last_success_at=self._last_success.get(name),
             errors=dict(self._errors.get(name, {})),
             verdict=self._verdicts.get(name),
@@ -209,6 +226,9 @@ def _connect(path: str) -> sqlite3.Connection:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if application_id not in (0, _APPLICATION_ID) or (application_id == 0 and tables):
             raise StateFileError("not a tls-scanner state file")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if tables and version != _SCHEMA_VERSION:
+            raise StateFileError(f"state file format {version}, this version reads {_SCHEMA_VERSION}")
         if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
             raise StateFileError("integrity check failed")
     except BaseException:

@@ -15,7 +15,7 @@ from scanner.metrics import ReloadStatus
 from scanner.probe import ProtocolState
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.report import sweep_to_dict
-from scanner.store import ResultStore, TargetStatus, Transition
+from scanner.store import ResultStore, TargetStatus
 
 RECENT_TRANSITIONS = 20
 
@@ -71,24 +71,28 @@ async def reload(request: web.Request) -> web.Response:
 
 
 def target_to_dict(status: TargetStatus) -> dict[str, Any]:
-    """The API view of one target: latest sweep, determined states, and recent transitions."""
-    entry: dict[str, Any] = {
+    """The API view of one target: determined states per address, the latest sweep, and recent transitions."""
+    return {
         "name": status.target.name,
         "host": status.target.host,
         "port": status.target.port,
         "labels": dict(status.target.labels),
-        "state": {p.value: s.state.value for p, s in status.protocols.items()},
-        "last_change": {p.value: s.last_change for p, s in status.protocols.items()},
-        "changes": {p.value: s.changes for p, s in status.protocols.items()},
+        "addresses": {
+            address: {
+                "state": {p.value: s.state.value for p, s in statuses.items()},
+                "last_change": {p.value: s.last_change for p, s in statuses.items()},
+                "changes": {p.value: s.changes for p, s in statuses.items()},
+            }
+            for address, statuses in status.addresses.items()
+        },
         "last_success_at": status.last_success_at,
         "errors_total": {r.value: n for r, n in status.errors.items()},
         "last_sweep": None if status.last_sweep is None else sweep_to_dict(status.last_sweep),
         "transitions": [
-            {"protocol": t.protocol.value, "at": t.at, "from": t.old.value, "to": t.new.value}
+            {"address": t.address, "protocol": t.protocol.value, "at": t.at, "from": t.old.value, "to": t.new.value}
             for t in status.transitions
         ],
     }
-    return entry
 
 
 async def targets_api(request: web.Request) -> web.Response:
@@ -120,7 +124,8 @@ the state shown is the one before it. Outlined cells changed within the last hou
 {rows}
 </tbody></table>
 <h2>Recent transitions</h2>
-<table id="transitions"><thead><tr><th>When</th><th>Target</th><th>Protocol</th><th>From</th><th>To</th></tr></thead>
+<table id="transitions"><thead><tr><th>When</th><th>Target</th><th>Address</th><th>Protocol</th><th>From</th>
+<th>To</th></tr></thead>
 <tbody>
 {transitions}
 </tbody></table>
@@ -128,60 +133,68 @@ the state shown is the one before it. Outlined cells changed within the last hou
 """
 
 
-async def status_page(request: web.Request) -> web.Response:
-    snapshot = request.app[STATE].store.snapshot(with_transitions=RECENT_TRANSITIONS)
-    now = time.time()
+def _rows(status: TargetStatus, now: float) -> list[str]:
+    """One table row per address of a target (one row before its first sweep)."""
+    sweep = status.last_sweep
+    latest = {} if sweep is None else {a.address: a for a in sweep.addresses}
+    addresses = list(status.addresses) or [""]
     rows = []
-    transitions: list[Transition] = []
-    for status in snapshot:
-        sweep = status.last_sweep
+    for address in addresses:
+        statuses = status.addresses.get(address, {})
+        result = latest.get(address)
         cells = []
         for protocol in ALL_PROTOCOLS:
             if protocol not in status.target.protocols:
                 cells.append('<td class="unknown">-</td>')
                 continue
-            determined = status.protocols.get(protocol)
-            latest = None if sweep is None else sweep.state(protocol)
+            determined = statuses.get(protocol)
             css = "unknown" if determined is None else determined.state.value
-            if latest is ProtocolState.ERROR:
+            outcome = None if result is None else result.protocols.get(protocol)
+            if outcome is not None and outcome.state is ProtocolState.ERROR:
                 css = "error"
-            text = "?" if determined is None else determined.state.value
             if determined is not None and determined.changes and now - determined.last_change < 3600:
                 css += " changed"
+            text = "?" if determined is None else determined.state.value
             cells.append(f'<td class="{css}" data-protocol="{protocol.value}">{html.escape(text)}</td>')
         http = (
             ""
-            if sweep is None
-            else " ".join(f"{p.value}={r.http_status}" for p, r in sweep.protocols.items() if r.http_status is not None)
-        )
-        last_change = max((s.last_change for s in status.protocols.values() if s.changes), default=None)
-        error = (
-            ""
-            if sweep is None
-            else (
-                sweep.error
-                or "; ".join(
-                    f"{p.value}: {r.detail}" for p, r in sweep.protocols.items() if r.state is ProtocolState.ERROR
-                )
+            if result is None
+            else " ".join(
+                f"{p.value}={r.http_status}" for p, r in result.protocols.items() if r.http_status is not None
             )
         )
+        last_change = max((s.last_change for s in statuses.values() if s.changes), default=None)
+        error = ""
+        if sweep is not None:
+            error = (result.error if result else None) or sweep.error or ""
+            if result is not None and not error:
+                error = "; ".join(f"{p.value}: {r.detail}" for p, r in result.protocols.items() if r.reason)
+        name = html.escape(status.target.name)
         rows.append(
-            f'<tr data-target="{html.escape(status.target.name)}"><td>{html.escape(status.target.name)}</td>'
-            f"<td>{html.escape((sweep.address if sweep else None) or '-')}</td>{''.join(cells)}"
+            f'<tr data-target="{name}" data-address="{html.escape(address)}"><td>{name}</td>'
+            f"<td>{html.escape(address or '-')}</td>{''.join(cells)}"
             f"<td>{html.escape(http or '-')}</td><td>{_when(sweep.started_at if sweep else None)}</td>"
             f'<td>{_when(last_change)}</td><td class="err">{html.escape(error)}</td></tr>'
         )
-        transitions.extend(status.transitions)
-    transitions.sort(key=lambda t: t.at, reverse=True)
+    return rows
+
+
+async def status_page(request: web.Request) -> web.Response:
+    snapshot = request.app[STATE].store.snapshot(with_transitions=RECENT_TRANSITIONS)
+    snapshot = [s for s in snapshot if not (s.last_sweep is not None and s.last_sweep.closed)]
+    now = time.time()
+    rows = [row for status in snapshot for row in _rows(status, now)]
+    transitions = sorted((t for s in snapshot for t in s.transitions), key=lambda t: t.at, reverse=True)
     body = _PAGE.format(
         count=len(snapshot),
         proto_headers="".join(f"<th>{p.value}</th>" for p in ALL_PROTOCOLS),
         rows="\n".join(rows) or '<tr><td colspan="11">No targets yet.</td></tr>',
         transitions="\n".join(
-            f"<tr><td>{_when(t.at)}</td><td>{html.escape(t.target)}</td><td>{t.protocol.value}</td>"
+            f"<tr><td>{_when(t.at)}</td><td>{html.escape(t.target)}</td><td>{html.escape(t.address or '-')}</td>"
+            f"<td>{t.protocol.value}</td>"
             f'<td class="{t.old.value}">{t.old.value}</td><td class="{t.new.value}">{t.new.value}</td></tr>'
             for t in transitions[:RECENT_TRANSITIONS]
         )
-        or '<tr><td colspan="5">No transitions seen.</td></tr>',
+        or '<tr><td colspan="6">No transitions seen.</td></tr>',
     )
     return web.Response(text=body, content_type="text/html")

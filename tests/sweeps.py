@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from scanner.config import Expectation, TargetConfig
-from scanner.probe import ErrorReason, ProtocolResult, ProtocolState, SweepResult
+from scanner.probe import AddressResult, ErrorReason, ProtocolResult, ProtocolState, SweepResult
 from scanner.protocols import Protocol
 
 A, R, E = ProtocolState.ACCEPTED, ProtocolState.REJECTED, ProtocolState.ERROR
@@ -20,13 +20,18 @@ def sweep(
     states: dict[Protocol, ProtocolState],
     at: float = 1000.0,
     http: dict[Protocol, int] | None = None,
+    more: dict[str, dict[Protocol, ProtocolState]] | None = None,
 ) -> SweepResult:
-    results = {}
-    for protocol, state in states.items():
-        results[protocol] = ProtocolResult(
-            state,
-            reason=ErrorReason.TIMEOUT if state is E else None,
-            http_status=(http or {}).get(protocol),
-            connections=1,
-        )
-    return SweepResult(target=t, started_at=at, duration_seconds=0.5, address="127.0.0.1", protocols=results)
+    """A sweep whose first address (127.0.0.1) has `states`; `more` adds other addresses."""
+    addresses = []
+    for address, answers in {"127.0.0.1": states, **(more or {})}.items():
+        results = {}
+        for protocol, state in answers.items():
+            results[protocol] = ProtocolResult(
+                state,
+                reason=ErrorReason.TIMEOUT if state is E else None,
+                http_status=(http or {}).get(protocol),
+                connections=1,
+            )
+        addresses.append(AddressResult(address, results))
+    return SweepResult(target=t, started_at=at, duration_seconds=0.5, addresses=tuple(addresses))

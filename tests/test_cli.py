@@ -83,8 +83,14 @@ def test_once_prometheus_format_passes_promtool(lab: LabStack, tmp_path: Path) -
     config = write(tmp_path, f"targets:\n  - {{host: 127.0.0.1, port: {e.port}, name: web, labels: {{env: lab}}}}\n")
     proc = run("--once", "--config", config, "--format", "prometheus")
     assert proc.returncode == 0, proc.stderr
-    assert 'tls_scanner_protocol_accepted{env="lab",protocol="TLSv1.2",target="web"} 1.0' in proc.stdout
-    assert 'tls_scanner_protocol_accepted{env="lab",protocol="TLSv1.0",target="web"} 0.0' in proc.stdout
+    assert (
+        'tls_scanner_protocol_accepted{address="127.0.0.1",env="lab",protocol="TLSv1.2",target="web"} 1.0'
+        in proc.stdout
+    )
+    assert (
+        'tls_scanner_protocol_accepted{address="127.0.0.1",env="lab",protocol="TLSv1.0",target="web"} 0.0'
+        in proc.stdout
+    )
     check = subprocess.run(["promtool", "check", "metrics"], input=proc.stdout, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 

@@ -25,7 +25,10 @@ from scanner.protocols import ALL_PROTOCOLS, Protocol
 CONFIGS = Path(__file__).parent / "configs"
 INVALID = CONFIGS / "invalid"
 KNOWN = "SSLv2, SSLv3, TLSv1.0, TLSv1.1, TLSv1.2, TLSv1.3"
-TARGET_KEYS = "host, port, name, sni, labels, timeout, interval, protocols, expect, http"
+TARGET_KEYS = (
+    "host, port, name, sni, address, interval, timeout, protocols, expect, http, labels, "
+    "addresses, starttls, client_cert, https_proxy"
+)
 HINT = "use e.g. 500ms, 3s, 5m, 1h"
 P = Protocol
 
@@ -35,10 +38,15 @@ INVALID_FILES = {
         3,
         "invalid YAML: expected the node content, but found ':' (quote bracketed IPv6 addresses: \"[::1]:8443\")",
     ),
-    "unknown_key_top.yaml": (2, 'unknown key "target" at top level (allowed: concurrency, defaults, targets)'),
+    "unknown_key_top.yaml": (
+        2,
+        'unknown key "target" at top level (allowed: concurrency, defaults, targets, resolver, '
+        "max_range_endpoints, probe, politeness)",
+    ),
     "unknown_key_defaults.yaml": (
         3,
-        'unknown key "port" in defaults (allowed: interval, timeout, protocols, expect, http, labels)',
+        'unknown key "port" in defaults (allowed: interval, timeout, protocols, expect, http, labels, '
+        "addresses, starttls, client_cert, https_proxy)",
     ),
     "unknown_key_target.yaml": (3, f'unknown key "timout" in target (allowed: {TARGET_KEYS})'),
     "unknown_key_expect.yaml": (5, 'unknown key "allow" in expect (allowed: accept, reject, http_ok)'),

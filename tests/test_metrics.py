@@ -30,17 +30,18 @@ def test_values_follow_the_store() -> None:
     registry = _registry(store)
     store.record(sweep(t, {T10: A, T12: A}, at=100, http={T12: 200}))
     labels = {"target": "web", "team": "infra"}
+    at = {**labels, "address": "127.0.0.1"}
     get = registry.get_sample_value
-    assert get("tls_scanner_protocol_accepted", {**labels, "protocol": "TLSv1.0"}) == 1
+    assert get("tls_scanner_protocol_accepted", {**at, "protocol": "TLSv1.0"}) == 1
     assert get("tls_scanner_expectation_met", labels) == 0
-    assert get("tls_scanner_http_status_code", {**labels, "protocol": "TLSv1.2"}) == 200
+    assert get("tls_scanner_http_status_code", {**at, "protocol": "TLSv1.2"}) == 200
     store.record(sweep(t, {T10: R, T12: E}, at=200))
-    assert get("tls_scanner_protocol_accepted", {**labels, "protocol": "TLSv1.0"}) == 0
-    assert get("tls_scanner_protocol_changes_total", {**labels, "protocol": "TLSv1.0"}) == 1
-    assert get("tls_scanner_protocol_last_change_timestamp_seconds", {**labels, "protocol": "TLSv1.0"}) == 200.5
+    assert get("tls_scanner_protocol_accepted", {**at, "protocol": "TLSv1.0"}) == 0
+    assert get("tls_scanner_protocol_changes_total", {**at, "protocol": "TLSv1.0"}) == 1
+    assert get("tls_scanner_protocol_last_change_timestamp_seconds", {**at, "protocol": "TLSv1.0"}) == 200.5
     # the error leaves TLSv1.2 at its last determined value
-    assert get("tls_scanner_protocol_accepted", {**labels, "protocol": "TLSv1.2"}) == 1
-    assert get("tls_scanner_protocol_error", {**labels, "protocol": "TLSv1.2"}) == 1
+    assert get("tls_scanner_protocol_accepted", {**at, "protocol": "TLSv1.2"}) == 1
+    assert get("tls_scanner_protocol_error", {**at, "protocol": "TLSv1.2"}) == 1
     assert get("tls_scanner_scan_success", labels) == 0
     assert get("tls_scanner_last_success_timestamp_seconds", labels) == 100.5
     assert get("tls_scanner_scan_errors_total", {**labels, "reason": "timeout"}) == 1
@@ -57,9 +58,19 @@ def test_removed_target_series_vanish() -> None:
     store.record(sweep(a, {T12: A}))
     store.record(sweep(b, {T12: A}))
     registry = _registry(store)
-    assert registry.get_sample_value("tls_scanner_protocol_accepted", {"target": "a", "protocol": "TLSv1.2"}) == 1
+    assert (
+        registry.get_sample_value(
+            "tls_scanner_protocol_accepted", {"target": "a", "address": "127.0.0.1", "protocol": "TLSv1.2"}
+        )
+        == 1
+    )
     store.set_targets([b])
-    assert registry.get_sample_value("tls_scanner_protocol_accepted", {"target": "a", "protocol": "TLSv1.2"}) is None
+    assert (
+        registry.get_sample_value(
+            "tls_scanner_protocol_accepted", {"target": "a", "address": "127.0.0.1", "protocol": "TLSv1.2"}
+        )
+        is None
+    )
     assert b'target="a"' not in render(store)
 
 
@@ -72,3 +83,16 @@ def test_promtool_accepts_the_exposition() -> None:
     text = render(store, ReloadStatus(successful=True, last_success_at=1.0))
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def test_partial_rollout_counts_addresses() -> None:
+    store = ResultStore(None)
+    t = target("cdn")
+    store.set_targets([t])
+    edges = {"127.0.0.2": {T10: A, T12: A}, "127.0.0.3": {T10: R, T12: A}, "::1": {T10: R, T12: A}}
+    store.record(sweep(t, {T10: A, T12: A}, more=edges))
+    get = _registry(store).get_sample_value
+    assert get("tls_scanner_addresses", {"target": "cdn"}) == 4
+    assert get("tls_scanner_protocol_accepted_addresses", {"target": "cdn", "protocol": "TLSv1.0"}) == 2
+    assert get("tls_scanner_protocol_accepted_addresses", {"target": "cdn", "protocol": "TLSv1.2"}) == 4
+    assert get("tls_scanner_protocol_accepted", {"target": "cdn", "address": "::1", "protocol": "TLSv1.0"}) == 0

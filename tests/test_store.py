@@ -21,14 +21,14 @@ def test_flip_is_a_transition_and_error_keeps_last_state() -> None:
     assert store.record(sweep(t, {T10: A, T12: A}, at=100)) == []
     assert store.record(sweep(t, {T10: E, T12: A}, at=200)) == []  # an outage is not a brownout
     status = store.status("t")
-    assert status.protocols[T10].state is A
-    assert status.protocols[T10].last_change == 100.5
+    assert status.addresses["127.0.0.1"][T10].state is A
+    assert status.addresses["127.0.0.1"][T10].last_change == 100.5
     assert status.errors == {ErrorReason.TIMEOUT: 1}
     flips = store.record(sweep(t, {T10: R, T12: A}, at=300))
-    assert [(f.protocol, f.old, f.new, f.at) for f in flips] == [(T10, A, R, 300.5)]
+    assert [(f.address, f.protocol, f.old, f.new, f.at) for f in flips] == [("127.0.0.1", T10, A, R, 300.5)]
     status = store.status("t", with_transitions=5)
-    assert status.protocols[T10].changes == 1
-    assert status.protocols[T12].changes == 0
+    assert status.addresses["127.0.0.1"][T10].changes == 1
+    assert status.addresses["127.0.0.1"][T12].changes == 0
     assert status.last_success_at == 300.5
     assert [t.new for t in status.transitions] == [R]
 
@@ -53,10 +53,10 @@ def test_state_survives_restart_and_a_change_while_down_counts(tmp_path: Path) -
 
     store = ResultStore(path)
     store.set_targets([t])
-    assert store.status("t").protocols[T10].last_change == 100.5
+    assert store.status("t").addresses["127.0.0.1"][T10].last_change == 100.5
     flips = store.record(sweep(t, {T10: R}, at=500))
     assert len(flips) == 1
-    assert store.status("t").protocols[T10].changes == 1
+    assert store.status("t").addresses["127.0.0.1"][T10].changes == 1
     store.close()
 
 
@@ -68,7 +68,7 @@ def test_history_is_bounded(tmp_path: Path) -> None:
         store.record(sweep(t, {T10: A if i % 2 else R}, at=float(i)))
     count = store._db.execute("SELECT COUNT(*) FROM transition WHERE target = 't'").fetchone()[0]
     assert count == HISTORY_PER_TARGET
-    assert store.status("t").protocols[T10].changes == HISTORY_PER_TARGET + 49
+    assert store.status("t").addresses["127.0.0.1"][T10].changes == HISTORY_PER_TARGET + 49
     store.close()
 
 
@@ -94,3 +94,27 @@ def test_foreign_sqlite_file_is_set_aside(tmp_path: Path) -> None:
     aside = [p for p in os.listdir(tmp_path) if p.startswith("state.db.unusable-") and not p.endswith(("-wal", "-shm"))]
     assert len(aside) == 1
     assert sqlite3.connect(tmp_path / aside[0]).execute("SELECT id FROM invoices").fetchone() == (42,)
+
+
+def test_each_address_has_its_own_state_and_gone_addresses_are_not_reported() -> None:
+    store = ResultStore(None)
+    t = target()
+    store.set_targets([t])
+    store.record(sweep(t, {T10: A}, at=100, more={"127.0.0.2": {T10: A}}))
+    flips = store.record(sweep(t, {T10: A}, at=200, more={"127.0.0.2": {T10: R}}))
+    assert [(f.address, f.new) for f in flips] == [("127.0.0.2", R)]
+    assert store.status("t").addresses["127.0.0.1"][T10].changes == 0
+    store.record(sweep(t, {T10: A}, at=300))
+    assert list(store.status("t").addresses) == ["127.0.0.1"]
+
+
+def test_state_file_of_another_format_is_set_aside(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = ResultStore(str(path))
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.commit()
+    db.close()
+    ResultStore(str(path)).close()
+    assert any(p.startswith("state.db.unusable-") for p in os.listdir(tmp_path))

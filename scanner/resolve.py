@@ -1,0 +1,83 @@
+"""Name resolution for a sweep: every A and AAAA address behind a name, from the system or the configured servers."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+from scanner.config import AddressMode, Resolver
+
+MAX_ADDRESSES = 16  # per name: a CDN answering with more is sampled, not swept whole
+
+
+class ResolveError(Exception):
+    """The name did not resolve to any usable address."""
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def resolve(host: str, mode: AddressMode, resolver: Resolver | None, timeout: float) -> list[str]:
+    """The addresses to probe for `host`, in the resolver's order, filtered by `mode` and capped."""
+    if is_ip(host):
+        return [host]
+    if host.rstrip(".").lower().endswith(".invalid"):
+        # RFC 6761: .invalid never resolves, and resolvers should not even send the query.
+        raise ResolveError(".invalid never resolves")
+    try:
+        if resolver is None:
+            addresses = await asyncio.wait_for(_system(host, mode), timeout)
+        else:
+            addresses = await _servers(host, mode, resolver)
+    except TimeoutError:
+        raise ResolveError("DNS lookup timed out") from None
+    addresses = list(dict.fromkeys(addresses))
+    if mode is AddressMode.IPV4:
+        addresses = [a for a in addresses if ":" not in a]
+    elif mode is AddressMode.IPV6:
+        addresses = [a for a in addresses if ":" in a]
+    if not addresses:
+        raise ResolveError(f"no {'' if mode is AddressMode.ALL else mode.value + ' '}address")
+    return addresses[:1] if mode is AddressMode.FIRST else addresses[:MAX_ADDRESSES]
+
+
+async def _system(host: str, mode: AddressMode) -> list[str]:
+    family = {AddressMode.IPV4: socket.AF_INET, AddressMode.IPV6: socket.AF_INET6}.get(mode, socket.AF_UNSPEC)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, family=family, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ResolveError(exc.strerror or str(exc)) from None
+    return [str(info[4][0]) for info in infos]
+
+
+async def _servers(host: str, mode: AddressMode, config: Resolver) -> list[str]:
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in config.nameservers]
+    resolver.lifetime = config.timeout
+    kinds = {AddressMode.IPV4: ["A"], AddressMode.IPV6: ["AAAA"]}.get(mode, ["A", "AAAA"])
+    answers = await asyncio.gather(*(_query(resolver, host, kind) for kind in kinds))
+    return [address for answer in answers for address in answer]
+
+
+async def _query(resolver: dns.asyncresolver.Resolver, host: str, kind: str) -> list[str]:
+    try:
+        answer = await resolver.resolve(host, kind, search=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    except dns.exception.Timeout:
+        raise ResolveError("DNS lookup timed out") from None
+    except dns.exception.DNSException as exc:
+        raise ResolveError(f"DNS lookup failed: {exc}") from None
+    return [rdata.address for rdata in answer]
