@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from scanner import __version__
-from scanner.probe import ErrorReason, ProtocolState
+from scanner.probe import ErrorReason, ProtocolState, SweepResult
 from scanner.store import ResultStore, TargetStatus
 from scanner.targets import Shard
 
@@ -163,3 +163,26 @@ def render(store: ResultStore, reload: ReloadStatus | None = None, shard: Shard 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ScannerCollector(store, reload, shard))
     return generate_latest(registry)
+
+
+def render_probe(sweep: SweepResult) -> bytes:
+    """/probe's answer: that one sweep's families, plus whether it determined everything and how long it took."""
+    store = ResultStore(None)
+    store.set_targets([sweep.target])
+    store.record(sweep)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ScannerCollector(store))
+    text = generate_latest(registry).decode()
+    success = _single("tls_scanner_probe_success", "1 if the probe determined every protocol", float(sweep.complete))
+    duration = _single("tls_scanner_probe_duration_seconds", "How long the probe took", sweep.duration_seconds)
+    extra = CollectorRegistry(auto_describe=False)
+    extra.register(_Fixed([success, duration]))
+    return (text + generate_latest(extra).decode()).encode()
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families

@@ -6,19 +6,24 @@ import asyncio
 import logging
 import signal
 import time
+from dataclasses import replace
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from scanner.config import Config, ConfigError, TargetConfig, load_config
-from scanner.metrics import ReloadStatus, ScannerCollector
-from scanner.probe import Prober
+from scanner.config import AddressMode, Config, ConfigError, TargetConfig, load_config
+from scanner.metrics import ReloadStatus, ScannerCollector, render_probe
+from scanner.probe import DEADLINE_GRACE_SECONDS, Prober
+from scanner.resolve import ResolveError, is_ip, resolve
 from scanner.scheduler import Scheduler
 from scanner.store import ResultStore
-from scanner.targets import ALL, Shard, expand
+from scanner.targets import ALL, Shard, expand, find_configured, probe_refusal, split_host_port
 from scanner.web import WebState, make_app
 
 log = logging.getLogger(__name__)
+
+PROBE_DEFAULT_TIMEOUT = 10.0  # seconds, when Prometheus does not say (it sends X-Prometheus-Scrape-Timeout-Seconds)
+PROBE_DEADLINE_MARGIN = 0.5
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:
@@ -44,7 +49,7 @@ class Service:
         self.registry.register(ScannerCollector(self.store, self.reload_status, shard))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        self.stopped = asyncio.Event()
+        self._probes = asyncio.Semaphore(config.probe.max_concurrent)
 
     @property
     def targets(self) -> tuple[TargetConfig, ...]:
@@ -78,6 +83,38 @@ class Service:
         log.info("config reloaded: %d targets", len(targets))
         return None
 
+    async def probe(self, spec: str, scrape_timeout: float | None) -> tuple[int, str]:
+        """Sweep `spec` now for /probe: (HTTP status, metrics text or the reason for refusing)."""
+        try:
+            target = find_configured(self.config, spec)
+            host, port = split_host_port(spec, default_port=443)
+        except ValueError as exc:
+            return 400, f"bad target: {exc}\n"
+        if target is None and not host:
+            return 400, "bad target: empty host\n"
+        if self._probes.locked():
+            return 429, f"too many probes at once (probe.max_concurrent = {self.config.probe.max_concurrent})\n"
+        async with self._probes:
+            deadline = (scrape_timeout or PROBE_DEFAULT_TIMEOUT) - PROBE_DEADLINE_MARGIN
+            addresses: list[str] | None = None
+            if target is None:
+                try:
+                    addresses = await resolve(host, AddressMode.ALL, self.config.resolver, max(deadline, 0.5))
+                except ResolveError as exc:
+                    addresses = []
+                    refusal: str | None = f"cannot resolve {host}: {exc}"
+                else:
+                    refusal = probe_refusal(self.config.probe.allow, host, addresses)
+                if refusal is not None:
+                    return 403, f"refused: {refusal}\n"
+                name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                assert port is not None
+                target = TargetConfig(name=name, host=host, port=port, sni=None if is_ip(host) else host)
+            # The sweep ends by its timeout + grace, so fit that inside the scrape's deadline.
+            timeout = max(0.5, min(target.timeout, deadline - DEADLINE_GRACE_SECONDS))
+            sweep = await self.prober.sweep(replace(target, timeout=timeout), addresses)
+        return 200, render_probe(sweep).decode()
+
     async def stop_scanning(self) -> None:
         await self.scheduler.stop()
         self.prober.close()
@@ -92,6 +129,7 @@ async def _serve(config: Config, listen_address: str, state_file: str, shard: Sh
         reload_status=service.reload_status,
         reload=service.reload,
         ready=lambda: service.scheduler.running,
+        probe=service.probe,
     )
     runner = web.AppRunner(make_app(state), access_log=None)
     await runner.setup()

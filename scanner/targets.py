@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import ipaddress
 import re
@@ -58,3 +59,67 @@ def expand(config: Config, shard: Shard = ALL) -> tuple[TargetConfig, ...]:
                 names.add(name)
                 targets.append(replace(entry.template, name=name, host=host, port=port, range=entry.network))
     return tuple(t for t in targets if shard.owns(t.name))
+
+
+def find_configured(config: Config, spec: str) -> TargetConfig | None:
+    """The configured target named `spec`, or listening at `spec` as host:port (range endpoints included)."""
+    for target in config.targets:
+        if spec in (target.name, f"{target.host}:{target.port}", f"[{target.host}]:{target.port}"):
+            return target
+    host, port = split_host_port(spec)
+    if port is None or not _is_ip(host):
+        return None
+    address = ipaddress.ip_address(host)
+    for entry in config.ranges:
+        if address in ipaddress.ip_network(entry.network) and port in entry.ports:
+            name = f"[{host}]:{port}" if address.version == 6 else f"{host}:{port}"
+            return replace(entry.template, name=name, host=host, port=port, range=entry.network)
+    return None
+
+
+def split_host_port(spec: str, default_port: int | None = None) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]:port` or a bare IPv6 address -> (host, port or default)."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::([0-9]{1,5}))?", spec)
+    if match:
+        host, port = match.group(1), match.group(2)
+    elif spec.count(":") == 1:
+        host, port = spec.split(":")
+    else:
+        host, port = spec, None
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"bad port in {spec!r}")
+    return host, int(port) if port is not None else default_port
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def probe_refusal(allow: tuple[str, ...], host: str, addresses: list[str]) -> str | None:
+    """Why /probe may not scan `host` at `addresses` under the allowlist, or None when it may.
+
+    Name patterns restrict names, networks restrict addresses; a name is checked by the addresses it resolved to
+    *now*, and the sweep connects to exactly those, so a rebinding DNS answer cannot take it elsewhere.
+    """
+    networks = [ipaddress.ip_network(a) for a in allow if "/" in a]
+    patterns = [a.lower() for a in allow if "/" not in a]
+    if not allow:
+        return "only configured targets may be probed (see probe.allow)"
+    if not _is_ip(host):
+        if patterns and not any(fnmatch.fnmatchcase(host.lower().rstrip("."), p) for p in patterns):
+            return f"{host} matches no name in probe.allow"
+        if not patterns and not networks:
+            return f"{host} is not allowed"
+    elif not networks:
+        return f"{host}: no network in probe.allow"
+    if networks:
+        for address in addresses:
+            if not any(ipaddress.ip_address(address) in n for n in networks):
+                if address == host:
+                    return f"{host} is outside probe.allow"
+                return f"{host} resolves to {address}, outside probe.allow"
+    return None

@@ -29,6 +29,7 @@ class WebState:
     reload_status: ReloadStatus
     reload: Callable[[], Awaitable[str | None]]  # returns the error, or None when the new config applied
     ready: Callable[[], bool]
+    probe: Callable[[str, float | None], Awaitable[tuple[int, str]]]  # (target, scrape timeout) -> (status, body)
 
 
 STATE = web.AppKey("state", WebState)
@@ -40,6 +41,7 @@ def make_app(state: WebState) -> web.Application:
     app.router.add_get("/", status_page)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/targets", targets_api)
+    app.router.add_get("/probe", probe)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
     app.router.add_route("*", "/-/reload", reload)
@@ -49,6 +51,24 @@ def make_app(state: WebState) -> web.Application:
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[STATE].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def probe(request: web.Request) -> web.Response:
+    """Sweep one target now and answer with that sweep's metrics (the multi-target exporter pattern)."""
+    spec = request.query.get("target", "").strip()
+    if not spec:
+        return web.Response(status=400, text="missing ?target=NAME or HOST:PORT\n")
+    scrape_timeout: float | None = None
+    header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+    if header:
+        try:
+            scrape_timeout = float(header)
+        except ValueError:
+            return web.Response(status=400, text="bad X-Prometheus-Scrape-Timeout-Seconds\n")
+    status, body = await request.app[STATE].probe(spec, scrape_timeout)
+    if status != 200:
+        return web.Response(status=status, text=body)
+    return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthy(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
