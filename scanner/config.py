@@ -380,7 +380,7 @@ def _resolver(node: yaml.Node) -> Resolver:
     for item in servers_node.value:
         text = _str(item, "resolver.nameservers")
         host, port = _host_port(text, item)
-        if not _is_ip(host):
+        if not is_ip(host):
             raise _Invalid(item, f"resolver.nameservers: expected an IP address[:port], got {_quote(text)}")
         servers.append((host, 53 if port is None else port))
     timeout = _duration(pairs["timeout"][1], "resolver.timeout") if "timeout" in pairs else 2.0
@@ -397,7 +397,7 @@ def _probe_settings(node: yaml.Node) -> ProbeSettings:
             raise _Invalid(allow_node, f"probe.allow: expected a list, got {_describe(allow_node)}")
         for item in allow_node.value:
             text = _str(item, "probe.allow")
-            if "/" in text or _is_ip(text):
+            if "/" in text or is_ip(text):
                 try:
                     text = str(ipaddress.ip_network(text, strict=False))
                 except ValueError:
@@ -482,7 +482,7 @@ def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
                 port = _port(value_node)
             elif key == "address":
                 address = _str(value_node, "address")
-                if not _is_ip(address.strip("[]")):
+                if not is_ip(address.strip("[]")):
                     raise _Invalid(value_node, f"address: expected an IP address, got {_quote(address)}")
                 address = address.strip("[]")
             elif key == "name":
@@ -502,7 +502,7 @@ def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
         raise _Invalid(node, f'target: expected "host[:port]" or a mapping with host, got {_describe(node)}{hint}')
     port = 443 if port is None else port
     if sni_given is True:
-        sni = None if _is_ip(host) else host
+        sni = None if is_ip(host) else host
     else:
         sni = sni_given or None
     if name is None:
@@ -534,7 +534,7 @@ def _settings(own: _Layer, defaults: _Layer, *, name: str, host: str, port: int,
         name=name,
         host=host,
         port=port,
-        sni=None if _is_ip(host) else host,
+        sni=None if is_ip(host) else host,
         labels=tuple(sorted(labels.items())),
         interval=own.interval or defaults.interval or DEFAULT_INTERVAL,
         timeout=own.timeout or defaults.timeout or DEFAULT_TIMEOUT,
@@ -668,7 +668,7 @@ def _host_port(text: str, node: yaml.Node) -> tuple[str, int | None]:
         if match is None:
             raise _Invalid(node, f'bad target {_quote(text)}: write bracketed IPv6 addresses as "[::1]:8443"')
         host, port_text = match.group(1), match.group(2)
-        if ":" not in host or not _is_ip(host):
+        if ":" not in host or not is_ip(host):
             raise _Invalid(node, f"bad target {_quote(text)}: brackets are only for IPv6 addresses")
     elif text.count(":") == 1:
         host, port_text = text.split(":")
@@ -685,11 +685,11 @@ def _host_port(text: str, node: yaml.Node) -> tuple[str, int | None]:
 def _host(text: str, node: yaml.Node, allow_brackets: bool = True) -> str:
     """Validate a host name or IP address (brackets around IPv6 are dropped) and return it."""
     _check_not_url(text, node)
-    if allow_brackets and text.startswith("[") and text.endswith("]") and ":" in text and _is_ip(text[1:-1]):
+    if allow_brackets and text.startswith("[") and text.endswith("]") and ":" in text and is_ip(text[1:-1]):
         text = text[1:-1]
     if not text:
         raise _Invalid(node, "host must not be empty")
-    if _is_ip(text):
+    if is_ip(text):
         return text
     if ":" in text:
         if text.count(":") == 1:
@@ -715,7 +715,7 @@ def _check_hostname(text: str, node: yaml.Node, what: str) -> None:
         raise _Invalid(node, f"{what} {_quote(text)} is not a valid host name")
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     """Tell whether `text` is an IPv4 or IPv6 literal."""
     try:
         ipaddress.ip_address(text)
@@ -730,7 +730,7 @@ def _sni(node: yaml.Node) -> str | bool:
         return False
     if not isinstance(node, yaml.ScalarNode) or node.tag != _STR:
         raise _Invalid(node, f"sni: expected a server name or false, got {_describe(node)}")
-    if _is_ip(node.value):
+    if is_ip(node.value):
         raise _Invalid(node, "sni: must be a DNS name, not an IP address (use sni: false to send none)")
     _check_hostname(node.value, node, "sni")
     return str(node.value)

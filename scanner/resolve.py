@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 
 import dns.asyncresolver
@@ -12,21 +11,13 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from scanner.config import AddressMode, Resolver
+from scanner.config import AddressMode, Resolver, is_ip
 
 MAX_ADDRESSES = 16  # per name: a CDN answering with more is sampled, not swept whole
 
 
 class ResolveError(Exception):
     """The name did not resolve to any usable address."""
-
-
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 async def resolve(host: str, mode: AddressMode, resolver: Resolver | None, timeout: float) -> list[str]:

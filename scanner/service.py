@@ -11,10 +11,10 @@ from dataclasses import replace
 from aiohttp import web
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from scanner.config import AddressMode, Config, ConfigError, TargetConfig, load_config
+from scanner.config import AddressMode, Config, ConfigError, TargetConfig, is_ip, load_config
 from scanner.metrics import ReloadStatus, ScannerCollector, render_probe
 from scanner.probe import DEADLINE_GRACE_SECONDS, Prober
-from scanner.resolve import ResolveError, is_ip, resolve
+from scanner.resolve import ResolveError, resolve
 from scanner.scheduler import Scheduler
 from scanner.store import ResultStore
 from scanner.targets import ALL, Shard, expand, find_configured, probe_refusal, split_host_port

@@ -8,7 +8,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, replace
 
-from scanner.config import Config, TargetConfig
+from scanner.config import Config, TargetConfig, is_ip
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def find_configured(config: Config, spec: str) -> TargetConfig | None:
         if spec in (target.name, f"{target.host}:{target.port}", f"[{target.host}]:{target.port}"):
             return target
     host, port = split_host_port(spec)
-    if port is None or not _is_ip(host):
+    if port is None or not is_ip(host):
         return None
     address = ipaddress.ip_address(host)
     for entry in config.ranges:
@@ -91,14 +91,6 @@ def split_host_port(spec: str, default_port: int | None = None) -> tuple[str, in
     return host, int(port) if port is not None else default_port
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def probe_refusal(allow: tuple[str, ...], host: str, addresses: list[str]) -> str | None:
     """Why /probe may not scan `host` at `addresses` under the allowlist, or None when it may.
 
@@ -109,7 +101,7 @@ def probe_refusal(allow: tuple[str, ...], host: str, addresses: list[str]) -> st
     patterns = [a.lower() for a in allow if "/" not in a]
     if not allow:
         return "only configured targets may be probed (see probe.allow)"
-    if not _is_ip(host):
+    if not is_ip(host):
         if patterns and not any(fnmatch.fnmatchcase(host.lower().rstrip("."), p) for p in patterns):
             return f"{host} matches no name in probe.allow"
         if not patterns and not networks:
