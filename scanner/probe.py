@@ -317,6 +317,7 @@ class Prober:
         self._slots: asyncio.Semaphore | None = None
         self._per_address: dict[str, asyncio.Semaphore] = {}
         self._next_connection: dict[str, float] = {}
+        self.stopping = False  # set on shutdown: queued handshakes end as errors instead of starting
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -417,6 +418,9 @@ class Prober:
         deadline: float | None = None
         for attempt, cipher_list in enumerate(_CIPHER_LISTS[protocol]):
             async with self._address_slot(address), self._slots:
+                if self.stopping:
+                    result = ProtocolResult(ProtocolState.ERROR, detail="shutting down", reason=ErrorReason.OTHER)
+                    break
                 await self._pace(address)
                 now = time.monotonic()
                 if deadline is None:

@@ -99,7 +99,7 @@ class Scheduler:
             except Exception:  # a bug in one sweep must not stop the target's loop
                 log.exception("sweep of %s failed", entry.target.name)
                 continue
-            if entry.removed:
-                return
+            if entry.removed or (self._stopping and not sweep.complete):
+                return  # a sweep cut short by shutdown says nothing about the target
             for t in self.store.record(sweep):
                 log.warning("%s %s changed: %s -> %s", t.target, t.protocol.value, t.old.value, t.new.value)

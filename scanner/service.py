@@ -116,6 +116,7 @@ class Service:
         return 200, render_probe(sweep).decode()
 
     async def stop_scanning(self) -> None:
+        self.prober.stopping = True
         await self.scheduler.stop()
         self.prober.close()
 

@@ -212,6 +212,10 @@ def _open_state_file(path: str | None) -> sqlite3.Connection:
         return _init(_connect(path))
     except (sqlite3.DatabaseError, StateFileError) as exc:
         aside = f"{path}.unusable-{time.strftime('%Y%m%dT%H%M%S')}"
+        n = 1
+        while os.path.exists(aside):
+            n += 1
+            aside = f"{path}.unusable-{time.strftime('%Y%m%dT%H%M%S')}-{n}"
         log.error("state file %s is unusable (%s); moved it to %s and starting with no history", path, exc, aside)
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(path + suffix):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -121,13 +122,16 @@ class Daemon:
                     args, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
                 )
             process = self.process
-            until(lambda p=process: p.poll() is not None or self._healthy(), timeout, "the daemon to answer /-/healthy")
+            until(partial(self._up_or_exited, process), timeout, "the daemon to answer /-/healthy")
             if process.poll() is None:
                 return self
             self.process = None
             if "address already in use" not in self.log_text().lower():
                 break
         raise RuntimeError(f"daemon exited with {process.returncode}:\n{self.log_text()[-3000:]}")
+
+    def _up_or_exited(self, process: subprocess.Popen[bytes]) -> bool:
+        return process.poll() is not None or self._healthy()
 
     def _healthy(self) -> bool:
         try:
@@ -151,17 +155,26 @@ class Daemon:
 
     def metrics(self) -> Scrape:
         status, body = self.get("/metrics")
-        assert status == 200, body
+        assert status == 200, f"/metrics answered {status}: {body}\n--- daemon log\n{self.log_text()[-3000:]}"
         return Scrape(body)
 
     def wait_metrics(self, predicate: Callable[[Scrape], bool], timeout: float, what: str) -> Scrape:
         """Scrape until predicate holds; return that scrape."""
 
+        last: list[Scrape] = []
+
         def probe() -> Scrape | None:
             scrape = self.metrics()
+            last[:] = [scrape]
             return scrape if predicate(scrape) else None
 
-        return until(probe, timeout, what)
+        try:
+            return until(probe, timeout, what)
+        except TimeoutError as exc:
+            ours = [line for line in last[0].text.splitlines() if line.startswith("tls_scanner")] if last else []
+            raise TimeoutError(
+                f"{exc}\n--- last scrape\n" + "\n".join(ours) + f"\n--- daemon log\n{self.log_text()[-3000:]}"
+            ) from None
 
     def wait_sweep(self, target: str, after: float = 0.0, timeout: float = 10.0) -> Scrape:
         """Wait until the target's last sweep ended after `after` (unix time)."""

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -92,12 +93,15 @@ def test_brownout_by_nginx_reload_and_recovery(
     assert scrape.by_protocol(CHANGES, "web") == dict.fromkeys(PROTOCOLS, 0.0)
     steady_unchanged(scrape)
 
+    def legacy_is(want: float, scrape: Scrape) -> bool:
+        return scrape.value(ACCEPTED, target="web", protocol="TLSv1.0") == want
+
     for step, (protocols, accepted, changes) in enumerate([(NGINX_MODERN, 0.0, 1.0), (NGINX_ALL, 1.0, 2.0)]):
         before = time.time()
         nginx.reload([NginxServer("web", web_port, protocols), steady])
         deadline = time.monotonic() + BROWNOUT_DEADLINE
         scrape = d.wait_metrics(
-            lambda s, want=accepted: s.value(ACCEPTED, target="web", protocol="TLSv1.0") == want,
+            partial(legacy_is, accepted),
             remaining(deadline),
             f"step {step}: TLSv1.0 accepted={accepted} within {BROWNOUT_DEADLINE}s of the reload",
         )
@@ -260,7 +264,11 @@ def test_kill_9_and_restart_keep_the_state(nginx_lab: NginxLabFactory, daemon: D
     db = sqlite3.connect(f"file:{quote(str(state))}?mode=ro", uri=True)
     try:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        rows = dict(db.execute("SELECT protocol, last_change FROM protocol_state WHERE target = 'web'").fetchall())
+        rows = dict(
+            db.execute(
+                "SELECT protocol, last_change FROM protocol_state WHERE target = 'web' AND address = '127.0.0.1'"
+            ).fetchall()
+        )
     finally:
         db.close()
     assert rows == last_change
@@ -378,12 +386,16 @@ def test_endpoints(nginx_lab: NginxLabFactory, daemon: DaemonFactory, tmp_path: 
     api = {t["name"]: t for t in json.loads(body)["targets"]}
     assert list(api) == ["web", "steady"]
     modern = {p: "accepted" if p in ("TLSv1.2", "TLSv1.3") else "rejected" for p in PROTOCOLS}
-    assert api["web"]["state"] == modern
-    assert api["steady"]["state"] == modern
-    web_moves = sorted((t["protocol"], t["from"], t["to"]) for t in api["web"]["transitions"])
-    assert web_moves == [("TLSv1.0", "accepted", "rejected"), ("TLSv1.1", "accepted", "rejected")]
+    for name in api:  # one address per target here: the loopback literal it names
+        assert list(api[name]["addresses"]) == ["127.0.0.1"], name
+        assert api[name]["addresses"]["127.0.0.1"]["state"] == modern, name
+    web_moves = sorted((t["address"], t["protocol"], t["from"], t["to"]) for t in api["web"]["transitions"])
+    assert web_moves == [
+        ("127.0.0.1", "TLSv1.0", "accepted", "rejected"),
+        ("127.0.0.1", "TLSv1.1", "accepted", "rejected"),
+    ]
     assert api["steady"]["transitions"] == []
-    assert api["web"]["changes"]["TLSv1.0"] == 1
+    assert api["web"]["addresses"]["127.0.0.1"]["changes"] == {p: int(p in ("TLSv1.0", "TLSv1.1")) for p in PROTOCOLS}
 
     status, page = d.get("/")
     assert status == 200 and page.startswith("<!doctype html>")
@@ -392,7 +404,7 @@ def test_endpoints(nginx_lab: NginxLabFactory, daemon: DaemonFactory, tmp_path: 
     assert matrix.row_count == 2
     assert set(matrix.rows) == {"web", "steady"}
     for name, cells in matrix.rows.items():
-        assert {p: text for p, (_, text) in cells.items()} == api[name]["state"], name
+        assert {p: text for p, (_, text) in cells.items()} == api[name]["addresses"]["127.0.0.1"]["state"], name
     assert "changed" in matrix.rows["web"]["TLSv1.0"][0].split()
     assert "changed" not in matrix.rows["steady"]["TLSv1.0"][0].split()
 
