@@ -28,10 +28,8 @@ async def resolve(host: str, mode: AddressMode, resolver: Resolver | None, timeo
         # RFC 6761: .invalid never resolves, and resolvers should not even send the query.
         raise ResolveError(".invalid never resolves")
     try:
-        if resolver is None:
-            addresses = await asyncio.wait_for(_system(host, mode), timeout)
-        else:
-            addresses = await _servers(host, mode, resolver)
+        lookup = _system(host, mode) if resolver is None else _servers(host, mode, resolver)
+        addresses = await asyncio.wait_for(lookup, timeout)
     except TimeoutError:
         raise ResolveError("DNS lookup timed out") from None
     addresses = list(dict.fromkeys(addresses))

@@ -70,9 +70,12 @@ class Service:
             self.reload_status.error = str(exc)
             log.error("config reload failed, keeping the old config: %s", exc)
             return str(exc)
-        for key in ("concurrency", "politeness", "resolver"):
+        for key in ("concurrency", "politeness"):
             if getattr(config, key) != getattr(self.config, key):
                 log.warning("%s changes take effect on restart", key)
+        if config.probe.max_concurrent != self.config.probe.max_concurrent:
+            self._probes = asyncio.Semaphore(config.probe.max_concurrent)
+        self.prober.resolver = config.resolver
         self.config = config
         targets = self.targets
         self.store.set_targets(targets)
@@ -95,23 +98,27 @@ class Service:
         if self._probes.locked():
             return 429, f"too many probes at once (probe.max_concurrent = {self.config.probe.max_concurrent})\n"
         async with self._probes:
-            deadline = (scrape_timeout or PROBE_DEFAULT_TIMEOUT) - PROBE_DEADLINE_MARGIN
+            clock = time.monotonic()
+            deadline = (PROBE_DEFAULT_TIMEOUT if scrape_timeout is None else scrape_timeout) - PROBE_DEADLINE_MARGIN
             addresses: list[str] | None = None
             if target is None:
-                try:
-                    addresses = await resolve(host, AddressMode.ALL, self.config.resolver, max(deadline, 0.5))
-                except ResolveError as exc:
-                    addresses = []
-                    refusal: str | None = f"cannot resolve {host}: {exc}"
-                else:
-                    refusal = probe_refusal(self.config.probe.allow, host, addresses)
+                # Refuse by name before anything is looked up: a refused name costs no DNS query.
+                refusal = probe_refusal(self.config.probe.allow, host, None)
+                if refusal is None:
+                    try:
+                        addresses = await resolve(host, AddressMode.ALL, self.config.resolver, max(deadline, 0.5))
+                    except ResolveError as exc:
+                        refusal = f"cannot resolve {host}: {exc}"
+                    else:
+                        refusal = probe_refusal(self.config.probe.allow, host, addresses)
                 if refusal is not None:
                     return 403, f"refused: {refusal}\n"
                 name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 assert port is not None
                 target = TargetConfig(name=name, host=host, port=port, sni=None if is_ip(host) else host)
             # The sweep ends by its timeout + grace, so fit that inside the scrape's deadline.
-            timeout = max(0.5, min(target.timeout, deadline - DEADLINE_GRACE_SECONDS))
+            left = deadline - (time.monotonic() - clock)
+            timeout = max(0.5, min(target.timeout, left - DEADLINE_GRACE_SECONDS))
             sweep = await self.prober.sweep(replace(target, timeout=timeout), addresses)
         return 200, render_probe(sweep).decode()
 

@@ -90,6 +90,7 @@ class ResultStore:
         self._db = _open_state_file(path)
         self._targets: dict[str, TargetConfig] = {}
         self._last: dict[str, SweepResult] = {}
+        self._addresses: dict[str, list[str]] = {}  # the last addresses probed: a DNS outage keeps them
         self._last_success: dict[str, float] = {}
         self._errors: dict[str, Counter[ErrorReason]] = {}
         self._verdicts: dict[str, Verdict] = {}
@@ -110,7 +111,7 @@ class ResultStore:
     def set_targets(self, targets: Iterable[TargetConfig]) -> None:
         """Declare the configured targets; results of targets no longer configured stop being reported."""
         self._targets = {t.name: t for t in targets}
-        for cache in (self._last, self._last_success, self._errors, self._verdicts):
+        for cache in (self._last, self._addresses, self._last_success, self._errors, self._verdicts):
             for name in list(cache):
                 if name not in self._targets:
                     del cache[name]
@@ -124,6 +125,8 @@ class ResultStore:
         name = sweep.target.name
         at = sweep.started_at + sweep.duration_seconds
         self._last[name] = sweep
+        if sweep.addresses:
+            self._addresses[name] = [a.address for a in sweep.addresses]
         if sweep.complete:
             self._last_success[name] = at
         reasons = {r.reason for r in sweep.protocols.values() if r.reason is not None}
@@ -185,7 +188,8 @@ class ResultStore:
         target = self._targets[name]
         last = self._last.get(name)
         known = self._status.get(name, {})
-        current = known if last is None else {a.address: known.get(a.address, {}) for a in last.addresses}
+        addresses = self._addresses.get(name)
+        current = known if addresses is None else {a: known.get(a, {}) for a in addresses}
         return TargetStatus(
             target=target,
             last_sweep=last,

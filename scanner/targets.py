@@ -91,8 +91,10 @@ def split_host_port(spec: str, default_port: int | None = None) -> tuple[str, in
     return host, int(port) if port is not None else default_port
 
 
-def probe_refusal(allow: tuple[str, ...], host: str, addresses: list[str]) -> str | None:
+def probe_refusal(allow: tuple[str, ...], host: str, addresses: list[str] | None) -> str | None:
     """Why /probe may not scan `host` at `addresses` under the allowlist, or None when it may.
+
+    With addresses None, only what can be judged before resolving (the name) is checked.
 
     Name patterns restrict names, networks restrict addresses; a name is checked by the addresses it resolved to
     *now*, and the sweep connects to exactly those, so a rebinding DNS answer cannot take it elsewhere.
@@ -108,7 +110,7 @@ def probe_refusal(allow: tuple[str, ...], host: str, addresses: list[str]) -> st
             return f"{host} is not allowed"
     elif not networks:
         return f"{host}: no network in probe.allow"
-    if networks:
+    if networks and addresses is not None:
         for address in addresses:
             if not any(ipaddress.ip_address(address) in n for n in networks):
                 if address == host:
