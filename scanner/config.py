@@ -484,7 +484,7 @@ def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
                 address = _str(value_node, "address")
                 if not is_ip(address.strip("[]")):
                     raise _Invalid(value_node, f"address: expected an IP address, got {_quote(address)}")
-                address = address.strip("[]")
+                address = str(ipaddress.ip_address(address.strip("[]")))  # one spelling per address
             elif key == "name":
                 name = _str(value_node, "name")
                 if not name.strip() or not name.isprintable():
@@ -508,7 +508,7 @@ def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
     if name is None:
         name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     target = _settings(own, defaults, name=name, host=host, port=port, node=node)
-    if own.https_proxy is not None and address is not None:
+    if target.https_proxy is not None and address is not None:
         raise _Invalid(node, "address: cannot pin an address when connecting through https_proxy")
     return replace(target, sni=sni, address=address), name_line
 
@@ -690,7 +690,7 @@ def _host(text: str, node: yaml.Node, allow_brackets: bool = True) -> str:
     if not text:
         raise _Invalid(node, "host must not be empty")
     if is_ip(text):
-        return text
+        return str(ipaddress.ip_address(text))  # one spelling per address, for per-address limits and labels
     if ":" in text:
         if text.count(":") == 1:
             raise _Invalid(node, f"host {_quote(text)} must not include a port; use the port key")

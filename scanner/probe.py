@@ -21,6 +21,7 @@ from sslyze.connection_helpers.tls_connection import SslConnection
 from sslyze.errors import (
     ConnectionToServerFailed,
     ConnectionToServerTimedOut,
+    HttpProxyRejectedConnection,
     ServerRejectedConnection,
     ServerRejectedTlsHandshake,
     ServerTlsConfigurationNotSupported,
@@ -202,6 +203,43 @@ def classify(exc: BaseException) -> ProtocolResult:
     return ProtocolResult(ProtocolState.ERROR, detail=f"{type(exc).__name__}: {exc}", reason=ErrorReason.OTHER)
 
 
+class _Connection(SslConnection):
+    """sslyze's connection, opening HTTP proxy tunnels itself: sslyze's own CONNECT parser spins forever on EOF."""
+
+    def _do_pre_handshake(self) -> None:
+        proxy = self._server_location.http_proxy_settings
+        if proxy is None:
+            super()._do_pre_handshake()
+            return
+        timeout = self._network_configuration.network_timeout
+        sock = socket.create_connection((proxy.hostname, proxy.port), timeout=timeout)
+        try:
+            location = self._server_location
+            host = f"[{location.hostname}]" if ":" in location.hostname else location.hostname
+            request = f"CONNECT {host}:{location.port} HTTP/1.1\r\nHost: {host}:{location.port}\r\n"
+            if proxy.proxy_authorization_header:
+                request += f"Proxy-Authorization: Basic {proxy.proxy_authorization_header}\r\n"
+            sock.sendall((request + "\r\n").encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                if not chunk or len(head) > 65536:
+                    raise HttpProxyRejectedConnection(
+                        location, self._network_configuration, "the HTTP proxy closed the connection on CONNECT"
+                    )
+                head += chunk
+            status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = status_line.split()
+            if len(parts) < 2 or parts[1] != "200":
+                raise HttpProxyRejectedConnection(
+                    location, self._network_configuration, f"the HTTP proxy refused CONNECT: {status_line[:80]}"
+                )
+        except BaseException:
+            sock.close()
+            raise
+        self.ssl_client.set_underlying_socket(sock)
+
+
 class _Handshake:
     """One blocking handshake attempt, abortable from another thread when its deadline passes."""
 
@@ -213,14 +251,21 @@ class _Handshake:
         self._connection: SslConnection | None = None
         self._aborted = False
 
-    def run(self, protocol: Protocol, cipher_list: str, http: HttpCheck | None, http_host: str) -> ProtocolResult:
-        connection = SslConnection(
+    def run(
+        self,
+        protocol: Protocol,
+        cipher_list: str,
+        http: HttpCheck | None,
+        http_host: str,
+        ignore_client_auth: bool = False,
+    ) -> ProtocolResult:
+        connection = _Connection(
             server_location=self.location,
             network_configuration=self.network,
             tls_version=_SSLYZE_VERSION[protocol],
-            # Be told when a client certificate is asked for: carrying on without one ends in an alert
+            # Be told when a client certificate is asked for: carrying on without one may end in an alert
             # that would read as a rejection.
-            should_ignore_client_auth=False,
+            should_ignore_client_auth=ignore_client_auth,
             should_enable_server_name_indication=self.sni,
         )
         if protocol is Protocol.TLSv1_3:
@@ -241,13 +286,24 @@ class _Handshake:
             )
         except ClientCertificateRequested:
             # The server got as far as asking who we are: it accepts this version.
-            return ProtocolResult(ProtocolState.ACCEPTED, detail="client certificate requested", connections=1)
-        except Exception as exc:
+            if http is None or ignore_client_auth:
+                return ProtocolResult(ProtocolState.ACCEPTED, detail="client certificate requested", connections=1)
+        except Exception as exc:  # every failure becomes data, in classify()
             if self._aborted:
                 return ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
             return _with_connections(classify(exc), 1)
         finally:
             self._close(connection)
+        # To see what an HTTP client without a certificate gets (nginx: 400), go on without one.
+        second = self.run(protocol, cipher_list, http, http_host, ignore_client_auth=True)
+        return ProtocolResult(
+            ProtocolState.ACCEPTED,
+            detail="client certificate requested",
+            http_status=second.http_status,
+            http_error=second.http_error
+            or (None if second.http_status else f"no HTTP answer without a client certificate: {second.detail}"),
+            connections=1 + second.connections,
+        )
 
     def abort(self) -> None:
         """Tear down the socket so a thread stuck in recv() returns now."""
@@ -417,33 +473,34 @@ class Prober:
         result = ProtocolResult(ProtocolState.ERROR, detail="not tried", reason=ErrorReason.OTHER)
         deadline: float | None = None
         for attempt, cipher_list in enumerate(_CIPHER_LISTS[protocol]):
-            async with self._address_slot(address), self._slots:
-                if self.stopping:
-                    result = ProtocolResult(ProtocolState.ERROR, detail="shutting down", reason=ErrorReason.OTHER)
-                    break
-                await self._pace(address)
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + target.timeout + DEADLINE_GRACE_SECONDS
-                budget = min(target.timeout, deadline - now - DEADLINE_GRACE_SECONDS / 2)
-                if attempt > 0 and budget < 0.2:
-                    break  # no time left for the fallback; keep the first answer
-                network = ServerNetworkConfiguration(
-                    tls_server_name_indication=target.sni or target.host,
-                    tls_opportunistic_encryption=_STARTTLS[target.starttls] if target.starttls else None,
-                    tls_client_auth_credentials=credentials,
-                    network_timeout=budget,  # type: ignore[arg-type]  # sockets take float seconds
-                    network_max_retries=1,
-                )
-                handshake = _Handshake(location, network, sni=target.sni is not None)
-                future = loop.run_in_executor(
-                    self._executor, handshake.run, protocol, cipher_list, target.http, http_host
-                )
-                try:
-                    result = await asyncio.wait_for(asyncio.shield(future), deadline - now)
-                except TimeoutError:
-                    handshake.abort()
-                    result = ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
+            async with self._address_slot(address):
+                await self._pace(address)  # outside the global slot: a rate limit must not hold up other addresses
+                async with self._slots:
+                    if self.stopping:
+                        result = ProtocolResult(ProtocolState.ERROR, detail="shutting down", reason=ErrorReason.OTHER)
+                        break
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + target.timeout + DEADLINE_GRACE_SECONDS
+                    budget = min(target.timeout, deadline - now - DEADLINE_GRACE_SECONDS / 2)
+                    if attempt > 0 and budget < 0.2:
+                        break  # no time left for the fallback; keep the first answer
+                    network = ServerNetworkConfiguration(
+                        tls_server_name_indication=target.sni or target.host,
+                        tls_opportunistic_encryption=_STARTTLS[target.starttls] if target.starttls else None,
+                        tls_client_auth_credentials=credentials,
+                        network_timeout=budget,  # type: ignore[arg-type]  # sockets take float seconds
+                        network_max_retries=1,
+                    )
+                    handshake = _Handshake(location, network, sni=target.sni is not None)
+                    future = loop.run_in_executor(
+                        self._executor, handshake.run, protocol, cipher_list, target.http, http_host
+                    )
+                    try:
+                        result = await asyncio.wait_for(asyncio.shield(future), deadline - now)
+                    except TimeoutError:
+                        handshake.abort()
+                        result = ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
             connections += 1
             # Only a rejection without an alert (closed, reset) is worth the shorter hello.
             if result.state is not ProtocolState.REJECTED or result.evidence is Evidence.ALERT:

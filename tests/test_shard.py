@@ -1,0 +1,139 @@
+"""Sharding: rendezvous hashing splits the targets between replicas, `--shard` on the CLI and in the daemon."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scanner.protocols import Protocol
+from scanner.targets import Shard
+from tests.daemon import REPO, Daemon, write_config
+from tests.lab import LabCerts, TLSServer
+
+
+def owner(name: str, count: int) -> int:
+    owners = [i for i in range(count) if Shard(i, count).owns(name)]
+    assert len(owners) == 1, f"{name} owned by {owners} of {count}"
+    return owners[0]
+
+
+def scanner(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "scanner", *args],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(processes: list[subprocess.Popen[str]], timeout: float = 60) -> list[tuple[int, str, str]]:
+    """Wait for processes started in parallel; (returncode, stdout, stderr) of each."""
+    results = []
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=timeout)
+            results.append((process.returncode, out, err))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return results
+
+
+def test_rendezvous_hashing_partitions_and_moves_a_quarter_from_3_to_4() -> None:
+    names = [f"host-{i}.lab.test:443" for i in range(10_000)]
+    three = [owner(n, 3) for n in names]
+    four = [owner(n, 4) for n in names]
+    for index in range(3):
+        assert 0.30 < three.count(index) / len(names) < 0.37
+    moved = [n for n, a, b in zip(names, three, four, strict=True) if a != b]
+    assert 0.2 <= len(moved) / len(names) <= 0.3
+    # A name only ever moves to the new replica; the others keep what they had.
+    assert {four[names.index(n)] for n in moved} == {3}
+    assert Shard(0, 1).owns("anything") and Shard.parse(" 2/3 ") == Shard(2, 3)
+
+
+@pytest.mark.parametrize("text", ["3/3", "x", "-1/3", "1/0", "1/3/4", "1:3", ""])
+def test_shard_parse_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid --shard"):
+        Shard.parse(text)
+
+
+def test_check_config_splits_300_targets_between_3_shards(tmp_path: Path) -> None:
+    names = [f"t{i:03d}" for i in range(300)]
+    config = tmp_path / "endpoints.yaml"
+    config.write_text("targets:\n" + "".join(f"  - {{name: {n}, host: 127.0.0.1, port: 8443}}\n" for n in names))
+    results = finish([scanner("--config", str(config), "--check-config", "--shard", f"{i}/3") for i in range(3)])
+    counts = []
+    for index, (code, _, err) in enumerate(results):
+        assert code == 0, err
+        match = re.search(r": OK, (\d+) targets on this shard$", err.strip())
+        assert match, err
+        counts.append(int(match.group(1)))
+        assert counts[-1] == sum(1 for n in names if owner(n, 3) == index)
+    assert sum(counts) == 300
+    assert all(60 <= c <= 140 for c in counts), counts
+
+
+def test_once_on_three_shards_sweeps_every_target_exactly_once(tmp_certs: LabCerts, tmp_path: Path) -> None:
+    names = [f"t{i:02d}" for i in range(12)]
+    with TLSServer({Protocol.TLSv1_2}, tmp_certs.server) as server:
+        config = write_config(
+            tmp_path / "endpoints.yaml",
+            [{"name": n, "host": "127.0.0.1", "port": server.endpoint.port} for n in names],
+            protocols=["TLSv1.2"],
+        )
+        results = finish(
+            [scanner("--config", str(config), "--once", "--format", "json", "--shard", f"{i}/3") for i in range(3)]
+        )
+        assert server.accepted == len(names)  # nobody swept twice
+    seen: list[str] = []
+    for index, (code, out, err) in enumerate(results):
+        assert code == 0, out + err
+        targets = json.loads(out)["targets"]
+        assert all(t["protocols"] == {"TLSv1.2": "accepted"} for t in targets)
+        shard = [t["name"] for t in targets]
+        assert shard == [n for n in names if owner(n, 3) == index]
+        seen += shard
+    assert sorted(seen) == names
+
+
+def test_bad_shard_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "endpoints.yaml"
+    config.write_text("targets: [127.0.0.1:8443]\n")
+    results = finish([scanner("--config", str(config), "--check-config", "--shard", s) for s in ("3/3", "x")])
+    for code, out, err in results:
+        assert code == 2 and out == ""
+        assert "invalid --shard" in err
+
+
+def test_daemon_exports_its_shard_and_only_its_targets(tmp_certs: LabCerts, tmp_path: Path) -> None:
+    names = [f"t{i:02d}" for i in range(12)]
+    mine = {n for n in names if owner(n, 3) == 1}
+    assert 0 < len(mine) < len(names)
+    with TLSServer({Protocol.TLSv1_2}, tmp_certs.server) as server:
+        config = write_config(
+            tmp_path / "endpoints.yaml",
+            [{"name": n, "host": "127.0.0.1", "port": server.endpoint.port} for n in names],
+            protocols=["TLSv1.2"],
+            interval="30s",
+        )
+        with Daemon(config, tmp_path / "state.db", tmp_path / "daemon.log", "--shard", "1/3") as daemon:
+            scrape = daemon.wait_metrics(
+                lambda s: all(s.value("tls_scanner_last_scan_timestamp_seconds", target=n) for n in mine),
+                timeout=15,
+                what="a sweep of every target of shard 1/3",
+            )
+    assert scrape.find("tls_scanner_shard_info") == scrape.find("tls_scanner_shard_info", index="1", count="3")
+    assert scrape.value("tls_scanner_shard_info", index="1", count="3") == 1.0
+    assert scrape.value("tls_scanner_targets") == len(mine)
+    assert scrape.targets() == mine
+    assert all(scrape.value("tls_scanner_protocol_accepted", target=n, protocol="TLSv1.2") == 1.0 for n in mine)
