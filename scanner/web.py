@@ -134,7 +134,7 @@ th, td {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; font-s
 td.accepted {{ background: #c8e6c9; }} td.rejected {{ background: #ffcdd2; }}
 td.error {{ background: #fff3c4; }} td.unknown {{ background: #eee; color: #777; }}
 td.changed {{ outline: 3px solid #d32f2f; outline-offset: -3px; font-weight: bold; }}
-.err {{ color: #b71c1c; }}
+.err, td.http-bad {{ color: #b71c1c; font-weight: bold; }}
 </style></head><body>
 <h1>tls-scanner</h1>
 <p>{count} targets. Cells show the latest determined state; a yellow cell means the last sweep hit an error and
@@ -176,13 +176,9 @@ def _rows(status: TargetStatus, now: float) -> list[str]:
                 css += " changed"
             text = "?" if determined is None else determined.state.value
             cells.append(f'<td class="{css}" data-protocol="{protocol.value}">{html.escape(text)}</td>')
-        http = (
-            ""
-            if result is None
-            else " ".join(
-                f"{p.value}={r.http_status}" for p, r in result.protocols.items() if r.http_status is not None
-            )
-        )
+        codes = {} if result is None else {p: r.http_status for p, r in result.protocols.items() if r.http_status}
+        http = " ".join(f"{p.value}={code}" for p, code in codes.items())
+        http_css = ' class="http-bad"' if any(code >= 400 for code in codes.values()) else ""
         last_change = max((s.last_change for s in statuses.values() if s.changes), default=None)
         error = ""
         if sweep is not None:
@@ -193,7 +189,7 @@ def _rows(status: TargetStatus, now: float) -> list[str]:
         rows.append(
             f'<tr data-target="{name}" data-address="{html.escape(address)}"><td>{name}</td>'
             f"<td>{html.escape(address or '-')}</td>{''.join(cells)}"
-            f"<td>{html.escape(http or '-')}</td><td>{_when(sweep.started_at if sweep else None)}</td>"
+            f"<td{http_css}>{html.escape(http or '-')}</td><td>{_when(sweep.started_at if sweep else None)}</td>"
             f'<td>{_when(last_change)}</td><td class="err">{html.escape(error)}</td></tr>'
         )
     return rows
