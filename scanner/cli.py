@@ -16,7 +16,6 @@ from scanner.metrics import render
 from scanner.policy import verdict
 from scanner.probe import Prober, SweepResult
 from scanner.report import render_json, render_table
-from scanner.service import serve
 from scanner.store import ResultStore
 from scanner.targets import ALL, Shard, expand
 
@@ -95,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.OK
     if args.once:
         return run_once(config, args.format, sys.stdout, sys.stderr, shard)
+    # Imported here: aiohttp costs a one-shot --once run a fifth of its start-up.
+    from scanner.service import serve
+
     try:
         serve(config, listen_address=args.listen_address, state_file=args.state_file, shard=args.shard)
     except (ValueError, OSError) as exc:
@@ -114,7 +116,7 @@ def run_once(config: Config, output_format: str, out: TextIO, progress: TextIO, 
         store.set_targets(targets)
         for sweep in sweeps:
             store.record(sweep)
-        out.write(render(store, shard=None if shard is ALL else shard).decode())
+        out.write(render(store, shard=None if shard is ALL else shard))
         store.close()
     else:
         out.write(render_table(sweeps))

@@ -1,15 +1,17 @@
-"""A custom Prometheus collector that renders the results store on each scrape."""
+"""Prometheus metrics rendered from the results store on each scrape (our custom collector).
+
+It writes the text exposition format itself, and keeps each target's lines until that target is swept again:
+with 2,000 targets (80,000 series) a scrape then joins cached strings instead of rebuilding and formatting every
+sample, which took prometheus_client's generic path over a second.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import sslyze
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from scanner import __version__
 from scanner.probe import ErrorReason, ProtocolState, SweepResult
@@ -17,6 +19,69 @@ from scanner.store import ResultStore, TargetStatus
 from scanner.targets import Shard
 
 _FROM_SWEEP = "(from the last sweep, not measured at scrape time)"
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family: its name as exposed, its type and its help text."""
+
+    name: str
+    kind: str  # "gauge" or "counter"
+    help: str
+
+    def header(self) -> str:
+        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.kind}\n"
+
+
+def _gauge(name: str, text: str) -> Family:
+    return Family(name, "gauge", f"{text} {_FROM_SWEEP}")
+
+
+def _counter(name: str, text: str) -> Family:
+    return Family(name, "counter", f"{text} {_FROM_SWEEP}")
+
+
+# The per-target families, in the order they are exposed.
+ACCEPTED = _gauge(
+    "tls_scanner_protocol_accepted",
+    "1 if the address accepts the protocol, 0 if it rejects it; an error keeps the last determined value",
+)
+CHANGES = _counter("tls_scanner_protocol_changes_total", "Flips between accepted and rejected observed")
+LAST_CHANGE = _gauge(
+    "tls_scanner_protocol_last_change_timestamp_seconds",
+    "When the protocol's state last flipped, or was first determined",
+)
+PROTOCOL_ERROR = _gauge(
+    "tls_scanner_protocol_error", "1 if the last sweep could not determine the protocol on the address"
+)
+HTTP_STATUS = _gauge("tls_scanner_http_status_code", "HTTP status answered over the protocol's handshake")
+ACCEPTED_ADDRESSES = _gauge(
+    "tls_scanner_protocol_accepted_addresses", "How many of the target's addresses accepted the protocol"
+)
+ADDRESSES = _gauge("tls_scanner_addresses", "How many addresses the target's name resolved to (probed)")
+SUCCESS = _gauge("tls_scanner_scan_success", "1 if the last sweep determined every protocol on every address")
+LAST_SCAN = _gauge("tls_scanner_last_scan_timestamp_seconds", "When the last sweep of the target ended")
+LAST_SUCCESS = _gauge(
+    "tls_scanner_last_success_timestamp_seconds", "When the last sweep that determined every protocol ended"
+)
+DURATION = _gauge("tls_scanner_scan_duration_seconds", "How long the last sweep of the target took")
+INTERVAL = Family("tls_scanner_scan_interval_seconds", "gauge", "The target's configured interval between sweeps")
+ERRORS = _counter("tls_scanner_scan_errors_total", "Sweeps that hit an error, by reason")
+EXPECTATION = _gauge("tls_scanner_expectation_met", "1 if the last sweep met the target's expect policy")
+TARGET_FAMILIES = (
+    ACCEPTED, CHANGES, LAST_CHANGE, PROTOCOL_ERROR, HTTP_STATUS, ACCEPTED_ADDRESSES, ADDRESSES,
+    SUCCESS, LAST_SCAN, LAST_SUCCESS, DURATION, INTERVAL, ERRORS, EXPECTATION,
+)  # fmt: skip
+RANGES = _gauge("tls_scanner_range_endpoints", "Endpoints of a network range by whether they accepted TCP")
+TARGETS = Family("tls_scanner_targets", "gauge", "Targets configured (on this shard)")
+BUILD_INFO = Family("tls_scanner_build_info", "gauge", "Versions of tls-scanner and sslyze")
+SHARD_INFO = Family("tls_scanner_shard_info", "gauge", "This replica's shard of the targets")
+RELOAD_OK = Family("tls_scanner_config_last_reload_successful", "gauge", "1 if the last config (re)load succeeded")
+RELOAD_AT = Family(
+    "tls_scanner_config_last_reload_success_timestamp_seconds", "gauge", "When the config was last loaded successfully"
+)
+PROBE_SUCCESS = Family("tls_scanner_probe_success", "gauge", "1 if the probe determined every protocol")
+PROBE_DURATION = Family("tls_scanner_probe_duration_seconds", "gauge", "How long the probe took")
 
 
 @dataclass
@@ -28,161 +93,143 @@ class ReloadStatus:
     error: str | None = None
 
 
-class ScannerCollector(Collector):
-    """Yields every tls_scanner_* family from the store; removed targets vanish with the config."""
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
+def sample(family: Family, labels: dict[str, str], value: float) -> str:
+    """One exposition line, labels sorted as prometheus_client writes them."""
+    if not labels:
+        return f"{family.name} {_number(value)}\n"
+    pairs = ",".join(f'{key}="{_escape(labels[key])}"' for key in sorted(labels))
+    return f"{family.name}{{{pairs}}} {_number(value)}\n"
+
+
+@dataclass(frozen=True)
+class _TargetLines:
+    key: tuple[object, ...]  # what the lines were built from: the target's config and sweep count
+    lines: dict[Family, list[str]]
+    range_state: str | None  # "open" / "closed" for range endpoints that were swept
+
+
+class ScannerMetrics:
+    """Renders every tls_scanner_* family from the store; removed targets vanish with the config."""
 
     def __init__(self, store: ResultStore, reload: ReloadStatus | None = None, shard: Shard | None = None) -> None:
         self.store = store
         self.reload = reload
         self.shard = shard
+        self._cache: dict[str, _TargetLines] = {}
 
-    def collect(self) -> Iterator[Metric]:
-        accepted = _gauge(
-            "tls_scanner_protocol_accepted",
-            "1 if the address accepts the protocol, 0 if it rejects it; an error keeps the last determined value",
+    def render(self) -> str:
+        """The text exposition of the store, plus the scanner's own state."""
+        per_family: dict[Family, list[str]] = {family: [] for family in TARGET_FAMILIES}
+        ranges: dict[str, Counter[str]] = {}
+        names = self.store.names()
+        for name in names:
+            entry = self._lines(name)
+            for family, lines in entry.lines.items():
+                per_family[family].extend(lines)
+            target = self.store.target(name)
+            if target.range is not None:
+                counts = ranges.setdefault(target.range, Counter())
+                if entry.range_state is not None:
+                    counts[entry.range_state] += 1
+        self._cache = {name: self._cache[name] for name in names}
+        out = [family.header() + "".join(per_family[family]) for family in TARGET_FAMILIES]
+        out.append(
+            RANGES.header()
+            + "".join(
+                sample(RANGES, {"range": r, "state": state}, counts[state])
+                for r, counts in ranges.items()
+                for state in ("open", "closed")
+            )
         )
-        changes = CounterMetricFamily(
-            "tls_scanner_protocol_changes", f"Flips between accepted and rejected observed {_FROM_SWEEP}"
-        )
-        last_change = _gauge(
-            "tls_scanner_protocol_last_change_timestamp_seconds",
-            "When the protocol's state last flipped, or was first determined",
-        )
-        protocol_error = _gauge(
-            "tls_scanner_protocol_error", "1 if the last sweep could not determine the protocol on the address"
-        )
-        http_status = _gauge("tls_scanner_http_status_code", "HTTP status answered over the protocol's handshake")
-        accepted_addresses = _gauge(
-            "tls_scanner_protocol_accepted_addresses", "How many of the target's addresses accepted the protocol"
-        )
-        addresses = _gauge("tls_scanner_addresses", "How many addresses the target's name resolved to (probed)")
-        success = _gauge("tls_scanner_scan_success", "1 if the last sweep determined every protocol on every address")
-        last_scan = _gauge("tls_scanner_last_scan_timestamp_seconds", "When the last sweep of the target ended")
-        last_success = _gauge(
-            "tls_scanner_last_success_timestamp_seconds", "When the last sweep that determined every protocol ended"
-        )
-        duration = _gauge("tls_scanner_scan_duration_seconds", "How long the last sweep of the target took")
-        interval = GaugeMetricFamily(
-            "tls_scanner_scan_interval_seconds", "The target's configured interval between sweeps"
-        )
-        errors = CounterMetricFamily("tls_scanner_scan_errors", f"Sweeps that hit an error, by reason {_FROM_SWEEP}")
-        expectation = _gauge("tls_scanner_expectation_met", "1 if the last sweep met the target's expect policy")
-        ranges = _gauge("tls_scanner_range_endpoints", "Endpoints of a network range by whether they accepted TCP")
-
-        range_counts: dict[str, Counter[str]] = {}
-        snapshot = self.store.snapshot()
-        for status in snapshot:
-            labels = _target_labels(status)
-            sweep = status.last_sweep
-            if status.target.range is not None:
-                counts = range_counts.setdefault(status.target.range, Counter())
-                if sweep is None:
-                    continue
-                counts["closed" if sweep.closed else "open"] += 1
-                if sweep.closed:
-                    continue
-            interval.add_sample(interval.name, labels, status.target.interval)
-            for address, statuses in status.addresses.items():
-                for protocol, state in statuses.items():
-                    alabels = {**labels, "address": address, "protocol": protocol.value}
-                    accepted.add_sample(accepted.name, alabels, 1.0 if state.state is ProtocolState.ACCEPTED else 0.0)
-                    changes.add_sample(changes.name + "_total", alabels, float(state.changes))
-                    last_change.add_sample(last_change.name, alabels, state.last_change)
-            for reason in ErrorReason:
-                errors.add_sample(
-                    errors.name + "_total", {**labels, "reason": reason.value}, float(status.errors.get(reason, 0))
-                )
-            if sweep is None:
-                continue
-            for result in sweep.addresses:
-                for protocol, outcome in result.protocols.items():
-                    alabels = {**labels, "address": result.address, "protocol": protocol.value}
-                    protocol_error.add_sample(protocol_error.name, alabels, float(outcome.state is ProtocolState.ERROR))
-                    if outcome.http_status is not None:
-                        http_status.add_sample(http_status.name, alabels, float(outcome.http_status))
-            for protocol in status.target.protocols:
-                plabels = {**labels, "protocol": protocol.value}
-                accepted_addresses.add_sample(
-                    accepted_addresses.name, plabels, float(sweep.accepted_addresses(protocol))
-                )
-            addresses.add_sample(addresses.name, labels, float(len(sweep.addresses)))
-            ended = sweep.started_at + sweep.duration_seconds
-            success.add_sample(success.name, labels, float(sweep.complete))
-            last_scan.add_sample(last_scan.name, labels, ended)
-            duration.add_sample(duration.name, labels, sweep.duration_seconds)
-            if status.last_success_at is not None:
-                last_success.add_sample(last_success.name, labels, status.last_success_at)
-            if status.verdict is not None and not status.target.expect.empty:
-                expectation.add_sample(expectation.name, labels, float(status.verdict.met))
-        for name, counts in range_counts.items():
-            for tcp in ("open", "closed"):
-                ranges.add_sample(ranges.name, {"range": name, "state": tcp}, float(counts[tcp]))
-        yield from (accepted, changes, last_change, protocol_error, http_status, accepted_addresses, addresses)
-        yield from (success, last_scan, last_success, duration, interval, errors, expectation, ranges)
-
-        yield _single("tls_scanner_targets", "Targets configured (on this shard)", float(len(snapshot)))
-        info = GaugeMetricFamily(
-            "tls_scanner_build_info", "Versions of tls-scanner and sslyze", labels=["version", "sslyze_version"]
-        )
-        info.add_metric([__version__, sslyze.__version__.__version__], 1.0)
-        yield info
+        out.append(TARGETS.header() + sample(TARGETS, {}, len(names)))
+        version = {"version": __version__, "sslyze_version": sslyze.__version__.__version__}
+        out.append(BUILD_INFO.header() + sample(BUILD_INFO, version, 1))
         if self.shard is not None:
-            shard = GaugeMetricFamily(
-                "tls_scanner_shard_info", "This replica's shard of the targets", labels=["index", "count"]
-            )
-            shard.add_metric([str(self.shard.index), str(self.shard.count)], 1.0)
-            yield shard
+            shard = {"index": str(self.shard.index), "count": str(self.shard.count)}
+            out.append(SHARD_INFO.header() + sample(SHARD_INFO, shard, 1))
         if self.reload is not None:
-            yield _single(
-                "tls_scanner_config_last_reload_successful",
-                "1 if the last config (re)load succeeded",
-                float(self.reload.successful),
-            )
+            out.append(RELOAD_OK.header() + sample(RELOAD_OK, {}, float(self.reload.successful)))
             if self.reload.last_success_at is not None:
-                yield _single(
-                    "tls_scanner_config_last_reload_success_timestamp_seconds",
-                    "When the config was last loaded successfully",
-                    self.reload.last_success_at,
-                )
+                out.append(RELOAD_AT.header() + sample(RELOAD_AT, {}, self.reload.last_success_at))
+        return "".join(out)
+
+    def _lines(self, name: str) -> _TargetLines:
+        key = (self.store.target(name), self.store.version(name))
+        cached = self._cache.get(name)
+        if cached is None or cached.key != key:
+            cached = self._cache[name] = _build(self.store.status(name), key)
+        return cached
 
 
-def _gauge(name: str, documentation: str) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, f"{documentation} {_FROM_SWEEP}")
+def _build(status: TargetStatus, key: tuple[object, ...]) -> _TargetLines:
+    """Every line one target contributes, by family."""
+    lines: dict[Family, list[str]] = {}
+
+    def add(family: Family, labels: dict[str, str], value: float) -> None:
+        lines.setdefault(family, []).append(sample(family, labels, value))
+
+    target = status.target
+    sweep = status.last_sweep
+    range_state = None
+    if target.range is not None and sweep is not None:
+        range_state = "closed" if sweep.closed else "open"
+        if sweep.closed:
+            return _TargetLines(key, lines, range_state)  # counted, not reported one by one
+    labels = {"target": target.name, **dict(target.labels)}
+    add(INTERVAL, labels, target.interval)
+    for address, statuses in status.addresses.items():
+        for protocol, state in statuses.items():
+            at = {**labels, "address": address, "protocol": protocol.value}
+            add(ACCEPTED, at, 1.0 if state.state is ProtocolState.ACCEPTED else 0.0)
+            add(CHANGES, at, state.changes)
+            add(LAST_CHANGE, at, state.last_change)
+    for reason in ErrorReason:
+        add(ERRORS, {**labels, "reason": reason.value}, status.errors.get(reason, 0))
+    if sweep is None:
+        return _TargetLines(key, lines, range_state)
+    for result in sweep.addresses:
+        for protocol, outcome in result.protocols.items():
+            at = {**labels, "address": result.address, "protocol": protocol.value}
+            add(PROTOCOL_ERROR, at, float(outcome.state is ProtocolState.ERROR))
+            if outcome.http_status is not None:
+                add(HTTP_STATUS, at, outcome.http_status)
+    for protocol in target.protocols:
+        add(ACCEPTED_ADDRESSES, {**labels, "protocol": protocol.value}, sweep.accepted_addresses(protocol))
+    add(ADDRESSES, labels, len(sweep.addresses))
+    add(SUCCESS, labels, float(sweep.complete))
+    add(LAST_SCAN, labels, sweep.started_at + sweep.duration_seconds)
+    add(DURATION, labels, sweep.duration_seconds)
+    if status.last_success_at is not None:
+        add(LAST_SUCCESS, labels, status.last_success_at)
+    if status.verdict is not None and not target.expect.empty:
+        add(EXPECTATION, labels, float(status.verdict.met))
+    return _TargetLines(key, lines, range_state)
 
 
-def _single(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, value=value)
+def render(store: ResultStore, reload: ReloadStatus | None = None, shard: Shard | None = None) -> str:
+    """The text exposition of the store alone (for --once and tests)."""
+    return ScannerMetrics(store, reload, shard).render()
 
 
-def _target_labels(status: TargetStatus) -> dict[str, str]:
-    return {"target": status.target.name, **dict(status.target.labels)}
-
-
-def render(store: ResultStore, reload: ReloadStatus | None = None, shard: Shard | None = None) -> bytes:
-    """The text exposition of the store alone (for --once, /probe and tests)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ScannerCollector(store, reload, shard))
-    return generate_latest(registry)
-
-
-def render_probe(sweep: SweepResult) -> bytes:
+def render_probe(sweep: SweepResult) -> str:
     """/probe's answer: that one sweep's families, plus whether it determined everything and how long it took."""
     store = ResultStore(None)
     store.set_targets([sweep.target])
     store.record(sweep)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ScannerCollector(store))
-    text = generate_latest(registry).decode()
-    success = _single("tls_scanner_probe_success", "1 if the probe determined every protocol", float(sweep.complete))
-    duration = _single("tls_scanner_probe_duration_seconds", "How long the probe took", sweep.duration_seconds)
-    extra = CollectorRegistry(auto_describe=False)
-    extra.register(_Fixed([success, duration]))
-    return (text + generate_latest(extra).decode()).encode()
-
-
-class _Fixed(Collector):
-    def __init__(self, families: list[Metric]) -> None:
-        self.families = families
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.families
+    text = render(store)
+    store.close()
+    return (
+        text
+        + PROBE_SUCCESS.header()
+        + sample(PROBE_SUCCESS, {}, float(sweep.complete))
+        + PROBE_DURATION.header()
+        + sample(PROBE_DURATION, {}, sweep.duration_seconds)
+    )

@@ -7,9 +7,9 @@ import enum
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +294,11 @@ class _Handshake:
             return _with_connections(classify(exc), 1)
         finally:
             self._close(connection)
+            with self._lock:
+                self._connection = None
+            # nassl's legacy client points at itself (do_handshake = do_ssl2_iis_handshake), so only a full garbage
+            # collection would free its OpenSSL context; break the cycle to give the memory back at once.
+            vars(connection.ssl_client).pop("do_handshake", None)
         # To see what an HTTP client without a certificate gets (nginx: 400), go on without one.
         second = self.run(protocol, cipher_list, http, http_host, ignore_client_auth=True)
         return ProtocolResult(
@@ -426,7 +431,15 @@ class Prober:
         results = await asyncio.gather(
             *(self._probe_protocol(target, location, address, p, credentials) for p in target.protocols)
         )
-        protocols, error, reason = _judge_peer(dict(zip(target.protocols, results, strict=True)))
+        protocols = dict(zip(target.protocols, results, strict=True))
+        if not _speaks_tls(protocols.values()) and any(r.state is ProtocolState.REJECTED for r in results):
+            # Refusals without an alert prove nothing by themselves (a version downgrade and a non-TLS peer read
+            # the same to OpenSSL); a version outside the configured ones can show the peer speaks TLS.
+            for extra in (p for p in (Protocol.TLSv1_2, Protocol.TLSv1_3, Protocol.TLSv1_0) if p not in protocols):
+                proof = await self._probe_protocol(replace(target, http=None), location, address, extra, credentials)
+                if _speaks_tls([proof]):
+                    return AddressResult(address, protocols)
+        protocols, error, reason = _judge_peer(protocols)
         return AddressResult(address, protocols, error, reason)
 
     async def _tcp_open(self, address: str, target: TargetConfig) -> ProtocolResult | None:
@@ -528,14 +541,16 @@ _STARTTLS = {
 }
 
 
+def _speaks_tls(results: Iterable[ProtocolResult]) -> bool:
+    """Whether these answers prove the peer is a TLS server: it completed a handshake or sent a TLS alert."""
+    return any(r.state is ProtocolState.ACCEPTED or r.evidence is Evidence.ALERT for r in results)
+
+
 def _judge_peer(
     protocols: dict[Protocol, ProtocolResult],
 ) -> tuple[dict[Protocol, ProtocolResult], str | None, ErrorReason | None]:
     """Decide whether rejections can be believed, and what target-level error the sweep carries."""
-    states = [r.state for r in protocols.values()]
-    if ProtocolState.ACCEPTED in states:
-        return protocols, None, None
-    if any(r.evidence is Evidence.ALERT for r in protocols.values()):
+    if _speaks_tls(protocols.values()):
         return protocols, None, None
     errors = [r for r in protocols.values() if r.state is ProtocolState.ERROR]
     if len(errors) == len(protocols):

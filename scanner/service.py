@@ -9,10 +9,10 @@ import time
 from dataclasses import replace
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
 
 from scanner.config import AddressMode, Config, ConfigError, TargetConfig, is_ip, load_config
-from scanner.metrics import ReloadStatus, ScannerCollector, render_probe
+from scanner.metrics import ReloadStatus, ScannerMetrics, render_probe
 from scanner.probe import DEADLINE_GRACE_SECONDS, Prober
 from scanner.resolve import ResolveError, resolve
 from scanner.scheduler import Scheduler
@@ -45,10 +45,10 @@ class Service:
         self.prober = Prober(config.concurrency, config.politeness, config.resolver)
         self.scheduler = Scheduler(self.prober, self.store)
         self.reload_status = ReloadStatus(successful=True, last_success_at=time.time())
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ScannerCollector(self.store, self.reload_status, shard))
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
+        self.metrics = ScannerMetrics(self.store, self.reload_status, shard)
+        self.process_registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.process_registry)
+        PlatformCollector(registry=self.process_registry)
         self._probes = asyncio.Semaphore(config.probe.max_concurrent)
 
     @property
@@ -120,7 +120,7 @@ class Service:
             left = deadline - (time.monotonic() - clock)
             timeout = max(0.5, min(target.timeout, left - DEADLINE_GRACE_SECONDS))
             sweep = await self.prober.sweep(replace(target, timeout=timeout), addresses)
-        return 200, render_probe(sweep).decode()
+        return 200, render_probe(sweep)
 
     async def stop_scanning(self) -> None:
         self.prober.stopping = True
@@ -133,7 +133,7 @@ async def _serve(config: Config, listen_address: str, state_file: str, shard: Sh
     service = Service(config, state_file, shard)
     state = WebState(
         store=service.store,
-        registry=service.registry,
+        metrics=lambda: service.metrics.render() + generate_latest(service.process_registry).decode(),
         reload_status=service.reload_status,
         reload=service.reload,
         ready=lambda: service.scheduler.running,

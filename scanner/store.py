@@ -91,6 +91,7 @@ class ResultStore:
         self._targets: dict[str, TargetConfig] = {}
         self._last: dict[str, SweepResult] = {}
         self._addresses: dict[str, list[str]] = {}  # the last addresses probed: a DNS outage keeps them
+        self._versions: dict[str, int] = {}  # sweeps recorded per target: what a cached rendering was built from
         self._last_success: dict[str, float] = {}
         self._errors: dict[str, Counter[ErrorReason]] = {}
         self._verdicts: dict[str, Verdict] = {}
@@ -111,7 +112,7 @@ class ResultStore:
     def set_targets(self, targets: Iterable[TargetConfig]) -> None:
         """Declare the configured targets; results of targets no longer configured stop being reported."""
         self._targets = {t.name: t for t in targets}
-        for cache in (self._last, self._addresses, self._last_success, self._errors, self._verdicts):
+        for cache in (self._last, self._addresses, self._versions, self._last_success, self._errors, self._verdicts):
             for name in list(cache):
                 if name not in self._targets:
                     del cache[name]
@@ -120,11 +121,23 @@ class ResultStore:
     def targets(self) -> list[TargetConfig]:
         return list(self._targets.values())
 
+    def names(self) -> list[str]:
+        """The configured targets' names, in config order."""
+        return list(self._targets)
+
+    def target(self, name: str) -> TargetConfig:
+        return self._targets[name]
+
+    def version(self, name: str) -> int:
+        """Changes whenever a sweep of the target is recorded."""
+        return self._versions.get(name, 0)
+
     def record(self, sweep: SweepResult) -> list[Transition]:
         """Take in one sweep: update the determined states, count flips, and persist them."""
         name = sweep.target.name
         at = sweep.started_at + sweep.duration_seconds
         self._last[name] = sweep
+        self._versions[name] = self._versions.get(name, 0) + 1
         if sweep.addresses:
             self._addresses[name] = [a.address for a in sweep.addresses]
         if sweep.complete:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from scanner.metrics import ReloadStatus
 from scanner.probe import ProtocolState
@@ -25,7 +25,7 @@ class WebState:
     """What the handlers read; owned by the service."""
 
     store: ResultStore
-    registry: CollectorRegistry
+    metrics: Callable[[], str]  # the whole /metrics text
     reload_status: ReloadStatus
     reload: Callable[[], Awaitable[str | None]]  # returns the error, or None when the new config applied
     ready: Callable[[], bool]
@@ -49,7 +49,7 @@ def make_app(state: WebState) -> web.Application:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[STATE].registry)
+    body = request.app[STATE].metrics().encode()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -6,10 +6,10 @@ import shutil
 import subprocess
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from scanner.config import Expectation
-from scanner.metrics import ReloadStatus, ScannerCollector, render
+from scanner.metrics import ReloadStatus, ScannerMetrics, render
 from scanner.protocols import Protocol
 from scanner.store import ResultStore
 from tests.sweeps import A, E, R, sweep, target
@@ -17,10 +17,22 @@ from tests.sweeps import A, E, R, sweep, target
 T10, T12 = Protocol.TLSv1_0, Protocol.TLSv1_2
 
 
-def _registry(store: ResultStore) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ScannerCollector(store, ReloadStatus(successful=False, last_success_at=5.0)))
-    return registry
+class _Scraper:
+    """Scrapes one long-lived ScannerMetrics (so its per-target cache is exercised) and looks samples up."""
+
+    def __init__(self, store: ResultStore) -> None:
+        self.metrics = ScannerMetrics(store, ReloadStatus(successful=False, last_success_at=5.0))
+
+    def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        for family in text_string_to_metric_families(self.metrics.render()):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == (labels or {}):
+                    return float(sample.value)
+        return None
+
+
+def _registry(store: ResultStore) -> _Scraper:
+    return _Scraper(store)
 
 
 def test_values_follow_the_store() -> None:
@@ -71,7 +83,7 @@ def test_removed_target_series_vanish() -> None:
         )
         is None
     )
-    assert b'target="a"' not in render(store)
+    assert 'target="a"' not in render(store)
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (tests/run.sh installs it)")
@@ -80,7 +92,7 @@ def test_promtool_accepts_the_exposition() -> None:
     t = target("web", expect=Expectation(accept=frozenset({T12})), labels=(("team", 'a b "c"'),))
     store.set_targets([t])
     store.record(sweep(t, {T10: R, T12: A}, http={T12: 403}))
-    text = render(store, ReloadStatus(successful=True, last_success_at=1.0))
+    text = render(store, ReloadStatus(successful=True, last_success_at=1.0)).encode()
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 
@@ -96,3 +108,20 @@ def test_partial_rollout_counts_addresses() -> None:
     assert get("tls_scanner_protocol_accepted_addresses", {"target": "cdn", "protocol": "TLSv1.0"}) == 2
     assert get("tls_scanner_protocol_accepted_addresses", {"target": "cdn", "protocol": "TLSv1.2"}) == 4
     assert get("tls_scanner_protocol_accepted", {"target": "cdn", "address": "::1", "protocol": "TLSv1.0"}) == 0
+
+
+def test_matches_prometheus_client_formatting_of_escaped_labels() -> None:
+    store = ResultStore(None)
+    t = target("we\\ird", labels=(("team", 'a "quoted"\nline'),))
+    store.set_targets([t])
+    store.record(sweep(t, {T12: A}))
+    (accepted,) = [
+        f for f in text_string_to_metric_families(render(store)) if f.name == "tls_scanner_protocol_accepted"
+    ]
+    (only,) = accepted.samples
+    assert only.labels == {
+        "target": "we\\ird",
+        "team": 'a "quoted"\nline',
+        "address": "127.0.0.1",
+        "protocol": "TLSv1.2",
+    }

@@ -143,3 +143,23 @@ def test_localhost_name_is_resolved_once_and_used(lab: LabStack) -> None:
     result = scan(endpoint, host="localhost")
     assert result.address in ("127.0.0.1", "::1")
     assert result.state(T12) is A
+
+
+def test_version_downgrade_is_a_rejection_not_a_foreign_peer(nginx_lab: NginxLabFactory) -> None:
+    """A TLS 1.0 + 1.2 server answers a TLS 1.1-only hello with a TLS 1.0 ServerHello, which OpenSSL reports as
+    "wrong version number", the same as for an HTTP peer; a version outside the configured ones tells them apart."""
+    (port,) = free_ports(1)
+    server = NginxServer("gap", port, ["TLSv1", "TLSv1.2"])
+    nginx_lab([server])
+    target = TargetConfig(name="t", host="127.0.0.1", port=port, timeout=3.0, protocols=(T11,))
+
+    async def run() -> SweepResult:
+        prober = Prober(concurrency=4)
+        try:
+            return await prober.sweep(target)
+        finally:
+            prober.close()
+
+    result = asyncio.run(run())
+    assert result.error is None
+    assert matrix(result) == {T11: R}
