@@ -25,7 +25,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from scanner.protocols import ALL_PROTOCOLS, Protocol  # noqa: E402
-from tests.lab import NginxLab, NginxServer, free_ports, wait_for  # noqa: E402
+from tests.lab import NginxError, NginxLab, NginxServer, free_ports, wait_for  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
+# Where `python -m scanner` runs from (--scanner-root): the work tree, or e.g. a `git archive` export of a commit.
+SCANNER_ROOT = REPO
 HOST = "127.0.0.1"
 
 # What the issue asks for (tls-scanner's performance targets).
@@ -77,6 +79,7 @@ class Lab:
 
     servers: list[NginxServer]
     profile: dict[int, str]  # port -> profile name
+    spare_port: int  # free when drawn, and distinct from the servers' ports: for the daemon's web server
 
     def expected(self, port: int) -> dict[str, str]:
         accepted = PROFILES[self.profile[port]]
@@ -87,12 +90,13 @@ def make_lab(n: int) -> Lab:
     """N server blocks on free loopback ports, profiles cycled in order."""
     names = list(PROFILES)
     servers, profile = [], {}
-    for i, port in enumerate(free_ports(n)):
+    *ports, spare = free_ports(n + 1)  # one draw: ports drawn in separate calls may repeat
+    for i, port in enumerate(ports):
         name = names[i % len(names)]
         protocols = [p.value for p in PROFILES[name]]
         servers.append(NginxServer(name=f"s{i}-{name}", port=port, ssl_protocols=protocols))
         profile[port] = name
-    return Lab(servers, profile)
+    return Lab(servers, profile, spare)
 
 
 def write_config(path: Path, lab: Lab, *, timeout: str = "5s", interval: str = "60s") -> None:
@@ -110,6 +114,7 @@ class Measured:
     wall_s: float
     returncode: int | None
     maxrss_mb: float
+    cpu_s: float  # user + system
     timed_out: bool
 
 
@@ -118,7 +123,7 @@ def run_measured(cmd: Sequence[str], timeout: float, stdout: Path, stderr: Path)
     timed_out = threading.Event()
     with stdout.open("wb") as out, stderr.open("wb") as err:
         start = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=SCANNER_ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
 
         def kill() -> None:
             timed_out.set()
@@ -133,7 +138,8 @@ def run_measured(cmd: Sequence[str], timeout: float, stdout: Path, stderr: Path)
             timer.cancel()
         wall = time.monotonic() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(wall, proc.returncode, usage.ru_maxrss / 1024, timed_out.is_set())
+    cpu = usage.ru_utime + usage.ru_stime
+    return Measured(wall, proc.returncode, usage.ru_maxrss / 1024, cpu, timed_out.is_set())
 
 
 class SynCounter:
@@ -208,14 +214,38 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-@contextlib.contextmanager
-def nginx(lab: Lab, workers: int) -> Iterator[NginxLab]:
-    started = time.monotonic()
-    server = NginxLab(lab.servers, workers=workers)
-    server.start(timeout=120)
-    print(f"  nginx: {len(lab.servers)} server blocks, {workers} worker(s), up in {time.monotonic() - started:.1f}s")
+def _start_nginx(lab: Lab, workers: int) -> NginxLab:
+    taken = {s.port for s in lab.servers} | {lab.spare_port}
+    while True:
+        server = NginxLab(lab.servers, workers=workers)
+        # NginxLab draws its control port on its own, so it can collide with a server port (nginx -t then fails).
+        if server.control.port not in taken:
+            break
+        server.stop()  # only removes its temporary directory
     try:
-        yield server
+        return server.start(timeout=120)
+    except BaseException:
+        server.stop()
+        raise
+
+
+@contextlib.contextmanager
+def nginx_lab(n: int, workers: int) -> Iterator[tuple[Lab, NginxLab]]:
+    """N server blocks in one nginx; new ports are drawn when one was taken between drawing and binding."""
+    started = time.monotonic()
+    for attempt in range(1, 4):
+        lab = make_lab(n)
+        try:
+            server = _start_nginx(lab, workers)
+        except NginxError as exc:
+            if "Address already in use" not in str(exc) or attempt == 3:
+                raise
+            print("  (a drawn port was taken by another process before nginx bound it: drawing new ports)")
+            continue
+        break
+    print(f"  nginx: {n} server blocks, {workers} worker(s), up in {time.monotonic() - started:.1f}s")
+    try:
+        yield lab, server
     finally:
         server.stop()
 
@@ -252,17 +282,21 @@ def sslyze_matrix(path: Path) -> dict[int, dict[str, str]]:
 def bench_once(args: argparse.Namespace) -> dict[str, Any]:
     n = args.endpoints
     print(f"\n=== A. once: {n} endpoints, --once vs sslyze CLI ===")
-    lab = make_lab(n)
-    result: dict[str, Any] = {"endpoints": n, "profiles": {s.name: lab.profile[s.port] for s in lab.servers}}
-    with tempfile.TemporaryDirectory(prefix="tls-bench-once-") as tmp, nginx(lab, args.nginx_workers):
+    result: dict[str, Any] = {"endpoints": n}
+    with tempfile.TemporaryDirectory(prefix="tls-bench-once-") as tmp, nginx_lab(n, args.nginx_workers) as (lab, _):
         work = Path(tmp)
+        result["profiles"] = {s.name: lab.profile[s.port] for s in lab.servers}
         config = work / "endpoints.yaml"
         write_config(config, lab, timeout="5s")
         ports = {s.port for s in lab.servers}
         scanner_cmd = [sys.executable, "-m", "scanner", "--once", "--config", str(config), "--format", "json"]
 
-        startup = run_measured([sys.executable, "-m", "scanner", "--version"], 60, work / "v.out", work / "v.err")
-        result["scanner_startup_s"] = startup.wall_s
+        # Interpreter start, every import and exit, no sweep: the floor under any --once run.
+        version_cmd = [sys.executable, "-m", "scanner", "--version"]
+        startup = statistics.median(
+            run_measured(version_cmd, 60, work / "v.out", work / "v.err").wall_s for _ in range(3)
+        )
+        result["scanner_startup_s"] = startup
         runs: list[Measured] = []
         syn_counts: list[Counter[int]] = []
         report: dict[str, Any] = {}
@@ -275,7 +309,7 @@ def bench_once(args: argparse.Namespace) -> dict[str, Any]:
             if i == 0:
                 report = json.loads((work / "scan0.json").read_text() or "{}")
             print(
-                f"  scanner run {i + 1}/{args.repeat}: {run.wall_s:.2f}s, exit {run.returncode}, "
+                f"  scanner run {i + 1}/{args.repeat}: {run.wall_s:.2f}s, CPU {run.cpu_s:.2f}s, exit {run.returncode}, "
                 f"peak RSS {run.maxrss_mb:.0f} MB" + (" (TIMED OUT)" if run.timed_out else "")
             )
         tcpdump = counter.available
@@ -283,12 +317,13 @@ def bench_once(args: argparse.Namespace) -> dict[str, Any]:
         sslyze_json = work / "sslyze.json"
         sslyze_cmd = [sys.executable, "-m", "sslyze", *_SSLYZE_FLAGS, "--json_out", str(sslyze_json)]
         sslyze_cmd += [f"{HOST}:{s.port}" for s in lab.servers]
-        counter = SynCounter(work)
-        with counter:
+        sslyze_counter = SynCounter(work)
+        with sslyze_counter:
             sslyze = run_measured(sslyze_cmd, args.sslyze_timeout, work / "sslyze.out", work / "sslyze.err")
-        sslyze_syn = Counter({p: c for p, c in counter.per_port().items() if p in ports})
+        sslyze_syn = Counter({p: c for p, c in sslyze_counter.per_port().items() if p in ports})
         print(
-            f"  sslyze CLI: {sslyze.wall_s:.1f}s, exit {sslyze.returncode}, peak RSS {sslyze.maxrss_mb:.0f} MB"
+            f"  sslyze CLI: {sslyze.wall_s:.1f}s, CPU {sslyze.cpu_s:.1f}s, exit {sslyze.returncode}, "
+            f"peak RSS {sslyze.maxrss_mb:.0f} MB"
             + (f" (KILLED at the {args.sslyze_timeout:.0f}s cap)" if sslyze.timed_out else "")
         )
         sslyze_rows = sslyze_matrix(sslyze_json) if sslyze_json.exists() and not sslyze.timed_out else {}
@@ -327,12 +362,16 @@ def bench_once(args: argparse.Namespace) -> dict[str, Any]:
         scanner_wall_median_s=best,
         scanner_peak_rss_mb=max(r.maxrss_mb for r in runs),
         scanner_exit=[r.returncode for r in runs],
+        scanner_cpu_s=[r.cpu_s for r in runs],
+        sslyze_cpu_s=sslyze.cpu_s,
         sweep_duration_s=stats(durations),
         sslyze_wall_s=sslyze.wall_s,
         sslyze_timed_out=sslyze.timed_out,
         sslyze_exit=sslyze.returncode,
         sslyze_peak_rss_mb=sslyze.maxrss_mb,
         speedup=sslyze.wall_s / best if best else None,
+        speedup_vs_fastest_run=sslyze.wall_s / min(walls) if walls else None,
+        cpu_ratio=sslyze.cpu_s / statistics.median(r.cpu_s for r in runs) if runs else None,
         connections_source="tcpdump SYNs on lo" if measured_conns is syn0 else "scanner JSON `connections`",
         connections_per_endpoint=stats(per_endpoint),
         connections_by_profile={k: stats(v) for k, v in by_profile.items()},
@@ -340,7 +379,7 @@ def bench_once(args: argparse.Namespace) -> dict[str, Any]:
         connections_tcpdump_total=sum(syn0.values()) if tcpdump else None,
         connections_json_vs_tcpdump=json_vs_syn,
         sslyze_connections_per_endpoint=stats([sslyze_syn.get(p, 0) for p in sorted(ports)]) if tcpdump else None,
-        tcpdump_dropped=counter.dropped,
+        tcpdump_dropped=[counter.dropped, sslyze_counter.dropped],
         matrix_mismatches=mismatches,
         scanner_vs_sslyze=disagree,
         incomplete_targets=errors,
@@ -350,10 +389,13 @@ def bench_once(args: argparse.Namespace) -> dict[str, Any]:
     speedup = result["speedup"] or 0.0
     capped = " (sslyze hit its cap: the real ratio is higher)" if sslyze.timed_out else ""
     print(f"\n  scanner --once wall   {best:.2f}s median of {len(walls)} ({', '.join(f'{w:.2f}' for w in walls)})")
-    print(f"    of which startup    {startup.wall_s:.2f}s (`python -m scanner --version`: interpreter + imports)")
+    print(f"    of which startup    {startup:.2f}s (`python -m scanner --version`: interpreter, imports, exit)")
     print(f"    sweep durations     median {stats(durations).get('median', 0):.2f}s, max {max(durations or [0]):.2f}s")
     print(f"  sslyze CLI wall       {sslyze.wall_s:.1f}s{capped}")
-    print(f"  speedup               {speedup:.1f}x  (target >= {TARGET_SPEEDUP:.0f}x)  {verdict(speedup >= 20)}")
+    print(
+        f"  speedup               {speedup:.1f}x (target >= {TARGET_SPEEDUP:.0f}x) {verdict(speedup >= TARGET_SPEEDUP)}"
+        f"; {result['speedup_vs_fastest_run']:.1f}x against the fastest run; CPU-time ratio {result['cpu_ratio']:.1f}x"
+    )
     print(
         f"  connections/endpoint  mean {cpe['mean']:.1f}, max {cpe['max']:.0f}  [{result['connections_source']}]"
         f"  (target <= {TARGET_CONNECTIONS_PER_ENDPOINT})  {verdict(cpe['max'] <= TARGET_CONNECTIONS_PER_ENDPOINT)}"
@@ -369,7 +411,9 @@ def bench_once(args: argparse.Namespace) -> dict[str, Any]:
     else:
         print("    tcpdump not installed: counts come from the scanner's own JSON, not an independent count")
     rss = result["scanner_peak_rss_mb"]
-    print(f"  peak RSS              {rss:.0f} MB (target < {TARGET_ONCE_RSS_MB:.0f})  {verdict(rss < TARGET_ONCE_RSS_MB)}")
+    print(
+        f"  peak RSS              {rss:.0f} MB (target < {TARGET_ONCE_RSS_MB:.0f})  {verdict(rss < TARGET_ONCE_RSS_MB)}"
+    )
     print(f"  matrix vs nginx conf  {len(mismatches)} mismatches of {len(targets) * len(ALL_PROTOCOLS)} cells")
     for line in mismatches[:10]:
         print(f"    {line}")
@@ -390,6 +434,37 @@ def _get(url: str, timeout: float = 30.0) -> tuple[float, bytes]:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         body: bytes = response.read()
     return time.monotonic() - start, body
+
+
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time used so far by these processes."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(entry.joinpath("stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _stall_during_scrape(base: str) -> tuple[float, float]:
+    """(/metrics latency, /-/healthy latency sent 50 ms into that scrape): the second shows a blocked event loop."""
+    scrape: list[float] = []
+    thread = threading.Thread(target=lambda: scrape.append(_get(base + "/metrics")[0]))
+    thread.start()
+    time.sleep(0.05)
+    health = _get(base + "/-/healthy")[0]
+    thread.join()
+    return scrape[0], health
 
 
 def _proc_status(pid: int) -> dict[str, float]:
@@ -431,15 +506,15 @@ def _last_scans(body: bytes) -> dict[str, float]:
 def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
     n = args.targets
     print(f"\n=== B. daemon: {n} targets, interval 60s, default concurrency ===")
-    lab = make_lab(n)
     result: dict[str, Any] = {"targets": n}
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tls-bench-daemon-")))
-        stack.enter_context(nginx(lab, args.nginx_workers))
+        lab, server = stack.enter_context(nginx_lab(n, args.nginx_workers))
+        nginx_workers = _children(server.master_pid)
         config = work / "endpoints.yaml"
         write_config(config, lab, timeout="5s", interval="60s")
         state_file = work / "state.db"
-        port = free_ports(1)[0]
+        port = lab.spare_port
         base = f"http://{HOST}:{port}"
         counter = stack.enter_context(SynCounter(work))
         log = (work / "daemon.log").open("wb")
@@ -447,7 +522,7 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "scanner", "--config", str(config)]
         cmd += ["--web.listen-address", f"{HOST}:{port}", "--state-file", str(state_file), "--log-level", "warning"]
         started_wall, started = time.time(), time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=SCANNER_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         stack.callback(_stop_daemon, proc, result)
 
         def healthy() -> bool:
@@ -460,6 +535,7 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
         wait_for(healthy, 60, interval=0.05, what="daemon /-/healthy")
         result["http_up_s"] = time.monotonic() - started
         result["rss_at_http_up_mb"] = _proc_status(proc.pid).get("VmRSS")
+        cpu_start = _cpu_seconds([proc.pid]), _cpu_seconds(nginx_workers)
 
         # Detect the end of the first round from the state file (out of the daemon's process, so the daemon's
         # event loop is not loaded by a /metrics render every 0.5s), then read the exact times from /metrics.
@@ -473,6 +549,10 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
             if count >= n:
                 break
             time.sleep(0.5)
+        cpu_end = _cpu_seconds([proc.pid]), _cpu_seconds(nginx_workers)
+        syn_at_round_end = counter.per_port()  # before any second-round sweep (tcpdump writes line by line)
+        result["cpu_during_round_s"] = {"scanner": cpu_end[0] - cpu_start[0], "nginx": cpu_end[1] - cpu_start[1]}
+        result["cpu_window_s"] = time.monotonic() - started - result["http_up_s"]
         scans: dict[str, float] = {}
         while time.monotonic() < deadline and proc.poll() is None:
             scans = _last_scans(_get(base + "/metrics")[1])
@@ -491,6 +571,7 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
             latency, body = _get(base + "/metrics")
             latencies.append(latency)
         series = [line for line in body.decode().splitlines() if line and not line.startswith("#")]
+        result["stall_metrics_s"], result["stall_healthy_s"] = _stall_during_scrape(base)
         api_latency, api_body = _get(base + "/api/v1/targets", 60)
         targets = json.loads(api_body)["targets"]
         mem = _proc_status(proc.pid)
@@ -507,7 +588,7 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
         )
         sweeps = [t["last_sweep"] for t in targets if t["last_sweep"]]
         ports = {s.port for s in lab.servers}
-        syn = Counter({p: c for p, c in counter.per_port().items() if p in ports})
+        syn = Counter({p: c for p, c in syn_at_round_end.items() if p in ports})
         json_conns = [s["connections"] for s in sweeps]
         starts = [s["started_at"] for s in sweeps]
         ends = [s["started_at"] + s["duration_seconds"] for s in sweeps]
@@ -579,7 +660,16 @@ def _print_daemon(r: dict[str, Any], n: int) -> None:
         f"(target <= {TARGET_METRICS_S * 1000:.0f} ms)  {verdict(lat['max'] <= TARGET_METRICS_S)}; "
         f"{r['metrics_body_bytes'] / 1e6:.1f} MB, {r['metrics_series']} series, all present: {r['metrics_all_present']}"
     )
+    print(
+        f"  event loop             /-/healthy sent during a /metrics scrape took {r['stall_healthy_s'] * 1000:.0f} ms "
+        f"(the scrape {r['stall_metrics_s'] * 1000:.0f} ms)"
+    )
     print(f"  /api/v1/targets        {r['api_targets_latency_s'] * 1000:.0f} ms, {r['api_targets_bytes'] / 1e6:.1f} MB")
+    cpu, window = r["cpu_during_round_s"], r["cpu_window_s"]
+    print(
+        f"  CPU in the round       scanner {cpu['scanner']:.1f}s, nginx {cpu['nginx']:.1f}s over {window:.1f}s wall "
+        f"({(cpu['scanner'] + cpu['nginx']) / window:.2f} of {os.cpu_count()} cores busy)"
+    )
     # Extrapolation: same machine, same concurrency, throughput-bound, so handshakes scale linearly with targets; the
     # scheduler also spreads a first round over targets/200 s.
     scale = 10_000 / n
@@ -606,6 +696,32 @@ def _print_daemon(r: dict[str, Any], n: int) -> None:
 # --- main -------------------------------------------------------------------------------------------------------------
 
 
+def _git_state(root: Path) -> str:
+    """` @ <commit>[ + uncommitted changes]`, or "" outside a git work tree."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "scanner"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return f" @ {commit}" + (" + uncommitted changes in scanner/" if dirty else "")
+
+
+def _busy() -> dict[str, Any]:
+    """Load average and other processes using CPU now: the machine may be shared, and the numbers are CPU-bound."""
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    ps = subprocess.run(["ps", "-eo", "pcpu,pid,args", "--sort=-pcpu"], capture_output=True, text=True, check=False)
+    busy = [line.strip()[:100] for line in ps.stdout.splitlines()[1:6] if float(line.split()[0]) >= 20]
+    mine = str(os.getpid())
+    busy = [line for line in busy if line.split()[1] != mine]
+    if busy:
+        print(f"  NOTE: load {' '.join(load)}; busy processes (numbers may be inflated): {busy}")
+    return {"loadavg": load, "busy": busy}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("which", choices=["once", "daemon", "all"])
@@ -615,18 +731,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sslyze-timeout", type=float, default=300, help="once: cap on the sslyze CLI (s)")
     parser.add_argument("--round-timeout", type=float, default=150, help="daemon: cap on the first round (s)")
     parser.add_argument("--nginx-workers", type=int, default=1)
+    parser.add_argument(
+        "--scanner-root", type=Path, default=REPO, help="directory `python -m scanner` runs in (default: this repo)"
+    )
     args = parser.parse_args(argv)
+    global SCANNER_ROOT
+    SCANNER_ROOT = args.scanner_root.resolve()
+    if not (SCANNER_ROOT / "scanner" / "__main__.py").exists():
+        parser.error(f"--scanner-root {SCANNER_ROOT}: no scanner/__main__.py there")
     if shutil.which("nginx") is None:
         print("nginx is not installed (bash tests/run.sh installs it)", file=sys.stderr)
         return 2
     started = time.monotonic()
     print(f"tls-scanner benchmarks on {os.cpu_count()} CPUs, loopback nginx; {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    results: dict[str, Any] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    print(f"scanner from {SCANNER_ROOT}{_git_state(SCANNER_ROOT)}")
+    results: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "scanner_root": str(SCANNER_ROOT),
+        "git": _git_state(SCANNER_ROOT),
+        "load_before": _busy(),
+    }
     if args.which in ("once", "all"):
         results["once"] = bench_once(args)
     if args.which in ("daemon", "all"):
         results["daemon"] = bench_daemon(args)
     results["total_s"] = time.monotonic() - started
+    results["load_after"] = _busy()
     path = save(args.which, results)
     print(f"\nresults: {path.relative_to(REPO)}  (total {results['total_s']:.0f}s)")
     return 0

@@ -12,7 +12,6 @@ from typing import TextIO
 from scanner import __version__
 from scanner.config import Config, ConfigError, TargetConfig, load_config
 from scanner.logs import setup_logging
-from scanner.metrics import render
 from scanner.policy import verdict
 from scanner.probe import Prober, SweepResult
 from scanner.report import render_json, render_table
@@ -112,6 +111,8 @@ def run_once(config: Config, output_format: str, out: TextIO, progress: TextIO, 
     if output_format == "json":
         out.write(render_json(sweeps))
     elif output_format == "prometheus":
+        from scanner.metrics import render  # only this format needs prometheus_client: keep --once start-up short
+
         store = ResultStore(None)
         store.set_targets(targets)
         for sweep in sweeps:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import TYPE_CHECKING
 
-import dns.asyncresolver
 import dns.exception
-import dns.nameserver
-import dns.rdatatype
 import dns.resolver
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
 
 from scanner.config import AddressMode, Resolver, is_ip
 
@@ -52,6 +53,10 @@ async def _system(host: str, mode: AddressMode) -> list[str]:
 
 
 async def _servers(host: str, mode: AddressMode, config: Resolver) -> list[str]:
+    # Imported on first use: dnspython's asyncio half costs every run start-up time, and most never need it.
+    import dns.asyncresolver
+    import dns.nameserver
+
     resolver = dns.asyncresolver.Resolver(configure=False)
     resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in config.nameservers]
     resolver.lifetime = config.timeout
