@@ -761,7 +761,11 @@ class NginxLab:
         self.workers = workers
         self.binary = binary
         self.servers: list[NginxServer] = list(servers)
-        self.control = Endpoint("127.0.0.1", free_ports(1)[0])
+        taken = {server.port for server in self.servers}
+        control = free_ports(1)[0]
+        while control in taken:  # free_ports() can hand out a port a server block was given earlier
+            control = free_ports(1)[0]
+        self.control = Endpoint("127.0.0.1", control)
         self.generation = 0
         self.process: subprocess.Popen[bytes] | None = None
 
