@@ -299,7 +299,7 @@ def test_dns_outage_keeps_the_last_determined_states(nginx_lab: NginxLabFactory,
     outage = asyncio.run(sweep())
     assert outage.error_reason is ErrorReason.DNS, outage.error
     store.record(outage)
-    scrape = Scrape(render(store).decode())
+    scrape = Scrape(render(store))
     store.close()
     assert scrape.value("tls_scanner_scan_success", target="multi") == 0
     assert scrape.value("tls_scanner_scan_errors_total", target="multi", reason="dns") == 1
