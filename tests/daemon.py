@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import pytest
@@ -21,7 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.lab import free_ports
+from tests.lab import Managed, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -84,7 +83,7 @@ class Scrape:
         return {s.labels["target"] for s in self.samples if "target" in s.labels}
 
 
-class Daemon:
+class Daemon(Managed):
     """`python -m scanner` serving on 127.0.0.1; output goes to a log file."""
 
     def __init__(self, config: Path, state_file: Path, log: Path, *extra: str) -> None:
@@ -215,14 +214,6 @@ class Daemon:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def run_once(config: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

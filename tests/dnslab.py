@@ -16,14 +16,13 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import dns.exception
 import dns.resolver
 import pytest
 
-from tests.lab import free_ports
+from tests.lab import Managed, free_ports
 
 DNSMASQ_MISSING_REASON = "dnsmasq not installed (Debian package dnsmasq-base; tests/run.sh installs it)"
 # Names under these zones are answered from the hosts file or NXDOMAIN, never forwarded.
@@ -52,7 +51,7 @@ def require_dnsmasq() -> str:
 Records = Mapping[str, Sequence[str]]  # name -> its addresses (A and AAAA), in answer order
 
 
-class DnsLab:
+class DnsLab(Managed):
     """dnsmasq serving `records` on 127.0.0.1:port; `set()` rewrites them and SIGHUPs it (by pid)."""
 
     def __init__(self, directory: Path, records: Records, binary: str | None = None) -> None:
@@ -187,14 +186,6 @@ class DnsLab:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(process.pid, signal.SIGKILL)
             process.wait(5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ __all__ = [
     "Endpoint",
     "LabCerts",
     "LabStack",
+    "Managed",
     "NginxError",
     "NginxLab",
     "NginxLabFactory",
@@ -351,7 +352,25 @@ def _drain_and_close(sock: socket.socket, timeout: float = 1.0) -> None:
     sock.close()
 
 
-class _ThreadedServer:
+class Managed:
+    """`with X(...) as x:` starts x and always stops it; subclasses define start() and stop()."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class _ThreadedServer(Managed):
     """A loopback TCP server: one accept thread, one thread per connection, stop() never blocks for long."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
@@ -391,16 +410,6 @@ class _ThreadedServer:
                 socket.socket.shutdown(conn, socket.SHUT_RDWR)
         for thread in threads:
             thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        """Start and return the server."""
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop the server."""
-        self.stop()
 
     def _accept_loop(self) -> None:
         """Accept connections and hand each to its own thread until stopped."""
@@ -737,7 +746,7 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-class NginxLab:
+class NginxLab(Managed):
     """An nginx master with many TLS server blocks, configured in a private prefix directory."""
 
     def __init__(
@@ -935,16 +944,6 @@ class NginxLab:
                 wait_for(lambda: not any(map(_alive, workers)), 5, what="nginx workers to exit")
         if self._owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        """Start nginx."""
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop nginx."""
-        self.stop()
 
 
 def _read_all(sock: socket.socket, limit: int = 1 << 20) -> bytes:

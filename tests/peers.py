@@ -11,16 +11,15 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Any, Self
 
 from scanner.protocols import Protocol
-from tests.lab import LEGACY_CIPHERS, CertPaths, Endpoint, TLSServer, free_ports
+from tests.lab import LEGACY_CIPHERS, CertPaths, Endpoint, Managed, TLSServer, free_ports
 
 _IO_TIMEOUT = 5.0
 
 
-class ConnectProxy:
+class ConnectProxy(Managed):
     """A threaded HTTP CONNECT proxy on 127.0.0.1 that only ever tunnels to 127.0.0.1.
 
     `requests` lists the authority of every CONNECT (as sent, e.g. "127.0.0.1:8443" or "localhost:8443");
@@ -59,14 +58,6 @@ class ConnectProxy:
                 sock.shutdown(socket.SHUT_RDWR)
         for thread in threads:
             thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def _spawn(self, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
