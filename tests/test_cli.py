@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -124,3 +125,31 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
         proc = run("--config", config, "--web.listen-address", "nowhere")
     assert proc.returncode == 2
     assert "--web.listen-address" in proc.stderr
+
+
+def test_progress_goes_to_a_terminal(lab: LabStack, tmp_path: Path) -> None:
+    e = lab.tls_server({Protocol.TLSv1_2})
+    config = write(
+        tmp_path, "targets:\n" + "".join(f"  - {{name: t{i}, host: 127.0.0.1, port: {e.port}}}\n" for i in range(3))
+    )
+    controller, terminal = os.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "scanner", "--once", "--config", config, "--format", "json"],
+            stdout=subprocess.PIPE, stderr=terminal, timeout=60, cwd=ROOT, check=False,
+        )  # fmt: skip
+        os.close(terminal)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(controller)
+    assert proc.returncode == 0
+    assert b"scanned 3/3 targets" in seen
+    assert len(json.loads(proc.stdout)["targets"]) == 3  # progress never leaks into the report
