@@ -247,3 +247,15 @@ def established_connections(pid: int, port: int) -> int:
                 if remote_port == port and fields[3] == "01" and fields[9] in inodes:
                     count += 1
     return count
+
+
+def promtool_check(text: str) -> None:
+    """`promtool check metrics` must be silent; without promtool this check is skipped (fails when CI is set)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        assert not os.environ.get("CI"), "promtool is missing in CI (Debian package prometheus)"
+        return
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check.stdout + check.stderr

@@ -164,7 +164,7 @@ INVALID_INLINE = {
         'name: expected a non-empty printable string, got " "',
     ),
     "sni_ip": (
-        "targets:\n  - host: python.org\n    sni: 10.0.0.1\n",
+        "targets:\n  - host: python.org\n    sni: 127.0.0.2\n",
         3,
         "sni: must be a DNS name, not an IP address (use sni: false to send none)",
     ),

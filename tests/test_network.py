@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -26,7 +24,7 @@ from scanner.probe import ErrorReason, Prober, SweepResult
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
 from scanner.store import ResultStore
-from tests.daemon import REPO, Daemon, Scrape, run_once
+from tests.daemon import REPO, Daemon, Scrape, promtool_check, run_once
 from tests.dnslab import DnsLab, require_dnsmasq
 from tests.lab import LabCerts, NginxLabFactory, NginxServer, TLSServer, free_ports
 
@@ -117,18 +115,6 @@ def once_prometheus(config: Path) -> Scrape:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     promtool_check(proc.stdout)
     return Scrape(proc.stdout)
-
-
-def promtool_check(text: str) -> None:
-    """`promtool check metrics` must be silent; without promtool this check is skipped (fails when CI is set)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        assert not os.environ.get("CI"), "promtool is missing in CI (Debian package prometheus)"
-        return
-    check = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
-    )
-    assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check.stdout + check.stderr
 
 
 def by_address(target: dict[str, Any]) -> dict[str, dict[str, str]]:

@@ -7,10 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
-import os
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +23,7 @@ from scanner.config import load_config
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
 from scanner.service import Service
-from tests.daemon import Daemon, Scrape
+from tests.daemon import Daemon, Scrape, promtool_check
 from tests.dnslab import DnsLab, require_dnsmasq
 from tests.lab import LabCerts, NginxLab, NginxServer, TLSServer, free_ports, require_nginx, tarpit
 
@@ -126,18 +123,6 @@ def refused(daemon: Daemon, target: str) -> str:
     assert body.startswith("refused: "), body
     assert "tls_scanner" not in body  # nothing was scanned
     return body
-
-
-def promtool_check(text: str) -> None:
-    """`promtool check metrics` must be silent; without promtool this check is skipped (fails when CI is set)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        assert not os.environ.get("CI"), "promtool is missing in CI (Debian package prometheus)"
-        return
-    check = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
-    )
-    assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check.stdout + check.stderr
 
 
 def a_queries(dns: DnsLab, name: str) -> int:
