@@ -298,6 +298,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         until(ready, 60, "Prometheus to be ready")
         before = 'target_protocol:tls_scanner_protocol_accepted:max{target="web",protocol="TLSv1.0"} == 1'
         until(lambda: answered(before), 60, "Prometheus to record web accepting TLSv1.0")
+        # The /probe job alone can satisfy `before`; the flip annotation needs the daemon job's counter before it.
+        unflipped = 'tls_scanner_protocol_changes_total{job="tls-scanner",target="web",protocol="TLSv1.0"} == 0'
+        until(lambda: answered(unflipped) is not None, 60, "Prometheus to scrape the daemon before the brownout")
         nginx.reload([NginxServer("web", web, NGINX_MODERN), *servers])
         firing = 'count(ALERTS{alertname="TLSProtocolBrownoutStarted",alertstate="firing",target="web"}) == 2'
         until(lambda: answered(firing), 60, "TLSProtocolBrownoutStarted to fire for web's TLSv1.0 and TLSv1.1")
