@@ -6,9 +6,6 @@ import asyncio
 import socket
 from typing import TYPE_CHECKING
 
-import dns.exception
-import dns.resolver
-
 if TYPE_CHECKING:
     import dns.asyncresolver
 
@@ -53,7 +50,7 @@ async def _system(host: str, mode: AddressMode) -> list[str]:
 
 
 async def _servers(host: str, mode: AddressMode, config: Resolver) -> list[str]:
-    # Imported on first use: dnspython's asyncio half costs every run start-up time, and most never need it.
+    # Imported on first use: dnspython costs every run start-up time, and most configs never need it.
     import dns.asyncresolver
     import dns.nameserver
 
@@ -66,6 +63,9 @@ async def _servers(host: str, mode: AddressMode, config: Resolver) -> list[str]:
 
 
 async def _query(resolver: dns.asyncresolver.Resolver, host: str, kind: str) -> list[str]:
+    import dns.exception
+    import dns.resolver
+
     try:
         answer = await resolver.resolve(host, kind, search=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
