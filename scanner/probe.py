@@ -446,12 +446,19 @@ class Prober:
         """For range endpoints: None if the port accepts TCP, else why not."""
         async with self._address_slot(address):
             await self._pace(address)
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(address, target.port), target.timeout)
-            except (OSError, TimeoutError) as exc:
-                return classify(exc)
-            writer.close()
-            return None
+            async with self._global_slot():  # a /16 must not open 65,536 sockets at once
+                try:
+                    connecting = asyncio.open_connection(address, target.port)
+                    _, writer = await asyncio.wait_for(connecting, target.timeout)
+                except (OSError, TimeoutError) as exc:
+                    return classify(exc)
+                writer.close()
+                return None
+
+    def _global_slot(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
+        return self._slots
 
     def _address_slot(self, address: str) -> asyncio.Semaphore:
         slot = self._per_address.get(address)
@@ -478,8 +485,6 @@ class Prober:
         protocol: Protocol,
         credentials: ClientAuthenticationCredentials | None,
     ) -> ProtocolResult:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.concurrency)
         loop = asyncio.get_running_loop()
         http_host = _host_header(target.host, target.port)
         connections = 0
@@ -488,7 +493,7 @@ class Prober:
         for attempt, cipher_list in enumerate(_CIPHER_LISTS[protocol]):
             async with self._address_slot(address):
                 await self._pace(address)  # outside the global slot: a rate limit must not hold up other addresses
-                async with self._slots:
+                async with self._global_slot():
                     if self.stopping:
                         result = ProtocolResult(ProtocolState.ERROR, detail="shutting down", reason=ErrorReason.OTHER)
                         break
