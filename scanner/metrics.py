@@ -90,7 +90,6 @@ class ReloadStatus:
 
     successful: bool = True
     last_success_at: float | None = None
-    error: str | None = None
 
 
 def _escape(value: str) -> str:

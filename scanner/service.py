@@ -67,7 +67,6 @@ class Service:
             config = load_config(self.config.path)
         except ConfigError as exc:
             self.reload_status.successful = False
-            self.reload_status.error = str(exc)
             log.error("config reload failed, keeping the old config: %s", exc)
             return str(exc)
         for key in ("concurrency", "politeness"):
@@ -81,7 +80,6 @@ class Service:
         self.store.set_targets(targets)
         self.scheduler.apply(targets)
         self.reload_status.successful = True
-        self.reload_status.error = None
         self.reload_status.last_success_at = time.time()
         log.info("config reloaded: %d targets", len(targets))
         return None

@@ -117,10 +117,6 @@ class ResultStore:
                 if name not in self._targets:
                     del cache[name]
 
-    @property
-    def targets(self) -> list[TargetConfig]:
-        return list(self._targets.values())
-
     def names(self) -> list[str]:
         """The configured targets' names, in config order."""
         return list(self._targets)
