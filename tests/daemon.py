@@ -15,12 +15,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.lab import Managed, free_ports
+from tests.lab import Managed, free_ports, missing
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -43,10 +42,7 @@ def require_binary(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is not None:
         return path
-    reason = f"{name} not installed (Debian package {package}; tests/run.sh installs it)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{name} is missing in CI: {reason}")
-    pytest.skip(reason)
+    missing(name, f"{name} not installed (Debian package {package}; tests/run.sh installs it)")
 
 
 def write_config(path: Path, targets: Sequence[dict[str, Any]], **defaults: Any) -> Path:
@@ -218,8 +214,13 @@ class Daemon(Managed):
 
 def run_once(config: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """`python -m scanner --config CONFIG --once ARGS`."""
+    return run_scanner("--config", str(config), "--once", *args, timeout=timeout)
+
+
+def run_scanner(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """`python -m scanner ARGS` from the repository, output captured as text."""
     return subprocess.run(
-        [sys.executable, "-m", "scanner", "--config", str(config), "--once", *args],
+        [sys.executable, "-m", "scanner", *args],
         cwd=REPO,
         stdin=subprocess.DEVNULL,
         capture_output=True,

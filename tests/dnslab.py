@@ -20,9 +20,8 @@ from typing import Any, Self
 
 import dns.exception
 import dns.resolver
-import pytest
 
-from tests.lab import Managed, free_ports
+from tests.lab import Managed, free_ports, missing
 
 DNSMASQ_MISSING_REASON = "dnsmasq not installed (Debian package dnsmasq-base; tests/run.sh installs it)"
 # Names under these zones are answered from the hosts file or NXDOMAIN, never forwarded.
@@ -43,9 +42,7 @@ def require_dnsmasq() -> str:
     binary = dnsmasq_binary()
     if binary is not None:
         return binary
-    if os.environ.get("CI"):
-        pytest.fail(f"dnsmasq is missing in CI: {DNSMASQ_MISSING_REASON}")
-    pytest.skip(DNSMASQ_MISSING_REASON)
+    missing("dnsmasq", DNSMASQ_MISSING_REASON)
 
 
 Records = Mapping[str, Sequence[str]]  # name -> its addresses (A and AAAA), in answer order

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple, Self
+from typing import NamedTuple, NoReturn, Self
 from typing import Protocol as TypingProtocol
 
 import pytest
@@ -56,6 +56,7 @@ __all__ = [
     "https_status",
     "make_cert",
     "make_lab_certs",
+    "missing",
     "nginx_available",
     "nginx_protocols",
     "openssl_s_client",
@@ -682,13 +683,17 @@ def nginx_available() -> bool:
     return shutil.which("nginx") is not None
 
 
+def missing(tool: str, reason: str) -> NoReturn:
+    """A tool the test needs is absent: skip locally, fail in CI (env CI set), where tests/run.sh installs it."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{tool} is missing in CI: {reason}")
+    pytest.skip(reason)
+
+
 def require_nginx() -> None:
     """Skip the calling test without nginx; in CI (env CI set) a missing nginx fails instead."""
-    if nginx_available():
-        return
-    if os.environ.get("CI"):
-        pytest.fail("nginx is missing in CI: " + NGINX_MISSING_REASON)
-    pytest.skip(NGINX_MISSING_REASON)
+    if not nginx_available():
+        missing("nginx", NGINX_MISSING_REASON)
 
 
 def nginx_protocols(protocols: Iterable[Protocol | str]) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 
 from scanner.config import ConfigError, load_config
 from scanner.protocols import Protocol
-from tests.daemon import REPO, run_once
+from tests.daemon import REPO, run_once, run_scanner
 from tests.lab import Endpoint, LabCerts, NginxLab, NginxServer, TLSServer, closing_server, free_ports, require_nginx
 from tests.peers import ConnectProxy
 
@@ -113,14 +113,7 @@ def test_client_cert_config_errors_exit_2_and_a_missing_key_is_named(tmp_certs: 
     path = _write(
         tmp_path, f"targets:\n  - {{host: api.lab.test, client_cert: {{cert: '{missing}', key: '{missing}'}}}}\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "scanner", "--config", str(path), "--check-config"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_scanner("--config", str(path), "--check-config")
     assert proc.returncode == 2
     assert proc.stderr.startswith(f'tls-scanner: {path}:2: client_cert.cert: cannot read "{str(missing)[:40]}')
 

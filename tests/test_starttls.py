@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from scanner.config import ConfigError, StartTls, load_config
-from tests.daemon import REPO, run_once
+from tests.daemon import run_once, run_scanner
 from tests.lab import LabCerts
 from tests.peers import smtp_server, smtp_tls_context
 
@@ -101,14 +99,7 @@ def test_unknown_starttls_value_is_refused_at_its_line(tmp_path: Path, value: st
 
 def test_check_config_refuses_smtps_with_file_and_line(tmp_path: Path) -> None:
     path = _config(tmp_path, "targets:\n  - mail.lab.test:587\n  - {host: mail.lab.test, port: 465, starttls: smtps}\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "scanner", "--config", str(path), "--check-config"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_scanner("--config", str(path), "--check-config")
     assert proc.returncode == 2
     assert f'{path}:3: starttls: expected one of {", ".join(STARTTLS_VALUES)}, got "smtps"' in proc.stderr
 
