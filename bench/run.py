@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from scanner.protocols import ALL_PROTOCOLS, Protocol  # noqa: E402
-from tests.lab import NginxError, NginxLab, NginxServer, free_ports, wait_for  # noqa: E402
+from tests.lab.servers import NginxError, NginxLab, NginxServer, free_ports, wait_for  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 # Where `python -m scanner` runs from (--scanner-root): the work tree, or e.g. a `git archive` export of a commit.

@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from scanner import __version__
-from scanner.config import Config, ConfigError, TargetConfig, load_config
+from scanner.config import Config, TargetConfig, load_config
+from scanner.errors import ConfigError
 from scanner.logs import setup_logging
 from scanner.policy import verdict
-from scanner.probe import Prober, SweepResult
+from scanner.probe import Prober
 from scanner.report import render_json, render_table
-from scanner.store import ResultStore
+from scanner.results import SweepResult
 from scanner.targets import ALL, Shard, expand
 
 DEFAULT_CONFIG = "config/endpoints.yaml"
@@ -111,14 +112,9 @@ def run_once(config: Config, output_format: str, out: TextIO, progress: TextIO, 
     if output_format == "json":
         out.write(render_json(sweeps))
     elif output_format == "prometheus":
-        from scanner.metrics import render  # only this format needs prometheus_client: keep --once start-up short
+        from scanner.metrics import render_sweeps  # only this format needs prometheus_client: keep start-up short
 
-        store = ResultStore(None)
-        store.set_targets(targets)
-        for sweep in sweeps:
-            store.record(sweep)
-        out.write(render(store, shard=None if shard is ALL else shard))
-        store.close()
+        out.write(render_sweeps(sweeps, shard=None if shard is ALL else shard))
     else:
         out.write(render_table(sweeps))
     if any(not verdict(s).met for s in sweeps if not s.closed):

@@ -8,28 +8,21 @@ import json
 import math
 import os
 import re
+import time
 import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
+from scanner.endpoint import Endpoint, join_host_port, parse_port, split_host_port
+from scanner.errors import ConfigError
 from scanner.protocols import ALL_PROTOCOLS, Protocol
 
 DEFAULT_CONCURRENCY = 64
 DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_RANGE_ENDPOINTS = 65536  # a /16 on one port
-
-
-class ConfigError(Exception):
-    """A config that cannot be used; str() is `PATH:LINE: what is wrong`."""
-
-    def __init__(self, path: str, line: int, message: str) -> None:
-        super().__init__(f"{path}:{line}: {message}")
-        self.path = path
-        self.line = line
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -130,6 +123,10 @@ class TargetConfig:
     https_proxy: str | None = None  # http://host:port, CONNECT tunnel
     range: str | None = None  # set for endpoints expanded from a `network:` range
 
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port, self.address)
+
 
 @dataclass(frozen=True)
 class RangeConfig:
@@ -159,6 +156,27 @@ class Config:
     politeness: Politeness = field(default_factory=Politeness)
 
 
+class SafeConfig:
+    """The config in force and the truth about its last (re)load (blackbox_exporter's SafeConfig)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.reload_successful = True
+        self.last_success_at = time.time()
+
+    def reload(self) -> Config:
+        """Re-read the config file; on ConfigError the old config stays in force."""
+        try:
+            config = load_config(self.config.path)
+        except ConfigError:
+            self.reload_successful = False
+            raise
+        self.config = config
+        self.reload_successful = True
+        self.last_success_at = time.time()
+        return config
+
+
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
@@ -168,11 +186,6 @@ _MERGE = "tag:yaml.org,2002:merge"
 _KINDS = {_BOOL: "boolean", "tag:yaml.org,2002:timestamp": "timestamp", "tag:yaml.org,2002:binary": "binary"}
 
 _TOP_KEYS = ("concurrency", "defaults", "targets", "resolver", "max_range_endpoints", "probe", "politeness")
-_LAYER_KEYS: tuple[str, ...] = ("interval", "timeout", "protocols", "expect", "http", "labels")
-_LAYER_KEYS += ("addresses", "starttls", "client_cert", "https_proxy")
-_DEFAULTS_KEYS = _LAYER_KEYS
-_TARGET_KEYS = ("host", "port", "name", "sni", "address", *_LAYER_KEYS)
-_RANGE_KEYS = ("network", "ports", *_LAYER_KEYS)
 _RESOLVER_KEYS = ("nameservers", "timeout")
 _PROBE_KEYS = ("allow", "max_concurrent")
 _POLITENESS_KEYS = ("connections_per_address", "connections_per_second")
@@ -226,22 +239,15 @@ _ProtoLines = dict[Protocol, int]  # protocol -> line it was written on, in the 
 _Pairs = dict[str, tuple[yaml.Node, yaml.Node]]  # key -> (key node, value node)
 
 
-@dataclass
-class _Layer:
-    """Per-target settings written at one level (defaults or one target); None or absent means not given."""
+class _Given(typing.NamedTuple):
+    """One per-target key as written at one level: its parsed value, and where it was written."""
 
-    interval: float | None = None
-    timeout: float | None = None
-    protocols: tuple[Protocol, ...] | None = None
-    expect: dict[str, tuple[yaml.Node, _ProtoLines]] = field(default_factory=dict)
-    http: HttpCheck | None = None
-    http_node: yaml.Node | None = None  # set when `http` was given, even as false
-    labels: dict[str, str] = field(default_factory=dict)
-    addresses: AddressMode | None = None
-    starttls: StartTls | None = None
-    starttls_node: yaml.Node | None = None
-    client_cert: ClientCert | None = None
-    https_proxy: str | None = None
+    value: typing.Any
+    key: yaml.Node
+    node: yaml.Node
+
+
+_Layer = dict[str, _Given]  # per-target settings written at one level (defaults, a target or a range)
 
 
 def load_config(path: str | Path) -> Config:
@@ -301,14 +307,15 @@ def _build(name: str, root: yaml.Node | None) -> Config:
         if value is None or value < 1:
             raise _Invalid(node, f"concurrency: expected an integer >= 1, got {_describe(node)}")
         concurrency = value
-    defaults = _Layer()
+    defaults: _Layer = {}
     if "defaults" in pairs:
         node = pairs["defaults"][1]
         if not isinstance(node, yaml.MappingNode):
             raise _Invalid(node, f"defaults: expected a mapping, got {_describe(node)}")
-        for key, (key_node, value_node) in _mapping(node, "defaults", _DEFAULTS_KEYS).items():
-            _layer_key(defaults, key, key_node, value_node)
-        _check_expect(defaults.expect, set(defaults.expect))
+        for key, (key_node, value_node) in _mapping(node, "defaults", _LAYER_KEYS).items():
+            defaults[key] = _Given(_LAYER_PARSERS[key](value_node), key_node, value_node)
+        expect = _expect_of(defaults)
+        _check_expect(expect, set(expect))
     if "targets" not in pairs:
         raise _Invalid(1, "targets: at least one target is required")
     node = pairs["targets"][1]
@@ -432,7 +439,7 @@ def _politeness(node: yaml.Node) -> Politeness:
 def _range(node: yaml.MappingNode, defaults: _Layer) -> RangeConfig:
     """Build a `network:` range entry; its endpoints are expanded later, in scanner.targets."""
     pairs = _mapping(node, "range", _RANGE_KEYS)
-    own = _Layer()
+    own: _Layer = {}
     network_node = pairs["network"][1]
     text = _str(network_node, "network")
     try:
@@ -448,7 +455,7 @@ def _range(node: yaml.MappingNode, defaults: _Layer) -> RangeConfig:
             if len(set(ports)) != len(ports):
                 raise _Invalid(value_node, "ports: duplicate port")
         elif key != "network":
-            _layer_key(own, key, key_node, value_node)
+            own[key] = _Given(_LAYER_PARSERS[key](value_node), key_node, value_node)
     template = _settings(own, defaults, name=str(network), host=str(network.network_address), port=ports[0], node=node)
     return RangeConfig(network=str(network), ports=ports, template=template, line=_line(node))
 
@@ -462,7 +469,7 @@ def _port(node: yaml.Node) -> int:
 
 def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
     """Build one target from its short or long form; also return the line its name comes from."""
-    own = _Layer()
+    own: _Layer = {}
     port: int | None = None
     name: str | None = None
     name_line = _line(node)
@@ -495,7 +502,7 @@ def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
             elif key == "sni":
                 sni_given = _sni(value_node)
             else:
-                _layer_key(own, key, key_node, value_node)
+                own[key] = _Given(_LAYER_PARSERS[key](value_node), key_node, value_node)
     else:
         hint = ' (quote bracketed IPv6 addresses: "[::1]:8443")' if isinstance(node, yaml.SequenceNode) else ""
         hint = hint or _quote_hint(node)
@@ -506,7 +513,7 @@ def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
     else:
         sni = sni_given or None
     if name is None:
-        name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        name = join_host_port(host, port)
     target = _settings(own, defaults, name=name, host=host, port=port, node=node)
     if target.https_proxy is not None and address is not None:
         raise _Invalid(node, "address: cannot pin an address when connecting through https_proxy")
@@ -514,83 +521,84 @@ def _target(node: yaml.Node, defaults: _Layer) -> tuple[TargetConfig, int]:
 
 
 def _settings(own: _Layer, defaults: _Layer, *, name: str, host: str, port: int, node: yaml.Node) -> TargetConfig:
-    """Merge one level's settings over the defaults into a TargetConfig, checking combinations."""
-    expect = {**defaults.expect, **own.expect}
-    _check_expect(expect, set(own.expect))
-    http = own.http if own.http_node is not None else defaults.http
+    """Merge one level's settings over the defaults into a TargetConfig, checking combinations.
+
+    A key given at the target's level replaces the default's, except where _MERGED says how the two combine.
+    """
+    given = {
+        key: (own[key] if key in own else defaults[key]).value for key in _LAYER_KEYS if key in own or key in defaults
+    }
+    for key, merge in _MERGED.items():
+        given[key] = merge(defaults.get(key), own.get(key))
+    expect = {**_expect_of(defaults), **_expect_of(own)}
+    _check_expect(expect, set(_expect_of(own)))
+    http = given.get("http")
+    http_node = own["http"].key if "http" in own else None
     if http is None and "http_ok" in expect and expect["http_ok"][1]:
-        where = own.http_node or own.expect.get("http_ok", (node, {}))[0]
+        where = http_node or _expect_of(own).get("http_ok", (node, {}))[0]
         raise _Invalid(
             where,
             f"expect.http_ok needs an HTTP check, but target {_quote(name)} has none "
             "(set http: true or a mapping, or http_ok: [])",
         )
-    starttls = own.starttls or defaults.starttls
+    starttls = given.get("starttls")
     if starttls is not None and http is not None:
-        where = own.starttls_node or own.http_node or node
+        where = (own["starttls"].node if "starttls" in own else None) or http_node or node
         raise _Invalid(where, f"starttls: {starttls} endpoints do not speak HTTP; drop the http check (http: false)")
-    labels = {**defaults.labels, **own.labels}
-    return TargetConfig(
-        name=name,
-        host=host,
-        port=port,
-        sni=None if is_ip(host) else host,
-        labels=tuple(sorted(labels.items())),
-        interval=own.interval or defaults.interval or DEFAULT_INTERVAL,
-        timeout=own.timeout or defaults.timeout or DEFAULT_TIMEOUT,
-        protocols=own.protocols or defaults.protocols or ALL_PROTOCOLS,
-        expect=Expectation(**{key: frozenset(protocols) for key, (_, protocols) in expect.items()}),
-        http=http,
-        line=_line(node),
-        addresses=own.addresses or defaults.addresses or AddressMode.ALL,
-        starttls=starttls,
-        client_cert=own.client_cert or defaults.client_cert,
-        https_proxy=own.https_proxy or defaults.https_proxy,
-    )
+    return TargetConfig(name=name, host=host, port=port, sni=None if is_ip(host) else host, line=_line(node), **given)
 
 
-def _layer_key(layer: _Layer, key: str, key_node: yaml.Node, node: yaml.Node) -> None:
-    """Parse one of the keys shared by defaults and targets into `layer`."""
-    if key in ("interval", "timeout"):
-        setattr(layer, key, _duration(node, key))
-    elif key == "protocols":
-        protocols = _protocols(node, "protocols")
-        if not protocols:
-            raise _Invalid(node, "protocols: at least one protocol is required")
-        layer.protocols = tuple(protocol for protocol in ALL_PROTOCOLS if protocol in protocols)
-    elif key == "expect":
-        if not isinstance(node, yaml.MappingNode):
-            raise _Invalid(node, f"expect: expected a mapping with accept, reject, http_ok, got {_describe(node)}")
-        for name, (name_node, value_node) in _mapping(node, "expect", _EXPECT_KEYS).items():
-            layer.expect[name] = (name_node, _protocols(value_node, f"expect.{name}"))
-    elif key == "http":
-        layer.http = _http(node)
-        layer.http_node = key_node
-    elif key == "labels":
-        layer.labels = _labels(node)
-    elif key == "addresses":
-        layer.addresses = _choice(node, key, AddressMode)
-    elif key == "starttls":
-        layer.starttls = _choice(node, key, StartTls)
-        layer.starttls_node = node
-    elif key == "client_cert":
-        pairs = _section(node, "client_cert", _CLIENT_CERT_KEYS)
-        paths = {}
-        for name in _CLIENT_CERT_KEYS:
-            if name not in pairs:
-                raise _Invalid(node, f'client_cert: missing required key "{name}"')
-            path_node = pairs[name][1]
-            path = _str(path_node, f"client_cert.{name}")
-            if not os.access(path, os.R_OK) or not os.path.isfile(path):
-                raise _Invalid(path_node, f"client_cert.{name}: cannot read {_quote(path)}")
-            paths[name] = path
-        layer.client_cert = ClientCert(**paths)
-    elif key == "https_proxy":
-        url = _str(node, "https_proxy")
-        match = re.fullmatch(r"http://([^/:@\s]+|\[[0-9A-Fa-f:]+\]):([0-9]{1,5})/?", url)
-        if match is None or not 1 <= int(match.group(2)) <= 65535:
-            raise _Invalid(node, f"https_proxy: expected http://host:port, got {_quote(url)}")
-        layer.https_proxy = url
+def _expect_of(layer: _Layer) -> dict[str, tuple[yaml.Node, _ProtoLines]]:
+    return layer["expect"].value if "expect" in layer else {}
+
+
+def _merge_expect(default: _Given | None, own: _Given | None) -> Expectation:
+    """Each key of `expect` given at the target replaces the default's key."""
+    expect = {**(default.value if default else {}), **(own.value if own else {})}
+    return Expectation(**{key: frozenset(protocols) for key, (_, protocols) in expect.items()})
+
+
+def _merge_labels(default: _Given | None, own: _Given | None) -> tuple[tuple[str, str], ...]:
+    """A target's labels are merged over the default labels."""
+    return tuple(sorted({**(default.value if default else {}), **(own.value if own else {})}.items()))
+
+
+def _layer_protocols(node: yaml.Node) -> tuple[Protocol, ...]:
+    protocols = _protocols(node, "protocols")
+    if not protocols:
+        raise _Invalid(node, "protocols: at least one protocol is required")
+    return tuple(protocol for protocol in ALL_PROTOCOLS if protocol in protocols)
+
+
+def _expect(node: yaml.Node) -> dict[str, tuple[yaml.Node, _ProtoLines]]:
+    if not isinstance(node, yaml.MappingNode):
+        raise _Invalid(node, f"expect: expected a mapping with accept, reject, http_ok, got {_describe(node)}")
+    return {
+        name: (name_node, _protocols(value_node, f"expect.{name}"))
+        for name, (name_node, value_node) in _mapping(node, "expect", _EXPECT_KEYS).items()
+    }
+
+
+def _client_cert(node: yaml.Node) -> ClientCert:
+    pairs = _section(node, "client_cert", _CLIENT_CERT_KEYS)
+    paths = {}
+    for name in _CLIENT_CERT_KEYS:
+        if name not in pairs:
+            raise _Invalid(node, f'client_cert: missing required key "{name}"')
+        path_node = pairs[name][1]
+        path = _str(path_node, f"client_cert.{name}")
+        if not os.access(path, os.R_OK) or not os.path.isfile(path):
+            raise _Invalid(path_node, f"client_cert.{name}: cannot read {_quote(path)}")
+        paths[name] = path
+    return ClientCert(**paths)
+
+
+def _https_proxy(node: yaml.Node) -> str:
+    url = _str(node, "https_proxy")
+    match = re.fullmatch(r"http://([^/:@\s]+|\[[0-9A-Fa-f:]+\]):([0-9]{1,5})/?", url)
+    if match is None or not 1 <= int(match.group(2)) <= 65535:
+        raise _Invalid(node, f"https_proxy: expected http://host:port, got {_quote(url)}")
+    return url
 
 
 _E = typing.TypeVar("_E", bound=enum.StrEnum)
@@ -662,24 +670,21 @@ def _pairs(node: yaml.MappingNode, what: str, seen: frozenset[int] = frozenset()
 def _host_port(text: str, node: yaml.Node) -> tuple[str, int | None]:
     """Split a short-form target `host`, `host:port`, `[v6]:port` or bare IPv6 into host and port."""
     _check_not_url(text, node)
-    port_text: str | None = None
-    if text.startswith("["):
-        match = re.fullmatch(r"\[([^\]]*)\](?::(.*))?", text)
-        if match is None:
-            raise _Invalid(node, f'bad target {_quote(text)}: write bracketed IPv6 addresses as "[::1]:8443"')
-        host, port_text = match.group(1), match.group(2)
-        if ":" not in host or not is_ip(host):
-            raise _Invalid(node, f"bad target {_quote(text)}: brackets are only for IPv6 addresses")
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    else:
-        host = text
+    try:
+        host, port_text = split_host_port(text)
+    except ValueError as exc:
+        raise _Invalid(node, f"bad target {_quote(text)}: {exc}") from None
+    if text.startswith("[") and (":" not in host or not is_ip(host)):
+        raise _Invalid(node, f"bad target {_quote(text)}: brackets are only for IPv6 addresses")
     host = _host(host, node, allow_brackets=False)
     if port_text is None:
         return host, None
-    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
-        raise _Invalid(node, f"target {_quote(text)}: port must be an integer 1-65535, got {_quote(port_text)}")
-    return host, int(port_text)
+    try:
+        return host, parse_port(port_text)
+    except ValueError:
+        raise _Invalid(
+            node, f"target {_quote(text)}: port must be an integer 1-65535, got {_quote(port_text)}"
+        ) from None
 
 
 def _host(text: str, node: yaml.Node, allow_brackets: bool = True) -> str:
@@ -880,3 +885,27 @@ def _quote(text: str) -> str:
     if len(text) > 60:
         text = text[:57] + "..."
     return json.dumps(text, ensure_ascii=False)
+
+
+# The keys shared by defaults, targets and ranges: each parses into the TargetConfig field of the same name.
+# A new per-target key is one TargetConfig field and one entry here.
+_LAYER_PARSERS: dict[str, typing.Callable[[yaml.Node], typing.Any]] = {
+    "interval": lambda node: _duration(node, "interval"),
+    "timeout": lambda node: _duration(node, "timeout"),
+    "protocols": _layer_protocols,
+    "expect": _expect,
+    "http": _http,
+    "labels": _labels,
+    "addresses": lambda node: _choice(node, "addresses", AddressMode),
+    "starttls": lambda node: _choice(node, "starttls", StartTls),
+    "client_cert": _client_cert,
+    "https_proxy": _https_proxy,
+}
+# Keys whose default and target values combine instead of the target's replacing the default's.
+_MERGED: dict[str, typing.Callable[[_Given | None, _Given | None], typing.Any]] = {
+    "expect": _merge_expect,
+    "labels": _merge_labels,
+}
+_LAYER_KEYS = tuple(_LAYER_PARSERS)
+_TARGET_KEYS = ("host", "port", "name", "sni", "address", *_LAYER_KEYS)
+_RANGE_KEYS = ("network", "ports", *_LAYER_KEYS)

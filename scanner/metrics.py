@@ -7,15 +7,20 @@ sample, which took prometheus_client's generic path over a second.
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import sslyze
 from prometheus_client.utils import floatToGoString
 
 from scanner import __version__
-from scanner.probe import ErrorReason, ProtocolState, SweepResult
-from scanner.store import ResultStore, TargetStatus
+from scanner.config import SafeConfig, TargetConfig
+from scanner.policy import verdict
+from scanner.results import ErrorReason, ProtocolState, SweepResult
+from scanner.status import TargetStatus, ended_at, sweep_status
+from scanner.store import ResultStore
 from scanner.targets import Shard
 
 _FROM_SWEEP = "(from the last sweep, not measured at scrape time)"
@@ -84,14 +89,6 @@ PROBE_SUCCESS = Family("tls_scanner_probe_success", "gauge", "1 if the probe det
 PROBE_DURATION = Family("tls_scanner_probe_duration_seconds", "gauge", "How long the probe took")
 
 
-@dataclass
-class ReloadStatus:
-    """What the daemon knows about its own config, for the self-metrics."""
-
-    successful: bool = True
-    last_success_at: float | None = None
-
-
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -110,65 +107,79 @@ def sample(family: Family, labels: dict[str, str], value: float) -> str:
 
 @dataclass(frozen=True)
 class _TargetLines:
-    key: tuple[object, ...]  # what the lines were built from: the target's config and sweep count
     lines: dict[Family, list[str]]
     range_state: str | None  # "open" / "closed" for range endpoints that were swept
+
+
+@functools.cache
+def _sslyze_version() -> str:
+    # From the installed package's metadata: importing sslyze costs a third of a second.
+    try:
+        return importlib.metadata.version("sslyze")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _expose(
+    targets: Sequence[tuple[TargetConfig, _TargetLines]], shard: Shard | None, reload: SafeConfig | None
+) -> str:
+    """The whole text exposition from each target's lines, plus the scanner's own state."""
+    per_family: dict[Family, list[str]] = {family: [] for family in TARGET_FAMILIES}
+    ranges: dict[str, Counter[str]] = {}
+    for target, entry in targets:
+        for family, lines in entry.lines.items():
+            per_family[family].extend(lines)
+        if target.range is not None:
+            counts = ranges.setdefault(target.range, Counter())
+            if entry.range_state is not None:
+                counts[entry.range_state] += 1
+    out = [family.header() + "".join(per_family[family]) for family in TARGET_FAMILIES]
+    out.append(
+        RANGES.header()
+        + "".join(
+            sample(RANGES, {"range": r, "state": state}, counts[state])
+            for r, counts in ranges.items()
+            for state in ("open", "closed")
+        )
+    )
+    out.append(TARGETS.header() + sample(TARGETS, {}, len(targets)))
+    version = {"version": __version__, "sslyze_version": _sslyze_version()}
+    out.append(BUILD_INFO.header() + sample(BUILD_INFO, version, 1))
+    if shard is not None:
+        labels = {"index": str(shard.index), "count": str(shard.count)}
+        out.append(SHARD_INFO.header() + sample(SHARD_INFO, labels, 1))
+    if reload is not None:
+        out.append(RELOAD_OK.header() + sample(RELOAD_OK, {}, float(reload.reload_successful)))
+        out.append(RELOAD_AT.header() + sample(RELOAD_AT, {}, reload.last_success_at))
+    return "".join(out)
 
 
 class ScannerMetrics:
     """Renders every tls_scanner_* family from the store; removed targets vanish with the config."""
 
-    def __init__(self, store: ResultStore, reload: ReloadStatus | None = None, shard: Shard | None = None) -> None:
+    def __init__(self, store: ResultStore, reload: SafeConfig | None = None, shard: Shard | None = None) -> None:
         self.store = store
         self.reload = reload
         self.shard = shard
-        self._cache: dict[str, _TargetLines] = {}
+        # name -> (what the lines were built from: the target's config and sweep count, the lines)
+        self._cache: dict[str, tuple[tuple[object, ...], _TargetLines]] = {}
 
     def render(self) -> str:
         """The text exposition of the store, plus the scanner's own state."""
-        per_family: dict[Family, list[str]] = {family: [] for family in TARGET_FAMILIES}
-        ranges: dict[str, Counter[str]] = {}
         names = self.store.names()
-        for name in names:
-            entry = self._lines(name)
-            for family, lines in entry.lines.items():
-                per_family[family].extend(lines)
-            target = self.store.target(name)
-            if target.range is not None:
-                counts = ranges.setdefault(target.range, Counter())
-                if entry.range_state is not None:
-                    counts[entry.range_state] += 1
+        targets = [(self.store.target(name), self._lines(name)) for name in names]
         self._cache = {name: self._cache[name] for name in names}
-        out = [family.header() + "".join(per_family[family]) for family in TARGET_FAMILIES]
-        out.append(
-            RANGES.header()
-            + "".join(
-                sample(RANGES, {"range": r, "state": state}, counts[state])
-                for r, counts in ranges.items()
-                for state in ("open", "closed")
-            )
-        )
-        out.append(TARGETS.header() + sample(TARGETS, {}, len(names)))
-        version = {"version": __version__, "sslyze_version": sslyze.__version__.__version__}
-        out.append(BUILD_INFO.header() + sample(BUILD_INFO, version, 1))
-        if self.shard is not None:
-            shard = {"index": str(self.shard.index), "count": str(self.shard.count)}
-            out.append(SHARD_INFO.header() + sample(SHARD_INFO, shard, 1))
-        if self.reload is not None:
-            out.append(RELOAD_OK.header() + sample(RELOAD_OK, {}, float(self.reload.successful)))
-            if self.reload.last_success_at is not None:
-                out.append(RELOAD_AT.header() + sample(RELOAD_AT, {}, self.reload.last_success_at))
-        return "".join(out)
+        return _expose(targets, self.shard, self.reload)
 
     def _lines(self, name: str) -> _TargetLines:
         key = (self.store.target(name), self.store.version(name))
         cached = self._cache.get(name)
-        if cached is None or cached.key != key:
-            cached = self._cache[name] = _build(self.store.status(name), key)
-        return cached
+        if cached is None or cached[0] != key:
+            cached = self._cache[name] = (key, _build(self.store.status(name)))
+        return cached[1]
 
 
-def _build(status: TargetStatus, key: tuple[object, ...]) -> _TargetLines:
+def _build(status: TargetStatus) -> _TargetLines:
     """Every line one target contributes, by family."""
     lines: dict[Family, list[str]] = {}
 
@@ -181,7 +192,7 @@ def _build(status: TargetStatus, key: tuple[object, ...]) -> _TargetLines:
     if target.range is not None and sweep is not None:
         range_state = "closed" if sweep.closed else "open"
         if sweep.closed:
-            return _TargetLines(key, lines, range_state)  # counted, not reported one by one
+            return _TargetLines(lines, range_state)  # counted, not reported one by one
     labels = {"target": target.name, **dict(target.labels)}
     add(INTERVAL, labels, target.interval)
     for address, statuses in status.addresses.items():
@@ -193,7 +204,7 @@ def _build(status: TargetStatus, key: tuple[object, ...]) -> _TargetLines:
     for reason in ErrorReason:
         add(ERRORS, {**labels, "reason": reason.value}, status.errors.get(reason, 0))
     if sweep is None:
-        return _TargetLines(key, lines, range_state)
+        return _TargetLines(lines, range_state)
     for result in sweep.addresses:
         for protocol, outcome in result.protocols.items():
             at = {**labels, "address": result.address, "protocol": protocol.value}
@@ -204,29 +215,24 @@ def _build(status: TargetStatus, key: tuple[object, ...]) -> _TargetLines:
         add(ACCEPTED_ADDRESSES, {**labels, "protocol": protocol.value}, sweep.accepted_addresses(protocol))
     add(ADDRESSES, labels, len(sweep.addresses))
     add(SUCCESS, labels, float(sweep.complete))
-    add(LAST_SCAN, labels, sweep.started_at + sweep.duration_seconds)
+    add(LAST_SCAN, labels, ended_at(sweep))
     add(DURATION, labels, sweep.duration_seconds)
     if status.last_success_at is not None:
         add(LAST_SUCCESS, labels, status.last_success_at)
-    if status.verdict is not None and not target.expect.empty:
-        add(EXPECTATION, labels, float(status.verdict.met))
-    return _TargetLines(key, lines, range_state)
+    if not target.expect.empty:
+        add(EXPECTATION, labels, float(verdict(sweep).met))
+    return _TargetLines(lines, range_state)
 
 
-def render(store: ResultStore, reload: ReloadStatus | None = None, shard: Shard | None = None) -> str:
-    """The text exposition of the store alone (for --once and tests)."""
-    return ScannerMetrics(store, reload, shard).render()
+def render_sweeps(sweeps: Iterable[SweepResult], shard: Shard | None = None) -> str:
+    """The text exposition of one round of sweeps alone (`--once`), computed without any store."""
+    return _expose([(s.target, _build(sweep_status(s))) for s in sweeps], shard, None)
 
 
 def render_probe(sweep: SweepResult) -> str:
     """/probe's answer: that one sweep's families, plus whether it determined everything and how long it took."""
-    store = ResultStore(None)
-    store.set_targets([sweep.target])
-    store.record(sweep)
-    text = render(store)
-    store.close()
     return (
-        text
+        render_sweeps([sweep])
         + PROBE_SUCCESS.header()
         + sample(PROBE_SUCCESS, {}, float(sweep.complete))
         + PROBE_DURATION.header()

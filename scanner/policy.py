@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from scanner.config import Expectation
-from scanner.probe import ProtocolResult, ProtocolState, SweepResult
 from scanner.protocols import Protocol
+from scanner.results import ProtocolResult, ProtocolState, SweepResult
 
 
 @dataclass(frozen=True)

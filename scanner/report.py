@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from scanner.policy import verdict
-from scanner.probe import AddressResult, ProtocolState, SweepResult
 from scanner.protocols import ALL_PROTOCOLS
+from scanner.results import AddressResult, ProtocolState, SweepResult
 
 _CELL = {ProtocolState.ACCEPTED: "yes", ProtocolState.REJECTED: "no", ProtocolState.ERROR: "ERROR"}
 

@@ -10,12 +10,9 @@ if TYPE_CHECKING:
     import dns.asyncresolver
 
 from scanner.config import AddressMode, Resolver, is_ip
+from scanner.errors import ResolveError
 
 MAX_ADDRESSES = 16  # per name: a CDN answering with more is sampled, not swept whole
-
-
-class ResolveError(Exception):
-    """The name did not resolve to any usable address."""
 
 
 async def resolve(host: str, mode: AddressMode, resolver: Resolver | None, timeout: float) -> list[str]:

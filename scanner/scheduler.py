@@ -26,7 +26,6 @@ class _Entry:
     last_started: float | None = None
     jitter: float = 1.0
     removed: bool = False
-    task: asyncio.Task[None] | None = None
 
 
 class Scheduler:
@@ -37,6 +36,7 @@ class Scheduler:
         self.store = store
         self.rng = rng or random.Random()
         self._entries: dict[str, _Entry] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # every target loop still running, removed targets' too
         self._stopping = False
         self.running = False
 
@@ -58,7 +58,9 @@ class Scheduler:
                 first_at = loop.time() + self.rng.uniform(0, min(target.interval, spread))
                 entry = _Entry(target=target, first_at=first_at)
                 self._entries[target.name] = entry
-                entry.task = asyncio.create_task(self._run(entry), name=f"sweep {target.name}")
+                task = asyncio.create_task(self._run(entry), name=f"sweep {target.name}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             elif existing.target != target:
                 existing.target = target
                 existing.wake.set()  # recompute its next sweep from the new interval
@@ -67,10 +69,9 @@ class Scheduler:
     async def stop(self) -> None:
         """Start no new sweep; wait for the ones in flight (each bounded by its timeout)."""
         self._stopping = True
-        tasks = [e.task for e in self._entries.values() if e.task is not None]
         for entry in self._entries.values():
             entry.wake.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.running = False
 
     def _due(self, entry: _Entry) -> float:

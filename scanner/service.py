@@ -11,13 +11,15 @@ from dataclasses import replace
 from aiohttp import web
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
 
-from scanner.config import AddressMode, Config, ConfigError, TargetConfig, is_ip, load_config
-from scanner.metrics import ReloadStatus, ScannerMetrics, render_probe
+from scanner.config import AddressMode, Config, SafeConfig, TargetConfig, is_ip
+from scanner.endpoint import join_host_port, parse_host_port, parse_port, split_host_port
+from scanner.errors import ConfigError, ResolveError
+from scanner.metrics import ScannerMetrics, render_probe
 from scanner.probe import DEADLINE_GRACE_SECONDS, Prober
-from scanner.resolve import ResolveError, resolve
+from scanner.resolve import resolve
 from scanner.scheduler import Scheduler
 from scanner.store import ResultStore
-from scanner.targets import ALL, Shard, expand, find_configured, probe_refusal, split_host_port
+from scanner.targets import ALL, Shard, expand, find_configured, probe_refusal
 from scanner.web import WebState, make_app
 
 log = logging.getLogger(__name__)
@@ -28,28 +30,33 @@ PROBE_DEADLINE_MARGIN = 0.5
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:
     """`:9913`, `0.0.0.0:9913`, `[::1]:9913` -> (host or None for all interfaces, port)."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"invalid --web.listen-address {address!r}: expected [HOST]:PORT")
-    host = host.strip("[]")
-    return (host or None), int(port)
+    try:
+        host, port = split_host_port(address)
+        if port is None:
+            raise ValueError("no port")
+        return (host or None), parse_port(port)
+    except ValueError:
+        raise ValueError(f"invalid --web.listen-address {address!r}: expected [HOST]:PORT") from None
 
 
 class Service:
     """Owns the stages for the daemon's lifetime and swaps the config in on reload."""
 
     def __init__(self, config: Config, state_file: str, shard: Shard | None = None) -> None:
-        self.config = config
+        self.safe_config = SafeConfig(config)
         self.shard = shard
         self.store = ResultStore(state_file)
         self.prober = Prober(config.concurrency, config.politeness, config.resolver)
         self.scheduler = Scheduler(self.prober, self.store)
-        self.reload_status = ReloadStatus(successful=True, last_success_at=time.time())
-        self.metrics = ScannerMetrics(self.store, self.reload_status, shard)
+        self.metrics = ScannerMetrics(self.store, self.safe_config, shard)
         self.process_registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.process_registry)
         PlatformCollector(registry=self.process_registry)
         self._probes = asyncio.Semaphore(config.probe.max_concurrent)
+
+    @property
+    def config(self) -> Config:
+        return self.safe_config.config
 
     @property
     def targets(self) -> tuple[TargetConfig, ...]:
@@ -61,26 +68,23 @@ class Service:
         self.scheduler.apply(targets)
         log.info("scanning %d targets from %s", len(targets), self.config.path)
 
-    async def reload(self) -> str | None:
+    def reload(self) -> str | None:
         """Re-read the config; a bad one changes nothing. Returns the error, or None when applied."""
+        old = self.config
         try:
-            config = load_config(self.config.path)
+            config = self.safe_config.reload()
         except ConfigError as exc:
-            self.reload_status.successful = False
             log.error("config reload failed, keeping the old config: %s", exc)
             return str(exc)
         for key in ("concurrency", "politeness"):
-            if getattr(config, key) != getattr(self.config, key):
+            if getattr(config, key) != getattr(old, key):
                 log.warning("%s changes take effect on restart", key)
-        if config.probe.max_concurrent != self.config.probe.max_concurrent:
+        if config.probe.max_concurrent != old.probe.max_concurrent:
             self._probes = asyncio.Semaphore(config.probe.max_concurrent)
         self.prober.resolver = config.resolver
-        self.config = config
         targets = self.targets
         self.store.set_targets(targets)
         self.scheduler.apply(targets)
-        self.reload_status.successful = True
-        self.reload_status.last_success_at = time.time()
         log.info("config reloaded: %d targets", len(targets))
         return None
 
@@ -88,7 +92,7 @@ class Service:
         """Sweep `spec` now for /probe: (HTTP status, metrics text or the reason for refusing)."""
         try:
             target = find_configured(self.config, spec)
-            host, port = split_host_port(spec, default_port=443)
+            host, port = parse_host_port(spec, default_port=443)
         except ValueError as exc:
             return 400, f"bad target: {exc}\n"
         if target is None and not host:
@@ -111,9 +115,10 @@ class Service:
                         refusal = probe_refusal(self.config.probe.allow, host, addresses)
                 if refusal is not None:
                     return 403, f"refused: {refusal}\n"
-                name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 assert port is not None
-                target = TargetConfig(name=name, host=host, port=port, sni=None if is_ip(host) else host)
+                target = TargetConfig(
+                    name=join_host_port(host, port), host=host, port=port, sni=None if is_ip(host) else host
+                )
             # The sweep ends by its timeout + grace, so fit that inside the scrape's deadline.
             left = deadline - (time.monotonic() - clock)
             timeout = max(0.5, min(target.timeout, left - DEADLINE_GRACE_SECONDS))
@@ -132,7 +137,6 @@ async def _serve(config: Config, listen_address: str, state_file: str, shard: Sh
     state = WebState(
         store=service.store,
         metrics=lambda: service.metrics.render() + generate_latest(service.process_registry).decode(),
-        reload_status=service.reload_status,
         reload=service.reload,
         ready=lambda: service.scheduler.running,
         probe=service.probe,
@@ -146,7 +150,7 @@ async def _serve(config: Config, listen_address: str, state_file: str, shard: Sh
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(service.reload()))
+    loop.add_signal_handler(signal.SIGHUP, service.reload)
     service.start()
     await stop.wait()
     log.info("stopping: waiting for sweeps in flight")

@@ -7,13 +7,14 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from scanner.config import TargetConfig
-from scanner.policy import Verdict, verdict
-from scanner.probe import ErrorReason, ProtocolState, SweepResult
+from scanner.errors import StateFileError
 from scanner.protocols import Protocol
+from scanner.results import ErrorReason, ProtocolState, SweepResult
+from scanner.status import ProtocolStatus, TargetStatus, Transition, advance, current, ended_at, error_reasons
 
 log = logging.getLogger(__name__)
 
@@ -44,42 +45,16 @@ CREATE INDEX IF NOT EXISTS transition_by_target ON transition (target, id);
 """
 
 
-class StateFileError(Exception):
-    """The state file is not a usable tls-scanner state file."""
-
-
-@dataclass(frozen=True)
-class Transition:
-    """A protocol flipping between accepted and rejected on one address of a target."""
-
-    target: str
-    address: str
-    protocol: Protocol
-    at: float
-    old: ProtocolState
-    new: ProtocolState
-
-
-@dataclass(frozen=True)
-class ProtocolStatus:
-    """The latest determined state of one protocol of one target."""
-
-    state: ProtocolState  # ACCEPTED or REJECTED, never ERROR: an outage is not a brownout
-    last_change: float  # when it last flipped, or when it was first determined
-    changes: int  # flips observed
-
-
-@dataclass(frozen=True)
-class TargetStatus:
-    """Everything the collector, the web pages and the reports need about one target."""
+@dataclass
+class _Record:
+    """What the store holds about one configured target besides its determined states."""
 
     target: TargetConfig
-    last_sweep: SweepResult | None
-    addresses: Mapping[str, Mapping[Protocol, ProtocolStatus]]  # the last sweep's addresses (all known before it)
-    last_success_at: float | None
-    errors: Mapping[ErrorReason, int]
-    verdict: Verdict | None  # from the last sweep; None before the first one
-    transitions: tuple[Transition, ...] = field(default=())  # most recent first
+    last_sweep: SweepResult | None = None
+    addresses: list[str] | None = None  # the last addresses probed: a DNS outage keeps them
+    sweeps: int = 0  # sweeps recorded: what a cached rendering was built from
+    last_success_at: float | None = None
+    errors: Counter[ErrorReason] = field(default_factory=Counter)
 
 
 class ResultStore:
@@ -88,21 +63,15 @@ class ResultStore:
     def __init__(self, path: str | None = None) -> None:
         self.path = path
         self._db = _open_state_file(path)
-        self._targets: dict[str, TargetConfig] = {}
-        self._last: dict[str, SweepResult] = {}
-        self._addresses: dict[str, list[str]] = {}  # the last addresses probed: a DNS outage keeps them
-        self._versions: dict[str, int] = {}  # sweeps recorded per target: what a cached rendering was built from
-        self._last_success: dict[str, float] = {}
-        self._errors: dict[str, Counter[ErrorReason]] = {}
-        self._verdicts: dict[str, Verdict] = {}
-        # target -> address -> protocol -> status
-        self._status: dict[str, dict[str, dict[Protocol, ProtocolStatus]]] = {}
+        self._records: dict[str, _Record] = {}
+        # target -> address -> protocol -> status; kept for targets not (yet) configured, as in the file
+        self._known: dict[str, dict[str, dict[Protocol, ProtocolStatus]]] = {}
         for target, address, protocol, state, last_change, changes in self._db.execute(
             "SELECT target, address, protocol, state, last_change, changes FROM protocol_state"
         ):
             try:
                 status = ProtocolStatus(ProtocolState(state), float(last_change), int(changes))
-                self._status.setdefault(target, {}).setdefault(address, {})[Protocol(protocol)] = status
+                self._known.setdefault(target, {}).setdefault(address, {})[Protocol(protocol)] = status
             except ValueError:
                 log.warning("state file: ignoring unknown row %r/%r/%r", target, address, protocol)
 
@@ -111,59 +80,43 @@ class ResultStore:
 
     def set_targets(self, targets: Iterable[TargetConfig]) -> None:
         """Declare the configured targets; results of targets no longer configured stop being reported."""
-        self._targets = {t.name: t for t in targets}
-        for cache in (self._last, self._addresses, self._versions, self._last_success, self._errors, self._verdicts):
-            for name in list(cache):
-                if name not in self._targets:
-                    del cache[name]
+        records = {}
+        for target in targets:
+            record = self._records.get(target.name) or _Record(target)
+            record.target = target
+            records[target.name] = record
+        self._records = records
 
     def names(self) -> list[str]:
         """The configured targets' names, in config order."""
-        return list(self._targets)
+        return list(self._records)
 
     def target(self, name: str) -> TargetConfig:
-        return self._targets[name]
+        return self._records[name].target
 
     def version(self, name: str) -> int:
         """Changes whenever a sweep of the target is recorded."""
-        return self._versions.get(name, 0)
+        return self._records[name].sweeps
 
     def record(self, sweep: SweepResult) -> list[Transition]:
         """Take in one sweep: update the determined states, count flips, and persist them."""
         name = sweep.target.name
-        at = sweep.started_at + sweep.duration_seconds
-        self._last[name] = sweep
-        self._versions[name] = self._versions.get(name, 0) + 1
+        record = self._records.get(name)
+        if record is None:
+            record = self._records[name] = _Record(sweep.target)
+        record.last_sweep = sweep
+        record.sweeps += 1
         if sweep.addresses:
-            self._addresses[name] = [a.address for a in sweep.addresses]
+            record.addresses = [a.address for a in sweep.addresses]
         if sweep.complete:
-            self._last_success[name] = at
-        reasons = {r.reason for r in sweep.protocols.values() if r.reason is not None}
-        if sweep.error_reason is not None:
-            reasons.add(sweep.error_reason)
-        self._errors.setdefault(name, Counter()).update(reasons)
-        self._verdicts[name] = verdict(sweep)
-
-        transitions: list[Transition] = []
+            record.last_success_at = ended_at(sweep)
+        record.errors.update(error_reasons(sweep))
+        known = self._known.setdefault(name, {})
+        changed, transitions = advance(known, sweep)
         rows: list[tuple[str, str, str, str, float, int]] = []
-        known = self._status.setdefault(name, {})
-        for result in sweep.addresses:
-            statuses = known.setdefault(result.address, {})
-            for protocol, outcome in result.protocols.items():
-                if outcome.state is ProtocolState.ERROR:
-                    continue  # keep the last determined state: an outage is not a brownout
-                previous = statuses.get(protocol)
-                if previous is None:
-                    status = ProtocolStatus(outcome.state, at, 0)
-                elif previous.state is outcome.state:
-                    continue
-                else:
-                    status = ProtocolStatus(outcome.state, at, previous.changes + 1)
-                    transitions.append(Transition(name, result.address, protocol, at, previous.state, outcome.state))
-                statuses[protocol] = status
-                rows.append(
-                    (name, result.address, protocol.value, status.state.value, status.last_change, status.changes)
-                )
+        for address, statuses in changed.items():
+            known.setdefault(address, {}).update(statuses)
+            rows.extend((name, address, p.value, s.state.value, s.last_change, s.changes) for p, s in statuses.items())
         if rows:
             with self._db:
                 self._db.executemany(
@@ -183,38 +136,36 @@ class ResultStore:
                     )
         return transitions
 
-    def transitions(self, target: str, limit: int = 20) -> tuple[Transition, ...]:
-        """The most recent transitions of a target, newest first."""
+    def transitions(self, limit: int = 20) -> dict[str, tuple[Transition, ...]]:
+        """The most recent transitions of every target that has some, newest first, in one query."""
         rows = self._db.execute(
-            "SELECT address, protocol, at, old, new FROM transition WHERE target = ? ORDER BY id DESC LIMIT ?",
-            (target, limit),
+            "SELECT target, address, protocol, at, old, new FROM ("
+            " SELECT *, ROW_NUMBER() OVER (PARTITION BY target ORDER BY id DESC) AS n FROM transition"
+            ") WHERE n <= ? ORDER BY target, id DESC",
+            (limit,),
         ).fetchall()
-        return tuple(
-            Transition(target, a, Protocol(p), at, ProtocolState(o), ProtocolState(n)) for a, p, at, o, n in rows
-        )
+        found: dict[str, list[Transition]] = {}
+        for target, a, p, at, o, n in rows:
+            found.setdefault(target, []).append(
+                Transition(target, a, Protocol(p), at, ProtocolState(o), ProtocolState(n))
+            )
+        return {target: tuple(each) for target, each in found.items()}
 
-    def status(self, name: str, with_transitions: int = 0) -> TargetStatus:
-        target = self._targets[name]
-        last = self._last.get(name)
-        known = self._status.get(name, {})
-        addresses = self._addresses.get(name)
-        current = known if addresses is None else {a: known.get(a, {}) for a in addresses}
+    def status(self, name: str, transitions: tuple[Transition, ...] = ()) -> TargetStatus:
+        record = self._records[name]
         return TargetStatus(
-            target=target,
-            last_sweep=last,
-            addresses={
-                address: {p: statuses[p] for p in target.protocols if p in statuses}
-                for address, statuses in current.items()
-            },
-            last_success_at=self._last_success.get(name),
-            errors=dict(self._errors.get(name, {})),
-            verdict=self._verdicts.get(name),
-            transitions=self.transitions(name, with_transitions) if with_transitions else (),
+            target=record.target,
+            last_sweep=record.last_sweep,
+            addresses=current(record.target, self._known.get(name, {}), record.addresses),
+            last_success_at=record.last_success_at,
+            errors=dict(record.errors),
+            transitions=transitions,
         )
 
     def snapshot(self, with_transitions: int = 0) -> list[TargetStatus]:
         """The status of every configured target, in config order."""
-        return [self.status(name, with_transitions) for name in self._targets]
+        recent = self.transitions(with_transitions) if with_transitions else {}
+        return [self.status(name, recent.get(name, ())) for name in self._records]
 
 
 def _open_state_file(path: str | None) -> sqlite3.Connection:
@@ -237,6 +188,7 @@ def _open_state_file(path: str | None) -> sqlite3.Connection:
 
 
 def _connect(path: str) -> sqlite3.Connection:
+    _create_private(path)
     db = sqlite3.connect(path, check_same_thread=False)
     try:
         application_id = db.execute("PRAGMA application_id").fetchone()[0]
@@ -252,6 +204,21 @@ def _connect(path: str) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _create_private(path: str) -> None:
+    """Create a missing state file readable by its owner only, whatever the umask.
+
+    SQLite gives the -wal and -shm files the permissions of the database file, so they are private too.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return  # it exists, or SQLite will say why it cannot be opened
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _init(db: sqlite3.Connection) -> sqlite3.Connection:

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, replace
 
 from scanner.config import Config, TargetConfig, is_ip
+from scanner.endpoint import join_host_port, parse_host_port
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def expand(config: Config, shard: Shard = ALL) -> tuple[TargetConfig, ...]:
         for address in hosts:
             for port in entry.ports:
                 host = str(address)
-                name = f"[{host}]:{port}" if address.version == 6 else f"{host}:{port}"
+                name = join_host_port(host, port)
                 if name in names:
                     continue
                 names.add(name)
@@ -64,31 +65,19 @@ def expand(config: Config, shard: Shard = ALL) -> tuple[TargetConfig, ...]:
 def find_configured(config: Config, spec: str) -> TargetConfig | None:
     """The configured target named `spec`, or listening at `spec` as host:port (range endpoints included)."""
     for target in config.targets:
-        if spec in (target.name, f"{target.host}:{target.port}", f"[{target.host}]:{target.port}"):
+        if spec == target.name:
             return target
-    host, port = split_host_port(spec)
+    host, port = parse_host_port(spec)
+    for target in config.targets:
+        if (host, port) == (target.host, target.port):
+            return target
     if port is None or not is_ip(host):
         return None
     address = ipaddress.ip_address(host)
     for entry in config.ranges:
         if address in ipaddress.ip_network(entry.network) and port in entry.ports:
-            name = f"[{host}]:{port}" if address.version == 6 else f"{host}:{port}"
-            return replace(entry.template, name=name, host=host, port=port, range=entry.network)
+            return replace(entry.template, name=join_host_port(host, port), host=host, port=port, range=entry.network)
     return None
-
-
-def split_host_port(spec: str, default_port: int | None = None) -> tuple[str, int | None]:
-    """`host`, `host:port`, `[v6]:port` or a bare IPv6 address -> (host, port or default)."""
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::([0-9]{1,5}))?", spec)
-    if match:
-        host, port = match.group(1), match.group(2)
-    elif spec.count(":") == 1:
-        host, port = spec.split(":")
-    else:
-        host, port = spec, None
-    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
-        raise ValueError(f"bad port in {spec!r}")
-    return host, int(port) if port is not None else default_port
 
 
 def probe_refusal(allow: tuple[str, ...], host: str, addresses: list[str] | None) -> str | None:

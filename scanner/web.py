@@ -11,11 +11,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from scanner.metrics import ReloadStatus
-from scanner.probe import ProtocolState
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.report import sweep_to_dict
-from scanner.store import ResultStore, TargetStatus
+from scanner.results import ProtocolState
+from scanner.status import TargetStatus
+from scanner.store import ResultStore
 
 RECENT_TRANSITIONS = 20
 
@@ -26,8 +26,7 @@ class WebState:
 
     store: ResultStore
     metrics: Callable[[], str]  # the whole /metrics text
-    reload_status: ReloadStatus
-    reload: Callable[[], Awaitable[str | None]]  # returns the error, or None when the new config applied
+    reload: Callable[[], str | None]  # returns the error, or None when the new config applied
     ready: Callable[[], bool]
     probe: Callable[[str, float | None], Awaitable[tuple[int, str]]]  # (target, scrape timeout) -> (status, body)
 
@@ -84,7 +83,7 @@ async def ready(request: web.Request) -> web.Response:
 async def reload(request: web.Request) -> web.Response:
     if request.method != "POST":
         return web.Response(status=405, text="Only POST reloads the config.\n", headers={"Allow": "POST"})
-    error = await request.app[STATE].reload()
+    error = request.app[STATE].reload()
     if error is not None:
         return web.Response(status=500, text=f"failed to reload config: {error}\n")
     return web.Response(text="Config reloaded.\n")

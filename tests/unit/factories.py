@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from scanner.config import Expectation, TargetConfig
-from scanner.probe import AddressResult, ErrorReason, ProtocolResult, ProtocolState, SweepResult
 from scanner.protocols import Protocol
+from scanner.results import AddressResult, ErrorReason, ProtocolResult, ProtocolState, SweepResult
+from scanner.targets import Shard
 
 A, R, E = ProtocolState.ACCEPTED, ProtocolState.REJECTED, ProtocolState.ERROR
 
@@ -35,3 +36,10 @@ def sweep(
             )
         addresses.append(AddressResult(address, results))
     return SweepResult(target=t, started_at=at, duration_seconds=0.5, addresses=tuple(addresses))
+
+
+def owner(name: str, count: int) -> int:
+    """The one replica of `count` that owns `name`."""
+    owners = [i for i in range(count) if Shard(i, count).owns(name)]
+    assert len(owners) == 1, f"{name} owned by {owners} of {count}"
+    return owners[0]

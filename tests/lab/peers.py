@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any, Self
 
 from scanner.protocols import Protocol
-from tests.lab import LEGACY_CIPHERS, CertPaths, Endpoint, Managed, TLSServer, free_ports
+from tests.lab.servers import LEGACY_CIPHERS, CertPaths, Endpoint, Managed, TLSServer, free_ports
 
 _IO_TIMEOUT = 5.0
 

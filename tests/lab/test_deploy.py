@@ -24,10 +24,10 @@ from packaging.utils import canonicalize_name
 
 from scanner.cli import build_parser
 from scanner.config import load_config
-from tests.daemon import require_binary
-from tests.lab import missing
+from tests.lab.daemon import require_binary
+from tests.lab.servers import missing
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
 RULES = PROMETHEUS / "rules" / "tls-scanner.rules.yml"
@@ -62,7 +62,7 @@ FAMILIES = {
     "tls_scanner_config_last_reload_success_timestamp_seconds",
 }
 # Families added by the network-wide change; a live query that only they can answer may come back empty from a
-# daemon that does not export them (tests/test_dashboard.py checks the daemon's own output before allowing that).
+# daemon that does not export them (tests/lab/test_dashboard.py checks the daemon's own output before allowing that).
 NEWER_FAMILIES = {
     "tls_scanner_protocol_accepted_addresses",
     "tls_scanner_addresses",
@@ -445,7 +445,7 @@ def test_dockerfile_copies_exist_and_are_in_the_context() -> None:
         for source in sources:
             assert (REPO / source).exists(), source
             assert not dockerignored(source.rstrip("/"), patterns), f"{source} is excluded by Dockerfile.dockerignore"
-    assert dockerignored("tests/lab.py", patterns) and dockerignored(".venv", patterns)
+    assert dockerignored("tests/lab/servers.py", patterns) and dockerignored(".venv", patterns)
     assert not dockerignored("scanner/cli.py", patterns)
 
 

@@ -19,8 +19,8 @@ import pytest
 
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
-from tests.daemon import Daemon, Scrape, established_connections, require_binary, run_once, until, write_config
-from tests.lab import LabStack, NginxLabFactory, NginxServer, free_ports, tarpit
+from tests.lab.daemon import Daemon, Scrape, established_connections, require_binary, run_once, until, write_config
+from tests.lab.servers import LabStack, NginxLabFactory, NginxServer, free_ports, tarpit
 
 ACCEPTED = "tls_scanner_protocol_accepted"
 CHANGES = "tls_scanner_protocol_changes_total"

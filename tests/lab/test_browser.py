@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import Daemon, Scrape, require_binary, write_config
-from tests.lab import NginxLab, NginxServer, free_ports, require_nginx
+from tests.lab.daemon import Daemon, Scrape, require_binary, write_config
+from tests.lab.servers import NginxLab, NginxServer, free_ports, require_nginx
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"
 README_SCREENSHOT = REPO / "deploy" / "status-page.png"
 PROTOCOLS = ["SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3"]

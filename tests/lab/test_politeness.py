@@ -12,11 +12,11 @@ import pytest
 
 from scanner.cli import sweep_all
 from scanner.config import Politeness, load_config
-from scanner.probe import ProtocolState, SweepResult
 from scanner.protocols import Protocol
+from scanner.results import ProtocolState, SweepResult
 from scanner.targets import expand
-from tests.lab import LabCerts
-from tests.peers import CountingTLSServer
+from tests.lab.peers import CountingTLSServer
+from tests.lab.servers import LabCerts
 
 MODERN = {Protocol.TLSv1_2, Protocol.TLSv1_3}
 ServerFactory = Callable[..., CountingTLSServer]

@@ -8,9 +8,10 @@ import time
 import pytest
 
 from scanner.config import HttpCheck, TargetConfig
-from scanner.probe import ErrorReason, Prober, ProtocolState, SweepResult
+from scanner.probe import Prober
 from scanner.protocols import ALL_PROTOCOLS, Protocol
-from tests.lab import (
+from scanner.results import ErrorReason, ProtocolState, SweepResult
+from tests.lab.servers import (
     Endpoint,
     LabStack,
     NginxLabFactory,

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from scanner.config import ConfigError, StartTls, load_config
-from tests.daemon import run_once, run_scanner
-from tests.lab import LabCerts
-from tests.peers import smtp_server, smtp_tls_context
+from scanner.config import StartTls, load_config
+from scanner.errors import ConfigError
+from tests.lab.daemon import run_once, run_scanner
+from tests.lab.peers import smtp_server, smtp_tls_context
+from tests.lab.servers import LabCerts
 
 PROTOCOLS = ["SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 STARTTLS_VALUES = ["smtp", "imap", "pop3", "ftp", "xmpp", "ldap", "postgres", "rdp"]

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from scanner.protocols import Protocol
-from tests.lab import (
+from tests.lab.servers import (
     Endpoint,
     LabCerts,
     LabStack,

@@ -20,9 +20,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from scanner.cli import build_parser
-from tests.daemon import Daemon, require_binary, until, write_config
-from tests.lab import NginxLab, NginxServer, free_ports, require_nginx
-from tests.test_deploy import DEPLOY, FAMILIES, NEWER_FAMILIES, PROMETHEUS, RULES, metric_names, recorded
+from tests.lab.daemon import Daemon, require_binary, until, write_config
+from tests.lab.servers import NginxLab, NginxServer, free_ports, require_nginx
+from tests.lab.test_deploy import DEPLOY, FAMILIES, NEWER_FAMILIES, PROMETHEUS, RULES, metric_names, recorded
 
 DASHBOARD_PATH = DEPLOY / "grafana" / "dashboards" / "tls-scanner.json"
 DASHBOARD: dict[str, Any] = json.loads(DASHBOARD_PATH.read_text())

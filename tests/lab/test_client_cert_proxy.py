@@ -10,11 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from scanner.config import ConfigError, load_config
+from scanner.config import load_config
+from scanner.errors import ConfigError
 from scanner.protocols import Protocol
-from tests.daemon import REPO, run_once, run_scanner
-from tests.lab import Endpoint, LabCerts, NginxLab, NginxServer, TLSServer, closing_server, free_ports, require_nginx
-from tests.peers import ConnectProxy
+from tests.lab.daemon import REPO, run_once, run_scanner
+from tests.lab.peers import ConnectProxy
+from tests.lab.servers import (
+    Endpoint,
+    LabCerts,
+    NginxLab,
+    NginxServer,
+    TLSServer,
+    closing_server,
+    free_ports,
+    require_nginx,
+)
 
 PROTOCOLS = ["SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 MODERN = {"SSLv2": "rejected", "SSLv3": "rejected", "TLSv1.0": "rejected", "TLSv1.1": "rejected"} | {

@@ -19,14 +19,15 @@ import pytest
 import yaml
 
 from scanner.config import load_config
-from scanner.metrics import render
-from scanner.probe import ErrorReason, Prober, SweepResult
+from scanner.metrics import ScannerMetrics
+from scanner.probe import Prober
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
+from scanner.results import ErrorReason, SweepResult
 from scanner.store import ResultStore
-from tests.daemon import REPO, Daemon, Scrape, promtool_check, run_once
-from tests.dnslab import DnsLab, require_dnsmasq
-from tests.lab import LabCerts, NginxLabFactory, NginxServer, TLSServer, free_ports
+from tests.lab.daemon import REPO, Daemon, Scrape, promtool_check, run_once
+from tests.lab.dnslab import DnsLab, require_dnsmasq
+from tests.lab.servers import LabCerts, NginxLabFactory, NginxServer, TLSServer, free_ports
 
 ACCEPTED = "tls_scanner_protocol_accepted"
 ERROR = "tls_scanner_protocol_error"
@@ -285,7 +286,7 @@ def test_dns_outage_keeps_the_last_determined_states(nginx_lab: NginxLabFactory,
     outage = asyncio.run(sweep())
     assert outage.error_reason is ErrorReason.DNS, outage.error
     store.record(outage)
-    scrape = Scrape(render(store))
+    scrape = Scrape(ScannerMetrics(store).render())
     store.close()
     assert scrape.value("tls_scanner_scan_success", target="multi") == 0
     assert scrape.value("tls_scanner_scan_errors_total", target="multi", reason="dns") == 1

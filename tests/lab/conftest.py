@@ -1,4 +1,4 @@
-"""Pytest fixtures over the loopback test lab in tests/lab.py."""
+"""Pytest fixtures over the loopback test lab in tests/lab/servers.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import LabCerts, LabStack, NginxLabFactory, make_lab_certs, require_nginx
+from tests.lab.servers import LabCerts, LabStack, NginxLabFactory, make_lab_certs, require_nginx
 
 
 @pytest.fixture(scope="session")

@@ -806,7 +806,7 @@ class NginxLab(Managed):
         d = self.directory
         connections = max(4096, 2 * len(servers) + 1024)
         lines = [
-            "# Written by tests/lab.py; nginx runs in the foreground under the test's control.",
+            "# Written by tests/lab/servers.py; nginx runs in the foreground under the test's control.",
             "user root;" if os.geteuid() == 0 else "",
             "daemon off;",
             "master_process on;",

@@ -8,18 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from scanner.protocols import Protocol
-from scanner.targets import Shard
-from tests.daemon import REPO, Daemon, write_config
-from tests.lab import LabCerts, TLSServer
-
-
-def owner(name: str, count: int) -> int:
-    owners = [i for i in range(count) if Shard(i, count).owns(name)]
-    assert len(owners) == 1, f"{name} owned by {owners} of {count}"
-    return owners[0]
+from tests.lab.daemon import REPO, Daemon, write_config
+from tests.lab.servers import LabCerts, TLSServer
+from tests.unit.factories import owner
 
 
 def scanner(*args: str) -> subprocess.Popen[str]:
@@ -46,25 +38,6 @@ def finish(processes: list[subprocess.Popen[str]], timeout: float = 60) -> list[
                 process.kill()
                 process.communicate()
     return results
-
-
-def test_rendezvous_hashing_partitions_and_moves_a_quarter_from_3_to_4() -> None:
-    names = [f"host-{i}.lab.test:443" for i in range(10_000)]
-    three = [owner(n, 3) for n in names]
-    four = [owner(n, 4) for n in names]
-    for index in range(3):
-        assert 0.30 < three.count(index) / len(names) < 0.37
-    moved = [n for n, a, b in zip(names, three, four, strict=True) if a != b]
-    assert 0.2 <= len(moved) / len(names) <= 0.3
-    # A name only ever moves to the new replica; the others keep what they had.
-    assert {four[names.index(n)] for n in moved} == {3}
-    assert Shard(0, 1).owns("anything") and Shard.parse(" 2/3 ") == Shard(2, 3)
-
-
-@pytest.mark.parametrize("text", ["3/3", "x", "-1/3", "1/0", "1/3/4", "1:3", ""])
-def test_shard_parse_refuses(text: str) -> None:
-    with pytest.raises(ValueError, match="invalid --shard"):
-        Shard.parse(text)
 
 
 def test_check_config_splits_300_targets_between_3_shards(tmp_path: Path) -> None:

@@ -23,9 +23,9 @@ from scanner.config import load_config
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
 from scanner.service import Service
-from tests.daemon import Daemon, Scrape, promtool_check
-from tests.dnslab import DnsLab, require_dnsmasq
-from tests.lab import LabCerts, NginxLab, NginxServer, TLSServer, free_ports, require_nginx, tarpit
+from tests.lab.daemon import Daemon, Scrape, promtool_check
+from tests.lab.dnslab import DnsLab, require_dnsmasq
+from tests.lab.servers import LabCerts, NginxLab, NginxServer, TLSServer, free_ports, require_nginx, tarpit
 
 ACCEPTED = "tls_scanner_protocol_accepted"
 SUCCESS = "tls_scanner_probe_success"
@@ -310,7 +310,7 @@ def test_reload_applies_probe_max_concurrent(probe_lab: ProbeLab, tmp_path: Path
         try:
             document["probe"]["max_concurrent"] = 2
             (tmp_path / "c.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
-            assert await service.reload() is None
+            assert service.reload() is None
             assert service.config.probe.max_concurrent == 2
             results = await asyncio.gather(service.probe(spec, 1.5), service.probe(spec, 1.5))
             return sorted(status for status, _ in results)

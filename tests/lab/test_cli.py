@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from scanner.protocols import Protocol
-from tests.lab import LabStack, closed_port
+from tests.lab.servers import LabStack, closed_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,7 @@ import pytest
 from scanner.config import Expectation
 from scanner.policy import evaluate
 from scanner.protocols import Protocol
-from tests.sweeps import A, E, R, sweep, target
+from tests.unit.factories import A, E, R, sweep, target
 
 S3, T10, T12 = Protocol.SSLv3, Protocol.TLSv1_0, Protocol.TLSv1_2
 POLICY = Expectation(accept=frozenset({T12}), reject=frozenset({S3, T10}), http_ok=frozenset({T12}))

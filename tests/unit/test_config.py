@@ -13,13 +13,13 @@ from scanner.config import (
     DEFAULT_INTERVAL,
     DEFAULT_TIMEOUT,
     Config,
-    ConfigError,
     Expectation,
     HttpCheck,
     TargetConfig,
     load_config,
     parse_duration,
 )
+from scanner.errors import ConfigError
 from scanner.protocols import ALL_PROTOCOLS, Protocol
 
 CONFIGS = Path(__file__).parent / "configs"

@@ -8,11 +8,11 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scanner.config import Expectation
-from scanner.metrics import ReloadStatus, ScannerMetrics, render
+from scanner.config import Config, Expectation, SafeConfig
+from scanner.metrics import ScannerMetrics
 from scanner.protocols import Protocol
 from scanner.store import ResultStore
-from tests.sweeps import A, E, R, sweep, target
+from tests.unit.factories import A, E, R, sweep, target
 
 T10, T12 = Protocol.TLSv1_0, Protocol.TLSv1_2
 
@@ -21,7 +21,7 @@ class _Scraper:
     """Scrapes one long-lived ScannerMetrics (so its per-target cache is exercised) and looks samples up."""
 
     def __init__(self, store: ResultStore) -> None:
-        self.metrics = ScannerMetrics(store, ReloadStatus(successful=False, last_success_at=5.0))
+        self.metrics = ScannerMetrics(store, _reload(successful=False, at=5.0))
 
     def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         for family in text_string_to_metric_families(self.metrics.render()):
@@ -29,6 +29,16 @@ class _Scraper:
                 if sample.name == name and sample.labels == (labels or {}):
                     return float(sample.value)
         return None
+
+
+def _reload(successful: bool, at: float) -> SafeConfig:
+    safe = SafeConfig(Config(path="config.yaml", targets=()))
+    safe.reload_successful, safe.last_success_at = successful, at
+    return safe
+
+
+def render(store: ResultStore, reload: SafeConfig | None = None) -> str:
+    return ScannerMetrics(store, reload).render()
 
 
 def _registry(store: ResultStore) -> _Scraper:
@@ -92,7 +102,7 @@ def test_promtool_accepts_the_exposition() -> None:
     t = target("web", expect=Expectation(accept=frozenset({T12})), labels=(("team", 'a b "c"'),))
     store.set_targets([t])
     store.record(sweep(t, {T10: R, T12: A}, http={T12: 403}))
-    text = render(store, ReloadStatus(successful=True, last_success_at=1.0)).encode()
+    text = render(store, _reload(successful=True, at=1.0)).encode()
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
 

@@ -6,10 +6,10 @@ import os
 import sqlite3
 from pathlib import Path
 
-from scanner.probe import ErrorReason
 from scanner.protocols import Protocol
+from scanner.results import ErrorReason
 from scanner.store import HISTORY_PER_TARGET, ResultStore
-from tests.sweeps import A, E, R, sweep, target
+from tests.unit.factories import A, E, R, sweep, target
 
 T10, T12 = Protocol.TLSv1_0, Protocol.TLSv1_2
 
@@ -26,7 +26,7 @@ def test_flip_is_a_transition_and_error_keeps_last_state() -> None:
     assert status.errors == {ErrorReason.TIMEOUT: 1}
     flips = store.record(sweep(t, {T10: R, T12: A}, at=300))
     assert [(f.address, f.protocol, f.old, f.new, f.at) for f in flips] == [("127.0.0.1", T10, A, R, 300.5)]
-    status = store.status("t", with_transitions=5)
+    (status,) = store.snapshot(with_transitions=5)
     assert status.addresses["127.0.0.1"][T10].changes == 1
     assert status.addresses["127.0.0.1"][T12].changes == 0
     assert status.last_success_at == 300.5
@@ -118,3 +118,31 @@ def test_state_file_of_another_format_is_set_aside(tmp_path: Path) -> None:
     db.close()
     ResultStore(str(path)).close()
     assert any(p.startswith("state.db.unusable-") for p in os.listdir(tmp_path))
+
+
+def test_state_file_and_its_wal_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    t = target()
+    old = os.umask(0)
+    try:
+        store = ResultStore(str(tmp_path / "state.db"))
+        store.set_targets([t])
+        store.record(sweep(t, {T10: A}))
+        modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+        store.close()
+    finally:
+        os.umask(old)
+    assert modes == {"state.db": 0o600, "state.db-wal": 0o600, "state.db-shm": 0o600}
+
+
+def test_snapshot_lists_each_targets_recent_transitions_newest_first() -> None:
+    store = ResultStore(None)
+    a, b = target("a"), target("b")
+    store.set_targets([a, b])
+    for i, state in enumerate([A, R, A, R]):
+        store.record(sweep(a, {T10: state}, at=100 * i))
+    store.record(sweep(b, {T10: A}, at=0))
+    store.record(sweep(b, {T10: R}, at=50))
+    by_name = {s.target.name: s for s in store.snapshot(with_transitions=2)}
+    assert [(t.new, t.at) for t in by_name["a"].transitions] == [(R, 300.5), (A, 200.5)]
+    assert [(t.target, t.new) for t in by_name["b"].transitions] == [("b", R)]
+    assert all(not s.transitions for s in store.snapshot())

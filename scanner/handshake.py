@@ -1,0 +1,288 @@
+"""The handshake worker: one blocking sslyze handshake at one version, run in a thread, abortable from the loop.
+
+The only module that touches sslyze and nassl (including their private connection class); it hands back
+results as plain values from scanner.results.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+
+from nassl import _nassl
+from nassl.ssl_client import ClientCertificateRequested, SslClient
+from sslyze.connection_helpers.http_response_parser import HttpResponseParser
+from sslyze.connection_helpers.opportunistic_tls_helpers import ProtocolWithOpportunisticTlsEnum
+from sslyze.connection_helpers.tls_connection import SslConnection
+from sslyze.errors import (
+    ConnectionToServerFailed,
+    ConnectionToServerTimedOut,
+    HttpProxyRejectedConnection,
+    ServerRejectedConnection,
+    ServerRejectedTlsHandshake,
+    ServerTlsConfigurationNotSupported,
+    TlsHandshakeTimedOut,
+)
+from sslyze.server_connectivity import TlsVersionEnum
+from sslyze.server_setting import (
+    ClientAuthenticationCredentials,
+    HttpProxySettings,
+    ServerNetworkConfiguration,
+    ServerNetworkLocation,
+)
+
+from scanner.config import HttpCheck, StartTls, TargetConfig
+from scanner.endpoint import bracket, join_host_port
+from scanner.protocols import Protocol
+from scanner.results import ErrorReason, Evidence, ProtocolResult, ProtocolState
+
+_SSLYZE_VERSION = {
+    Protocol.SSLv2: TlsVersionEnum.SSL_2_0,
+    Protocol.SSLv3: TlsVersionEnum.SSL_3_0,
+    Protocol.TLSv1_0: TlsVersionEnum.TLS_1_0,
+    Protocol.TLSv1_1: TlsVersionEnum.TLS_1_1,
+    Protocol.TLSv1_2: TlsVersionEnum.TLS_1_2,
+    Protocol.TLSv1_3: TlsVersionEnum.TLS_1_3,
+}
+
+_TLS13_ALL_SUITES = (
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:"
+    "TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256"
+)
+_TLS13_DEFAULT_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+# First every suite the version can use, then sslyze's shorter fallback for servers that choke on a long hello.
+CIPHER_LISTS: Mapping[Protocol, tuple[str, ...]] = {
+    Protocol.SSLv2: ("SSLv2",),
+    Protocol.SSLv3: ("ALL:COMPLEMENTOFALL:-PSK:-SRP", "DEFAULT"),
+    Protocol.TLSv1_0: ("ALL:COMPLEMENTOFALL:-PSK:-SRP", "DEFAULT"),
+    Protocol.TLSv1_1: ("ALL:COMPLEMENTOFALL:-PSK:-SRP", "DEFAULT"),
+    Protocol.TLSv1_2: ("ALL:COMPLEMENTOFALL:-PSK:-SRP", "DEFAULT"),
+    Protocol.TLSv1_3: (_TLS13_ALL_SUITES, _TLS13_DEFAULT_SUITES),
+}
+
+
+def classify(exc: BaseException) -> ProtocolResult:
+    """Map anything a handshake attempt raised to a ProtocolResult: the one place exceptions become reasons."""
+    if isinstance(exc, ServerTlsConfigurationNotSupported):
+        # sslyze raises this when our own OpenSSL refuses the server's DH group: the server did pick this version.
+        return ProtocolResult(ProtocolState.ACCEPTED, detail=exc.error_message)
+    if isinstance(exc, TlsHandshakeTimedOut | ConnectionToServerTimedOut | socket.timeout | TimeoutError):
+        return ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
+    if isinstance(exc, ServerRejectedTlsHandshake):
+        message = exc.error_message.strip()
+        if message.startswith("TLS alert"):
+            evidence = Evidence.ALERT
+        elif "wrong version number" in message or "wrong SSL version" in message:
+            evidence = Evidence.NOT_TLS
+        else:
+            evidence = Evidence.CLOSED
+        return ProtocolResult(ProtocolState.REJECTED, detail=message, evidence=evidence)
+    if isinstance(exc, ServerRejectedConnection):
+        return ProtocolResult(ProtocolState.ERROR, detail="connection refused", reason=ErrorReason.REFUSED)
+    if isinstance(exc, ConnectionToServerFailed):
+        return ProtocolResult(ProtocolState.ERROR, detail=exc.error_message, reason=ErrorReason.OTHER)
+    if isinstance(exc, socket.gaierror):
+        return ProtocolResult(ProtocolState.ERROR, detail=f"cannot resolve: {exc.strerror}", reason=ErrorReason.DNS)
+    if isinstance(exc, _nassl.OpenSSLError):
+        return ProtocolResult(ProtocolState.ERROR, detail=f"TLS error: {exc}", reason=ErrorReason.TLS)
+    if isinstance(exc, ConnectionRefusedError):
+        return ProtocolResult(ProtocolState.ERROR, detail="connection refused", reason=ErrorReason.REFUSED)
+    if isinstance(exc, OSError):
+        return ProtocolResult(ProtocolState.ERROR, detail=f"network error: {exc}", reason=ErrorReason.OTHER)
+    return ProtocolResult(ProtocolState.ERROR, detail=f"{type(exc).__name__}: {exc}", reason=ErrorReason.OTHER)
+
+
+class _Connection(SslConnection):
+    """sslyze's connection, opening HTTP proxy tunnels itself: sslyze's own CONNECT parser spins forever on EOF."""
+
+    def _do_pre_handshake(self) -> None:
+        proxy = self._server_location.http_proxy_settings
+        if proxy is None:
+            super()._do_pre_handshake()
+            return
+        timeout = self._network_configuration.network_timeout
+        sock = socket.create_connection((proxy.hostname, proxy.port), timeout=timeout)
+        try:
+            location = self._server_location
+            where = join_host_port(location.hostname, location.port)
+            request = f"CONNECT {where} HTTP/1.1\r\nHost: {where}\r\n"
+            if proxy.proxy_authorization_header:
+                request += f"Proxy-Authorization: Basic {proxy.proxy_authorization_header}\r\n"
+            sock.sendall((request + "\r\n").encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(4096)
+                if not chunk or len(head) > 65536:
+                    raise HttpProxyRejectedConnection(
+                        location, self._network_configuration, "the HTTP proxy closed the connection on CONNECT"
+                    )
+                head += chunk
+            status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = status_line.split()
+            if len(parts) < 2 or parts[1] != "200":
+                raise HttpProxyRejectedConnection(
+                    location, self._network_configuration, f"the HTTP proxy refused CONNECT: {status_line[:80]}"
+                )
+        except BaseException:
+            sock.close()
+            raise
+        self.ssl_client.set_underlying_socket(sock)
+
+
+class Peer:
+    """One address of a target as sslyze sees it; makes a Handshake per attempt."""
+
+    def __init__(self, target: TargetConfig, address: str, credentials: ClientAuthenticationCredentials | None) -> None:
+        proxy = None if target.https_proxy is None else HttpProxySettings.from_url(target.https_proxy)
+        self.location = ServerNetworkLocation(
+            hostname=target.host, port=target.port, ip_address=address or None, http_proxy_settings=proxy
+        )
+        self.target = target
+        self.address = address
+        self.credentials = credentials
+        port = "" if target.port == 443 else f":{target.port}"
+        self.http_host = bracket(target.host) + port
+
+    def handshake(self, timeout: float) -> Handshake:
+        """A handshake whose every network step gives up after `timeout` seconds."""
+        target = self.target
+        network = ServerNetworkConfiguration(
+            tls_server_name_indication=target.sni or target.host,
+            tls_opportunistic_encryption=_STARTTLS[target.starttls] if target.starttls else None,
+            tls_client_auth_credentials=self.credentials,
+            network_timeout=timeout,  # type: ignore[arg-type]  # sockets take float seconds
+            network_max_retries=1,
+        )
+        return Handshake(self.location, network, sni=target.sni is not None)
+
+
+class Handshake:
+    """One blocking handshake attempt, abortable from another thread when its deadline passes."""
+
+    def __init__(self, location: ServerNetworkLocation, network: ServerNetworkConfiguration, sni: bool) -> None:
+        self.location = location
+        self.network = network
+        self.sni = sni
+        self.aborted = False
+        self._lock = threading.Lock()
+        self._connection: SslConnection | None = None
+
+    def run(
+        self,
+        protocol: Protocol,
+        cipher_list: str,
+        http: HttpCheck | None,
+        http_host: str,
+        ignore_client_auth: bool = False,
+    ) -> ProtocolResult:
+        connection = _Connection(
+            server_location=self.location,
+            network_configuration=self.network,
+            tls_version=_SSLYZE_VERSION[protocol],
+            # Be told when a client certificate is asked for: carrying on without one may end in an alert
+            # that would read as a rejection.
+            should_ignore_client_auth=ignore_client_auth,
+            should_enable_server_name_indication=self.sni,
+        )
+        if protocol is Protocol.TLSv1_3:
+            assert isinstance(connection.ssl_client, SslClient)
+            connection.ssl_client.set_ciphersuites(cipher_list)
+        else:
+            connection.ssl_client.set_cipher_list(cipher_list)
+        with self._lock:
+            if self.aborted:
+                return ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
+            self._connection = connection
+        try:
+            connection.connect(should_retry_connection=False)
+            cipher = connection.ssl_client.get_current_cipher_name()
+            status, http_error = (None, None) if http is None else _http_request(connection, http, http_host)
+            return ProtocolResult(
+                ProtocolState.ACCEPTED, detail=cipher, http_status=status, http_error=http_error, connections=1
+            )
+        except ClientCertificateRequested:
+            # The server got as far as asking who we are: it accepts this version.
+            if http is None or ignore_client_auth:
+                return ProtocolResult(ProtocolState.ACCEPTED, detail="client certificate requested", connections=1)
+        except Exception as exc:  # every failure becomes data, in classify()
+            if self.aborted:
+                return ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
+            return replace(classify(exc), connections=1)
+        finally:
+            self._close(connection)
+            with self._lock:
+                self._connection = None
+            # nassl's legacy client points at itself (do_handshake = do_ssl2_iis_handshake), so only a full garbage
+            # collection would free its OpenSSL context; break the cycle to give the memory back at once.
+            vars(connection.ssl_client).pop("do_handshake", None)
+        # To see what an HTTP client without a certificate gets (nginx: 400), go on without one.
+        second = self.run(protocol, cipher_list, http, http_host, ignore_client_auth=True)
+        return ProtocolResult(
+            ProtocolState.ACCEPTED,
+            detail="client certificate requested",
+            http_status=second.http_status,
+            http_error=second.http_error
+            or (None if second.http_status else f"no HTTP answer without a client certificate: {second.detail}"),
+            connections=1 + second.connections,
+        )
+
+    def abort(self) -> None:
+        """Tear down the socket so a thread stuck in recv() returns now."""
+        with self._lock:
+            self.aborted = True
+            connection = self._connection
+        if connection is not None:
+            sock = connection.ssl_client.get_underlying_socket()
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _close(connection: SslConnection) -> None:
+        try:
+            connection.close()
+        except Exception:
+            pass
+
+
+def _http_request(connection: SslConnection, http: HttpCheck, host: str) -> tuple[int | None, str | None]:
+    """Send the target's HTTP request over the established TLS connection; return (status, error)."""
+    request = (
+        f"{http.method} {http.path} HTTP/1.1\r\n"
+        f"Host: {http.host or host}\r\n"
+        "User-Agent: tls-scanner\r\n"
+        "Accept: */*\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii")
+    try:
+        connection.ssl_client.write(request)
+        response = HttpResponseParser.parse_from_ssl_connection(connection.ssl_client)
+    except Exception as exc:
+        return None, f"HTTP request failed: {type(exc).__name__}: {exc}".strip()
+    return response.status, None
+
+
+def credentials(target: TargetConfig) -> ClientAuthenticationCredentials | None:
+    if target.client_cert is None:
+        return None
+    return ClientAuthenticationCredentials(
+        certificate_chain_path=Path(target.client_cert.cert), key_path=Path(target.client_cert.key)
+    )
+
+
+_STARTTLS = {
+    StartTls.SMTP: ProtocolWithOpportunisticTlsEnum.SMTP,
+    StartTls.IMAP: ProtocolWithOpportunisticTlsEnum.IMAP,
+    StartTls.POP3: ProtocolWithOpportunisticTlsEnum.POP3,
+    StartTls.FTP: ProtocolWithOpportunisticTlsEnum.FTP,
+    StartTls.XMPP: ProtocolWithOpportunisticTlsEnum.XMPP,
+    StartTls.LDAP: ProtocolWithOpportunisticTlsEnum.LDAP,
+    StartTls.POSTGRES: ProtocolWithOpportunisticTlsEnum.POSTGRES,
+    StartTls.RDP: ProtocolWithOpportunisticTlsEnum.RDP,
+}

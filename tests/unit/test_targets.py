@@ -1,0 +1,92 @@
+"""Targets: range expansion, finding a configured target for /probe, the /probe allowlist, and shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scanner.config import Config, load_config
+from scanner.targets import Shard, expand, find_configured, probe_refusal
+from tests.unit.factories import owner
+
+
+def _config(tmp_path: Path, text: str) -> Config:
+    path = tmp_path / "endpoints.yaml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def test_ranges_expand_after_explicit_targets_and_skip_their_names(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        "targets:\n"
+        "  - 127.0.0.2:8443\n"
+        "  - {network: 127.0.0.0/30, ports: [8443], labels: {zone: dmz}}\n"
+        '  - {network: "::1/128", ports: [443]}\n',
+    )
+    names = [t.name for t in expand(config)]
+    assert names == ["127.0.0.2:8443", "127.0.0.0:8443", "127.0.0.1:8443", "127.0.0.3:8443", "[::1]:443"]
+    ranged = expand(config)[1]
+    assert ranged.range == "127.0.0.0/30" and ranged.labels == (("zone", "dmz"),) and ranged.host == "127.0.0.0"
+
+
+def test_find_configured_by_name_host_port_and_range(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        "targets:\n"
+        "  - {name: web, host: 127.0.0.5, port: 8443}\n"
+        '  - "[::1]:9443"\n'
+        "  - {network: 127.0.1.0/24, ports: [443]}\n",
+    )
+    web = find_configured(config, "web")
+    assert web is not None and web.port == 8443
+    assert find_configured(config, "127.0.0.5:8443") == web
+    v6 = find_configured(config, "[::1]:9443")
+    assert v6 is not None and v6.host == "::1"
+    endpoint = find_configured(config, "127.0.1.7:443")
+    assert endpoint is not None and endpoint.name == "127.0.1.7:443" and endpoint.range == "127.0.1.0/24"
+    assert find_configured(config, "127.0.1.7:444") is None
+    assert find_configured(config, "127.0.0.5") is None  # no port: not the 8443 target
+    with pytest.raises(ValueError, match="bad port"):
+        find_configured(config, "127.0.0.5:99999")
+
+
+@pytest.mark.parametrize(
+    ("allow", "host", "addresses", "refusal"),
+    [
+        ((), "127.0.0.1", None, "only configured targets may be probed (see probe.allow)"),
+        (("127.0.0.0/8",), "127.0.0.9", ["127.0.0.9"], None),
+        (("127.0.0.0/8",), "10.0.0.1", ["10.0.0.1"], "10.0.0.1 is outside probe.allow"),
+        (("*.lab.test",), "a.lab.test", None, None),
+        (("*.lab.test",), "a.other.test", None, "a.other.test matches no name in probe.allow"),
+        (
+            ("127.0.0.0/8",),
+            "a.lab.test",
+            ["127.0.0.1", "10.1.1.1"],
+            "a.lab.test resolves to 10.1.1.1, outside probe.allow",
+        ),
+        (("*.lab.test",), "127.0.0.1", ["127.0.0.1"], "127.0.0.1: no network in probe.allow"),
+    ],
+)
+def test_probe_refusal(allow: tuple[str, ...], host: str, addresses: list[str] | None, refusal: str | None) -> None:
+    assert probe_refusal(allow, host, addresses) == refusal
+
+
+def test_rendezvous_hashing_partitions_and_moves_a_quarter_from_3_to_4() -> None:
+    names = [f"host-{i}.lab.test:443" for i in range(10_000)]
+    three = [owner(n, 3) for n in names]
+    four = [owner(n, 4) for n in names]
+    for index in range(3):
+        assert 0.30 < three.count(index) / len(names) < 0.37
+    moved = [n for n, a, b in zip(names, three, four, strict=True) if a != b]
+    assert 0.2 <= len(moved) / len(names) <= 0.3
+    # A name only ever moves to the new replica; the others keep what they had.
+    assert {four[names.index(n)] for n in moved} == {3}
+    assert Shard(0, 1).owns("anything") and Shard.parse(" 2/3 ") == Shard(2, 3)
+
+
+@pytest.mark.parametrize("text", ["3/3", "x", "-1/3", "1/0", "1/3/4", "1:3", ""])
+def test_shard_parse_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid --shard"):
+        Shard.parse(text)
