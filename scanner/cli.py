@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"daemon: address for /metrics and the status page (default {DEFAULT_LISTEN_ADDRESS})",
     )
     parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        metavar="PATH",
+        help="daemon: exporter-toolkit web config (TLS, basic auth, headers) for every endpoint",
+    )
+    parser.add_argument(
         "--state-file",
         default=DEFAULT_STATE_FILE,
         metavar="PATH",
@@ -87,6 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tls-scanner: {exc}", file=sys.stderr)
         return ExitCode.USAGE
+    web_config = None
+    if args.web_config_file is not None:
+        from scanner.webconfig import load_web_config  # bcrypt and aiohttp: only the daemon needs them
+
+        try:
+            web_config = load_web_config(args.web_config_file)
+        except ConfigError as exc:
+            print(f"tls-scanner: {exc}", file=sys.stderr)
+            return ExitCode.USAGE
     shard = args.shard or ALL
     if args.check_config:
         count = len(expand(config, shard))
@@ -98,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from scanner.service import serve
 
     try:
-        serve(config, listen_address=args.listen_address, state_file=args.state_file, shard=args.shard)
+        serve(config, args.listen_address, args.state_file, args.shard, web_config)
     except (ValueError, OSError) as exc:
         print(f"tls-scanner: {exc}", file=sys.stderr)
         return ExitCode.USAGE

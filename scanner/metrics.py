@@ -163,13 +163,18 @@ class ScannerMetrics:
         self.shard = shard
         # name -> (what the lines were built from: the target's config and sweep count, the lines)
         self._cache: dict[str, tuple[tuple[object, ...], _TargetLines]] = {}
+        self._text: tuple[object, str] | None = None  # (what it was rendered from, the whole text)
 
     def render(self) -> str:
-        """The text exposition of the store, plus the scanner's own state."""
-        names = self.store.names()
-        targets = [(self.store.target(name), self._lines(name)) for name in names]
-        self._cache = {name: self._cache[name] for name in names}
-        return _expose(targets, self.shard, self.reload)
+        """The text exposition of the store, plus the scanner's own state; the same text until either changes."""
+        reload = None if self.reload is None else (self.reload.reload_successful, self.reload.last_success_at)
+        key = (self.store.generation, reload)
+        if self._text is None or self._text[0] != key:
+            names = self.store.names()
+            targets = [(self.store.target(name), self._lines(name)) for name in names]
+            self._cache = {name: self._cache[name] for name in names}
+            self._text = (key, _expose(targets, self.shard, self.reload))
+        return self._text[1]
 
     def _lines(self, name: str) -> _TargetLines:
         key = (self.store.target(name), self.store.version(name))

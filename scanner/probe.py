@@ -67,11 +67,14 @@ class Prober:
             client = credentials(target)
         except Exception as exc:
             return done(error=f"client certificate unusable: {exc}", reason=ErrorReason.OTHER)
+        # One deadline for the whole sweep, on the loop's clock: waiting for a slot counts against it, and at the
+        # deadline the loop tears down what is left without waiting for any handshake thread.
+        deadline = asyncio.get_running_loop().time() + target.timeout + DEADLINE_GRACE_SECONDS
         if target.range is not None:
-            opened = await self._tcp_open(addresses[0], target)
+            opened = await self._tcp_open(addresses[0], target, deadline)
             if opened is not None:
                 return done(error=opened.detail, reason=opened.reason, closed=True)
-        results = await asyncio.gather(*(self._sweep_address(Peer(target, a, client)) for a in addresses))
+        results = await asyncio.gather(*(self._sweep_address(Peer(target, a, client), deadline) for a in addresses))
         error, reason = None, None
         if all(r.error is not None for r in results):
             error, reason = results[0].error, results[0].error_reason
@@ -79,69 +82,77 @@ class Prober:
                 error = f"all {len(results)} addresses failed: {error}"
         return done(tuple(results), error, reason=reason)
 
-    async def _sweep_address(self, peer: Peer) -> AddressResult:
+    async def _sweep_address(self, peer: Peer, deadline: float) -> AddressResult:
         target, address = peer.target, peer.address
-        results = await asyncio.gather(*(self._probe_protocol(peer, p, target.http) for p in target.protocols))
+        results = await asyncio.gather(
+            *(self._probe_protocol(peer, p, target.http, deadline) for p in target.protocols)
+        )
         protocols = dict(zip(target.protocols, results, strict=True))
         if not _speaks_tls(protocols.values()) and any(r.state is ProtocolState.REJECTED for r in results):
             # Refusals without an alert prove nothing by themselves (a version downgrade and a non-TLS peer read
             # the same to OpenSSL); a version outside the configured ones can show the peer speaks TLS.
             for extra in (p for p in (Protocol.TLSv1_2, Protocol.TLSv1_3, Protocol.TLSv1_0) if p not in protocols):
-                proof = await self._probe_protocol(peer, extra, http=None)
+                proof = await self._probe_protocol(peer, extra, None, deadline)
                 if _speaks_tls([proof]):
                     return AddressResult(address, protocols)
         protocols, error, reason = _judge_peer(protocols)
         return AddressResult(address, protocols, error, reason)
 
-    async def _tcp_open(self, address: str, target: TargetConfig) -> ProtocolResult | None:
+    async def _tcp_open(self, address: str, target: TargetConfig, deadline: float) -> ProtocolResult | None:
         """For range endpoints: None if the port accepts TCP, else why not."""
-        async with self.gate.connection(address), self._global_slot():  # a /16 must not open 65,536 sockets at once
-            try:
-                connecting = asyncio.open_connection(address, target.port)
-                _, writer = await asyncio.wait_for(connecting, target.timeout)
-            except (OSError, TimeoutError) as exc:
-                return classify(exc)
-            writer.close()
-            return None
+        try:
+            async with asyncio.timeout_at(deadline - DEADLINE_GRACE_SECONDS):
+                # The global slot too: a /16 must not open 65,536 sockets at once.
+                async with self.gate.connection(address), self._global_slot():
+                    _, writer = await asyncio.open_connection(address, target.port)
+        except (OSError, TimeoutError) as exc:
+            return classify(exc)
+        writer.close()
+        return None
 
     def _global_slot(self) -> asyncio.Semaphore:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.concurrency)
         return self._slots
 
-    async def _probe_protocol(self, peer: Peer, protocol: Protocol, http: HttpCheck | None) -> ProtocolResult:
+    async def _probe_protocol(
+        self, peer: Peer, protocol: Protocol, http: HttpCheck | None, deadline: float
+    ) -> ProtocolResult:
         loop = asyncio.get_running_loop()
-        target = peer.target
         connections = 0
-        result = ProtocolResult(ProtocolState.ERROR, detail="not tried", reason=ErrorReason.OTHER)
-        deadline: float | None = None
-        for attempt, cipher_list in enumerate(CIPHER_LISTS[protocol]):
-            # The address's turn is waited for outside the global slot: a rate limit must not hold up other addresses.
-            async with self.gate.connection(peer.address):
-                async with self._global_slot():
-                    if self.stopping:
-                        result = ProtocolResult(ProtocolState.ERROR, detail="shutting down", reason=ErrorReason.OTHER)
-                        break
-                    now = time.monotonic()
-                    if deadline is None:
-                        deadline = now + target.timeout + DEADLINE_GRACE_SECONDS
-                    budget = min(target.timeout, deadline - now - DEADLINE_GRACE_SECONDS / 2)
-                    if attempt > 0 and budget < 0.2:
-                        break  # no time left for the fallback; keep the first answer
-                    handshake = peer.handshake(budget)
-                    future = loop.run_in_executor(
-                        self._executor, handshake.run, protocol, cipher_list, http, peer.http_host
-                    )
-                    try:
-                        result = await asyncio.wait_for(asyncio.shield(future), deadline - now)
-                    except TimeoutError:
-                        handshake.abort()
-                        result = ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
-            connections += 1
+        result = _TIMED_OUT
+        for cipher_list in CIPHER_LISTS[protocol]:
+            handshake = None
+            try:
+                async with asyncio.timeout_at(deadline):
+                    # The address's turn comes before the global slot: a rate limit must not hold up other addresses.
+                    async with self.gate.connection(peer.address), self._global_slot():
+                        if self.stopping:
+                            result = ProtocolResult(
+                                ProtocolState.ERROR, detail="shutting down", reason=ErrorReason.OTHER
+                            )
+                            break
+                        budget = min(peer.target.timeout, deadline - loop.time() - DEADLINE_GRACE_SECONDS / 2)
+                        if budget < 0.2:
+                            break  # no time left: a fallback keeps the first answer, a first attempt times out
+                        handshake = peer.handshake(budget)
+                        connections += 1
+                        future = loop.run_in_executor(
+                            self._executor, handshake.run, protocol, cipher_list, http, peer.http_host
+                        )
+                        result = await asyncio.shield(future)
+            except TimeoutError:
+                if handshake is not None:
+                    handshake.abort()
+                result = _TIMED_OUT
+                break
             # Only a rejection without an alert (closed, reset) is worth the shorter hello.
             if result.state is not ProtocolState.REJECTED or result.evidence is Evidence.ALERT:
                 break
         return replace(result, connections=connections)
+
+
+_TIMED_OUT = ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
 
 
 def _speaks_tls(results: Iterable[ProtocolResult]) -> bool:

@@ -20,7 +20,8 @@ from scanner.resolve import resolve
 from scanner.scheduler import Scheduler
 from scanner.store import ResultStore
 from scanner.targets import ALL, Shard, expand, find_configured, probe_refusal
-from scanner.web import WebState, make_app
+from scanner.web import WebState, make_app, make_runner
+from scanner.webconfig import WebConfig, WebGuard, load_web_config
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,11 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
 class Service:
     """Owns the stages for the daemon's lifetime and swaps the config in on reload."""
 
-    def __init__(self, config: Config, state_file: str, shard: Shard | None = None) -> None:
+    def __init__(
+        self, config: Config, state_file: str, shard: Shard | None = None, web_config: WebConfig | None = None
+    ) -> None:
         self.safe_config = SafeConfig(config)
+        self.web = WebGuard(web_config or WebConfig(path=""))
         self.shard = shard
         self.store = ResultStore(state_file)
         self.prober = Prober(config.concurrency, config.politeness, config.resolver)
@@ -69,7 +73,23 @@ class Service:
         log.info("scanning %d targets from %s", len(targets), self.config.path)
 
     def reload(self) -> str | None:
-        """Re-read the config; a bad one changes nothing. Returns the error, or None when applied."""
+        """Re-read the config and the web config; a bad one changes nothing. Returns the errors, or None."""
+        errors = [error for error in (self._reload_web(), self._reload_config()) if error is not None]
+        return "; ".join(errors) or None
+
+    def _reload_web(self) -> str | None:
+        path = self.web.config.path
+        if not path:
+            return None
+        try:
+            self.web.update(load_web_config(path))
+        except ConfigError as exc:
+            log.error("web config reload failed, keeping the old web config: %s", exc)
+            return str(exc)
+        log.info("web config reloaded from %s", path)
+        return None
+
+    def _reload_config(self) -> str | None:
         old = self.config
         try:
             config = self.safe_config.reload()
@@ -131,9 +151,11 @@ class Service:
         self.prober.close()
 
 
-async def _serve(config: Config, listen_address: str, state_file: str, shard: Shard | None) -> None:
+async def _serve(
+    config: Config, listen_address: str, state_file: str, shard: Shard | None, web_config: WebConfig | None
+) -> None:
     host, port = parse_listen_address(listen_address)
-    service = Service(config, state_file, shard)
+    service = Service(config, state_file, shard, web_config)
     state = WebState(
         store=service.store,
         metrics=lambda: service.metrics.render() + generate_latest(service.process_registry).decode(),
@@ -141,9 +163,9 @@ async def _serve(config: Config, listen_address: str, state_file: str, shard: Sh
         ready=lambda: service.scheduler.running,
         probe=service.probe,
     )
-    runner = web.AppRunner(make_app(state), access_log=None)
+    runner = make_runner(make_app(state, service.web))
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=service.web.ssl_context())
     await site.start()
     log.info("listening on %s", listen_address)
     loop = asyncio.get_running_loop()
@@ -157,10 +179,17 @@ async def _serve(config: Config, listen_address: str, state_file: str, shard: Sh
     await service.stop_scanning()
     await runner.cleanup()
     service.store.close()
+    service.web.close()
     log.info("stopped")
 
 
-def serve(config: Config, listen_address: str, state_file: str, shard: Shard | None = None) -> None:
+def serve(
+    config: Config,
+    listen_address: str,
+    state_file: str,
+    shard: Shard | None = None,
+    web_config: WebConfig | None = None,
+) -> None:
     """Run the daemon until SIGTERM/SIGINT; ValueError/OSError when it cannot listen."""
     parse_listen_address(listen_address)
-    asyncio.run(_serve(config, listen_address, state_file, shard))
+    asyncio.run(_serve(config, listen_address, state_file, shard, web_config))

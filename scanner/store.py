@@ -64,6 +64,7 @@ class ResultStore:
         self.path = path
         self._db = _open_state_file(path)
         self._records: dict[str, _Record] = {}
+        self.generation = 0  # changes whenever anything a reader sees changes
         # target -> address -> protocol -> status; kept for targets not (yet) configured, as in the file
         self._known: dict[str, dict[str, dict[Protocol, ProtocolStatus]]] = {}
         for target, address, protocol, state, last_change, changes in self._db.execute(
@@ -86,6 +87,7 @@ class ResultStore:
             record.target = target
             records[target.name] = record
         self._records = records
+        self.generation += 1
 
     def names(self) -> list[str]:
         """The configured targets' names, in config order."""
@@ -106,6 +108,7 @@ class ResultStore:
             record = self._records[name] = _Record(sweep.target)
         record.last_sweep = sweep
         record.sweeps += 1
+        self.generation += 1
         if sweep.addresses:
             record.addresses = [a.address for a in sweep.addresses]
         if sweep.complete:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from scanner.protocols import ALL_PROTOCOLS
@@ -16,8 +19,16 @@ from scanner.report import sweep_to_dict
 from scanner.results import ProtocolState
 from scanner.status import TargetStatus
 from scanner.store import ResultStore
+from scanner.webconfig import WebGuard
 
 RECENT_TRANSITIONS = 20
+MAX_QUEUED_SCRAPES = 64  # /metrics requests waiting for a render; more at once get 503
+# A connection must complete its request head within this long (and an idle keep-alive one is closed after it):
+# slow clients cannot hold connections open.
+HEADER_TIMEOUT_SECONDS = 5.0
+MAX_HEADER_BYTES = 8190  # per request line and per header field; aiohttp answers 400 beyond
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,12 +42,58 @@ class WebState:
     probe: Callable[[str, float | None], Awaitable[tuple[int, str]]]  # (target, scrape timeout) -> (status, body)
 
 
+class ScrapeQueue:
+    """One /metrics render at a time: scrapes queue for their turn (yielding to /-/healthy); past `limit`, 503."""
+
+    def __init__(self, render: Callable[[], str], limit: int = MAX_QUEUED_SCRAPES) -> None:
+        self._render = render
+        self._limit = limit
+        self._turn = asyncio.Semaphore(1)
+        self._queued = 0
+
+    async def body(self) -> bytes | None:
+        """The exposition, or None when too many scrapes are already waiting."""
+        if self._queued >= self._limit:
+            return None
+        self._queued += 1
+        try:
+            async with self._turn:
+                await asyncio.sleep(0)  # requests that arrived first (health checks) go before this render
+                return self._render().encode()
+        finally:
+            self._queued -= 1
+
+
 STATE = web.AppKey("state", WebState)
+SCRAPES = web.AppKey("scrapes", ScrapeQueue)
 
 
-def make_app(state: WebState) -> web.Application:
-    app = web.Application()
+def make_runner(app: web.Application) -> web.AppRunner:
+    """The server side of the app: bounded header time and size, and bad requests kept out of the error log."""
+    logging.getLogger("aiohttp.server").addFilter(_bad_request_filter)
+    return web.AppRunner(
+        app,
+        access_log=None,
+        keepalive_timeout=HEADER_TIMEOUT_SECONDS,
+        max_line_size=MAX_HEADER_BYTES,
+        max_field_size=MAX_HEADER_BYTES,
+    )
+
+
+def _bad_request_filter(record: logging.LogRecord) -> bool:
+    """A malformed or oversized request is the client's fault: one debug line, not an ERROR with a traceback."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        log.debug("bad HTTP request answered %s: %s", exc.code, exc.message)
+        return False
+    return True
+
+
+def make_app(state: WebState, guard: WebGuard) -> web.Application:
+    """Every endpoint, each behind the web config's basic auth and extra headers."""
+    app = web.Application(middlewares=[guard.middleware])
     app[STATE] = state
+    app[SCRAPES] = ScrapeQueue(state.metrics)
     app.router.add_get("/", status_page)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/targets", targets_api)
@@ -48,7 +105,9 @@ def make_app(state: WebState) -> web.Application:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[STATE].metrics().encode()
+    body = await request.app[SCRAPES].body()
+    if body is None:
+        return web.Response(status=503, text="too many scrapes at once\n", headers={"Retry-After": "1"})
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -7,6 +7,7 @@ import http.client
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -89,6 +90,8 @@ class Daemon(Managed):
         self.extra = extra
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self.tls: ssl.SSLContext | None = None  # set for a daemon serving HTTPS (--web.config.file)
+        self.authorization: str | None = None  # an Authorization header sent with every request
 
     @property
     def pid(self) -> int:
@@ -136,9 +139,14 @@ class Daemon(Managed):
 
     def request(self, method: str, path: str, timeout: float = 3.0) -> tuple[int, str, dict[str, str]]:
         """(status, body, headers) of one request to the daemon."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn: http.client.HTTPConnection
+        if self.tls is None:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        else:
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=self.tls)
         try:
-            conn.request(method, path)
+            headers = {} if self.authorization is None else {"Authorization": self.authorization}
+            conn.request(method, path, headers=headers)
             response = conn.getresponse()
             return response.status, response.read().decode(), dict(response.getheaders())
         finally:

@@ -3,6 +3,7 @@ real Prometheus that scrapes the daemon (with the deploy/ rules loaded) while an
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -226,6 +227,8 @@ def prometheus_config(tmp: Path, daemon_port: int, prometheus_port: int) -> Path
     config["rule_files"] = [str(RULES)]
     del config["alerting"]
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    for job in (jobs["tls-scanner"], jobs["tls-scanner-probe"]):
+        job["basic_auth"]["password_file"] = str(PROMETHEUS / "tls-scanner.password")
     jobs["tls-scanner"]["static_configs"] = [{"targets": [f"127.0.0.1:{daemon_port}"]}]
     probe = jobs["tls-scanner-probe"]
     probe.update(scrape_interval="5s", scrape_timeout="4s", static_configs=[{"targets": ["web"]}])
@@ -259,7 +262,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with contextlib.ExitStack() as cleanup:
         nginx = NginxLab([NginxServer("web", web, NGINX_ALL), *servers]).start()
         cleanup.callback(nginx.stop)
-        daemon = Daemon(config, tmp / "state.db", tmp / "daemon.log", *shard)
+        # The kit's web config: Prometheus scrapes with the kit's password, as in the Compose stack.
+        web_config = ["--web.config.file", str(DEPLOY / "web-config.yml")]
+        daemon = Daemon(config, tmp / "state.db", tmp / "daemon.log", *shard, *web_config)
+        password = (PROMETHEUS / "tls-scanner.password").read_text()
+        daemon.authorization = "Basic " + base64.b64encode(f"prometheus:{password}".encode()).decode()
         cleanup.callback(daemon.stop)
         daemon.start()
         started = time.time()

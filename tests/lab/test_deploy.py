@@ -3,6 +3,8 @@ Kubernetes manifests and the systemd unit, each checked with the tool that owns 
 
 from __future__ import annotations
 
+import base64
+import http.server
 import importlib.metadata
 import importlib.util
 import os
@@ -11,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from fnmatch import fnmatch
 from pathlib import Path
@@ -24,8 +27,9 @@ from packaging.utils import canonicalize_name
 
 from scanner.cli import build_parser
 from scanner.config import load_config
+from scanner.webconfig import WebConfig, WebGuard, load_web_config
 from tests.lab.daemon import require_binary
-from tests.lab.servers import missing
+from tests.lab.servers import free_ports, missing
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -340,6 +344,27 @@ def test_compose_structure_and_mounts() -> None:
         if d["type"] == "prometheus"
     ]
     assert datasource["url"] == "http://prometheus:9090" and datasource["uid"] == "prometheus"
+    # The scanner asks for the web config's basic auth, and Prometheus answers with the matching password.
+    command = services["tls-scanner"]["command"]
+    check_cli_args(command)
+    assert "--web.config.file=/etc/tls-scanner/web-config.yml" in command
+    assert mounts["tls-scanner"]["/etc/tls-scanner/web-config.yml"] == "./web-config.yml"
+    password_file = next(j for j in prometheus_yml["scrape_configs"] if j["job_name"] == "tls-scanner")["basic_auth"]
+    assert password_file["username"] == "prometheus"
+    assert mounts["prometheus"][password_file["password_file"]] == "./prometheus/tls-scanner.password"
+    assert_credentials_match(
+        load_web_config(str(DEPLOY / "web-config.yml")), "prometheus", (PROMETHEUS / "tls-scanner.password").read_text()
+    )
+
+
+def assert_credentials_match(web_config: WebConfig, user: str, password: str) -> None:
+    """The kit's scraper credentials pass the kit's web config."""
+    guard = WebGuard(web_config)
+    try:
+        assert guard.check("Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        assert not guard.check("Basic " + base64.b64encode(f"{user}:wrong".encode()).decode())
+    finally:
+        guard.close()
 
 
 def compose_command() -> list[str] | None:
@@ -418,6 +443,33 @@ def test_dockerfile_structure() -> None:
     # Dependencies come from the pinned constraints, then the project without resolving anything else.
     runs = " ".join(a for i, a in instructions if i == "RUN")
     assert "--requirement deploy/constraints.txt" in runs and "--no-deps --constraint deploy/constraints.txt ." in runs
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (401, True), (500, False), (None, False)])
+def test_docker_healthcheck_passes_on_200_and_401(status: int | None, healthy: bool) -> None:
+    """The image's HEALTHCHECK, run here: behind basic auth a 401 proves the server answers; errors do not."""
+    last = dict(dockerfile())
+    command = yaml.safe_load(last["HEALTHCHECK"].split("CMD", 1)[1])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status or 200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    port = server.server_port if status is not None else free_ports(1)[0]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        args = [sys.executable, *(a.replace("127.0.0.1:9913", f"127.0.0.1:{port}") for a in command[1:])]
+        result = subprocess.run(args, capture_output=True, timeout=30, check=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.returncode == 0) is healthy, result.stderr
 
 
 def dockerignored(path: str, patterns: list[str]) -> bool:
@@ -509,7 +561,7 @@ def test_kubernetes_core_objects_validate() -> None:
     version = kubernetes_validate.latest_version()
     objects = manifests()
     core = {k: v for k, v in objects.items() if not v["apiVersion"].startswith("monitoring.coreos.com/")}
-    assert set(core) == {"ConfigMap", "StatefulSet", "Service", "PodDisruptionBudget"}
+    assert set(core) == {"ConfigMap", "Secret", "StatefulSet", "Service", "PodDisruptionBudget"}
     for kind, document in core.items():
         try:
             kubernetes_validate.validate(document, version, strict=True)
@@ -547,9 +599,8 @@ def test_statefulset_service_monitor_and_budget_fit_together(tmp_path: Path) -> 
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["http-metrics"] and "http-metrics" in ports
     assert service["spec"]["ports"][0]["targetPort"] == "http-metrics"
-    assert (
-        c["livenessProbe"]["httpGet"]["path"] == "/-/healthy" and c["readinessProbe"]["httpGet"]["path"] == "/-/ready"
-    )
+    # Every endpoint asks for basic auth, so the kubelet probes the port.
+    assert c["livenessProbe"]["tcpSocket"]["port"] == c["readinessProbe"]["tcpSocket"]["port"] == "http-metrics"
     assert c["resources"]["requests"]["memory"] == "256Mi" and c["resources"]["limits"]["memory"] == "512Mi"
     env = {e["name"]: e for e in c["env"]}
     assert spec["replicas"] == 3 and env["SHARD_COUNT"]["value"] == str(spec["replicas"])
@@ -564,6 +615,16 @@ def test_statefulset_service_monitor_and_budget_fit_together(tmp_path: Path) -> 
     assert set(mounts) == set(volumes) | claims
     assert volumes["config"]["configMap"]["name"] == objects["ConfigMap"]["metadata"]["name"]
     assert mounts["config"] == "/etc/tls-scanner" and mounts["state"] == "/var/lib/tls-scanner"
+    # The web config comes from the Secret, and the ServiceMonitor scrapes with the Secret's credentials.
+    secret = objects["Secret"]
+    assert volumes["web"]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert f"--web.config.file={mounts['web']}/web-config.yml" in c["args"][0]
+    (tmp_path / "web-config.yml").write_text(secret["stringData"]["web-config.yml"])
+    auth = monitor["spec"]["endpoints"][0]["basicAuth"]
+    assert {auth["username"]["name"], auth["password"]["name"]} == {secret["metadata"]["name"]}
+    data = secret["stringData"]
+    web_config = load_web_config(str(tmp_path / "web-config.yml"))
+    assert_credentials_match(web_config, data[auth["username"]["key"]], data[auth["password"]["key"]])
     # The ConfigMap's config is one the scanner loads.
     (tmp_path / "endpoints.yaml").write_text(objects["ConfigMap"]["data"]["endpoints.yaml"])
     assert len(load_config(str(tmp_path / "endpoints.yaml")).targets) >= 1
@@ -675,6 +736,20 @@ def test_systemd_analyze_verify(unit_with_stub: Path) -> None:
     analyze = require_binary("systemd-analyze", "systemd")
     result = run(analyze, "verify", unit_with_stub, cwd=unit_with_stub.parent)
     # verify exits 0 on unknown directives too, warning on stderr: both must be clean.
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+
+
+def test_systemd_web_config_drop_in_verifies(unit_with_stub: Path) -> None:
+    """The drop-in the unit's comment gives for --web.config.file is one systemd accepts."""
+    analyze = require_binary("systemd-analyze", "systemd")
+    lines = UNIT.read_text().splitlines()
+    start = lines.index("#   [Service]")
+    drop_in = [line.removeprefix("#   ") for line in lines[start:] if line.startswith("#   ")]
+    assert any(line.startswith("Environment=TLS_SCANNER_ARGS=--web.config.file=") for line in drop_in)
+    directory = unit_with_stub.parent / "tls-scanner.service.d"
+    directory.mkdir()
+    (directory / "web.conf").write_text("\n".join(drop_in) + "\n")
+    result = run(analyze, "verify", unit_with_stub, cwd=unit_with_stub.parent)
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
 
 
