@@ -2,6 +2,7 @@
 
 once:   `--once` on N endpoints vs the sslyze CLI on the same endpoints; wall time, connections, peak RSS, matrix.
 daemon: the daemon on N targets; time until every target has a result, RSS, /metrics latency and size.
+web:    slowloris connections and a storm of concurrent scrapes; /-/healthy latency meanwhile (bench/web.py).
 
 Loopback only; every process started here is stopped by its pid; benchmarks run one after the other.
 """
@@ -33,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench import web  # noqa: E402
 from scanner.protocols import ALL_PROTOCOLS, Protocol  # noqa: E402
 from tests.lab.servers import NginxError, NginxLab, NginxServer, free_ports, wait_for  # noqa: E402
 
@@ -618,6 +620,25 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def bench_web(args: argparse.Namespace) -> dict[str, Any]:
+    n = args.web_targets
+    print(f"\n=== C. web: {args.slowloris} slow connections, then {args.scrapes} concurrent scrapes; {n} targets ===")
+    result: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tls-bench-web-")))
+        lab, _ = stack.enter_context(nginx_lab(n, args.nginx_workers))
+        config = work / "endpoints.yaml"
+        write_config(config, lab, timeout="5s", interval="60s")
+        roots = {"this": SCANNER_ROOT} | ({"peer": args.peer_root.resolve()} if args.peer_root else {})
+        for label, root in roots.items():
+            result[label] = web.run_web(root, config, lab.spare_port, n, args.slowloris, args.scrapes)
+            web.print_web(result[label], label)
+        if "peer" in result:
+            ours, peer = result["this"]["healthy_ms"]["max"], result["peer"]["healthy_ms"]["max"]
+            print(f"  /-/healthy max latency: this {ours:.1f} ms vs peer {peer:.1f} ms ({peer / max(ours, 0.1):.1f}x)")
+    return result
+
+
 def _stop_daemon(proc: subprocess.Popen[bytes], result: dict[str, Any]) -> None:
     if proc.poll() is not None:
         return
@@ -724,13 +745,17 @@ def _busy() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["once", "daemon", "all"])
+    parser.add_argument("which", choices=["once", "daemon", "web", "all"])
     parser.add_argument("--endpoints", type=int, default=40, help="once: nginx server blocks (default 40)")
     parser.add_argument("--targets", type=int, default=2000, help="daemon: nginx server blocks (default 2000)")
     parser.add_argument("--repeat", type=int, default=3, help="once: scanner runs, median reported (default 3)")
     parser.add_argument("--sslyze-timeout", type=float, default=300, help="once: cap on the sslyze CLI (s)")
     parser.add_argument("--round-timeout", type=float, default=150, help="daemon: cap on the first round (s)")
     parser.add_argument("--nginx-workers", type=int, default=1)
+    parser.add_argument("--web-targets", type=int, default=100, help="web: nginx server blocks (default 100)")
+    parser.add_argument("--slowloris", type=int, default=100, help="web: slow connections held open (default 100)")
+    parser.add_argument("--scrapes", type=int, default=2000, help="web: concurrent /metrics requests (default 2000)")
+    parser.add_argument("--peer-root", type=Path, default=None, help="web: another tree to attack side by side")
     parser.add_argument(
         "--scanner-root", type=Path, default=REPO, help="directory `python -m scanner` runs in (default: this repo)"
     )
@@ -756,6 +781,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["once"] = bench_once(args)
     if args.which in ("daemon", "all"):
         results["daemon"] = bench_daemon(args)
+    if args.which in ("web", "all"):
+        results["web"] = bench_web(args)
     results["total_s"] = time.monotonic() - started
     results["load_after"] = _busy()
     path = save(args.which, results)

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 PROBE_DEFAULT_TIMEOUT = 10.0  # seconds, when Prometheus does not say (it sends X-Prometheus-Scrape-Timeout-Seconds)
 PROBE_DEADLINE_MARGIN = 0.5
+# Connections the kernel queues for accept(): a burst of scrapes beyond the default 128 would drop SYNs, and a
+# health check caught in the drop waits a second for its retransmission (the kernel caps it at somaxconn).
+LISTEN_BACKLOG = 4096
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:
@@ -165,7 +168,7 @@ async def _serve(
     )
     runner = make_runner(make_app(state, service.web))
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=service.web.ssl_context())
+    site = web.TCPSite(runner, host, port, ssl_context=service.web.ssl_context(), backlog=LISTEN_BACKLOG)
     await site.start()
     log.info("listening on %s", listen_address)
     loop = asyncio.get_running_loop()
