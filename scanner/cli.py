@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import enum
+import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TextIO
 
 from scanner import __version__
-from scanner.config import Config, TargetConfig, load_config
-from scanner.errors import ConfigError
+from scanner.config import Config, TargetConfig, load_config, parse_config
+from scanner.errors import ConfigError, StateFileError
 from scanner.logs import setup_logging
 from scanner.policy import verdict
 from scanner.probe import Prober
@@ -20,8 +22,20 @@ from scanner.results import SweepResult
 from scanner.targets import ALL, Shard, expand
 
 DEFAULT_CONFIG = "config/endpoints.yaml"
+DEFAULT_FORMAT = "table"
 DEFAULT_LISTEN_ADDRESS = ":9913"
 DEFAULT_STATE_FILE = "tls-scanner.db"
+CONFIG_FROM_STDIN = "-"  # --config - reads the config from standard input
+COMMAND_LINE = "<command line>"  # the name errors give the HOST[:PORT] arguments
+
+# Flags that mean something in one mode only, by argparse dest; given in another mode they are refused (exit 2)
+# rather than ignored. Their argparse default is None, so that "given" can be told from "defaulted".
+ONCE_ONLY = {"format": "--format"}
+DAEMON_ONLY = {
+    "listen_address": "--web.listen-address",
+    "web_config_file": "--web.config.file",  # also with --check-config, which validates it
+    "state_file": "--state-file",
+}
 
 
 class ExitCode(enum.IntEnum):
@@ -39,17 +53,30 @@ def build_parser() -> argparse.ArgumentParser:
         description="Record which SSL/TLS versions each endpoint accepts; export them to Prometheus.",
     )
     parser.add_argument(
-        "--config", default=DEFAULT_CONFIG, metavar="PATH", help=f"YAML config (default {DEFAULT_CONFIG})"
+        "targets",
+        nargs="*",
+        metavar="HOST[:PORT]",
+        help="--once: scan these targets too ([v6]:port for IPv6), with the built-in defaults; no config needed",
     )
-    parser.add_argument("--check-config", action="store_true", help="validate the config and exit (0 valid, 2 invalid)")
-    parser.add_argument("--once", action="store_true", help="sweep every target once, print a report, exit")
     parser.add_argument(
-        "--format", choices=["table", "json", "prometheus"], default="table", help="--once output (default table)"
+        "--config",
+        default=None,
+        metavar="PATH",
+        help=f"YAML config, - for standard input (default {DEFAULT_CONFIG}; none when HOST[:PORT] targets are given)",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check-config", action="store_true", help="validate the config and exit (0 valid, 2 invalid)")
+    mode.add_argument("--once", action="store_true", help="sweep every target once, print a report, exit")
+    parser.add_argument(
+        "--format",
+        choices=["table", "json", "prometheus"],
+        default=None,
+        help=f"--once output (default {DEFAULT_FORMAT})",
     )
     parser.add_argument(
         "--web.listen-address",
         dest="listen_address",
-        default=DEFAULT_LISTEN_ADDRESS,
+        default=None,
         metavar="[HOST]:PORT",
         help=f"daemon: address for /metrics and the status page (default {DEFAULT_LISTEN_ADDRESS})",
     )
@@ -62,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--state-file",
-        default=DEFAULT_STATE_FILE,
+        default=None,
         metavar="PATH",
         help=f"daemon: SQLite state (default {DEFAULT_STATE_FILE})",
     )
@@ -86,14 +113,65 @@ def _shard(text: str) -> Shard:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def misused(args: argparse.Namespace) -> str | None:
+    """Why these flags do not go together (a flag of another mode, targets without --once), or None."""
+    mode = "--check-config" if args.check_config else "--once" if args.once else None
+    if args.targets and mode != "--once":
+        return "HOST[:PORT] targets on the command line only apply with --once"
+    if mode != "--once":
+        for dest, flag in ONCE_ONLY.items():
+            if getattr(args, dest) is not None:
+                return f"{flag} only applies with --once"
+    if mode is not None:
+        for dest, flag in DAEMON_ONLY.items():
+            if getattr(args, dest) is not None and not (mode == "--check-config" and dest == "web_config_file"):
+                return f"{flag} only applies to the daemon, not with {mode}"
+    elif args.config == CONFIG_FROM_STDIN:
+        return "--config - only applies with --once or --check-config: the daemon re-reads its config file on reload"
+    return None
+
+
+def command_line_config(specs: Sequence[str], base: Config | None) -> Config:
+    """`base` (the --config file) plus the HOST[:PORT] targets not already in it, which get the built-in defaults.
+
+    Each spec goes through the config parser as a JSON-quoted short-form entry, so it is validated exactly as in a
+    file. A target is scanned once: a spec that is the name of one of `base`'s targets stands for it, and a name
+    given twice (`example.org`, `example.org:443`) or already in `base` is not added again.
+    """
+    taken = {t.name for t in base.targets} if base is not None else set()
+    parsed: Config | None = None
+    added: list[TargetConfig] = []
+    for spec in dict.fromkeys(specs):
+        if spec in taken:
+            continue
+        parsed = parse_config(f"targets: [{json.dumps(spec)}]\n", COMMAND_LINE)
+        for target in parsed.targets:
+            if target.name not in taken:
+                taken.add(target.name)
+                added.append(target)
+    if base is not None:
+        return replace(base, targets=base.targets + tuple(added))
+    assert parsed is not None  # without a base, every spec was parsed
+    return replace(parsed, targets=tuple(added))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
+    problem = misused(args)
+    if problem is not None:
+        print(f"tls-scanner: {problem}", file=sys.stderr)
+        return ExitCode.USAGE
     setup_logging(args.log_level, args.log_format)
     try:
-        config = load_config(args.config)
+        config = None
+        if args.config is not None or not args.targets:  # targets alone: no config file
+            config = load_config(DEFAULT_CONFIG if args.config is None else args.config)
+        if args.targets:
+            config = command_line_config(args.targets, config)
     except ConfigError as exc:
         print(f"tls-scanner: {exc}", file=sys.stderr)
         return ExitCode.USAGE
+    assert config is not None
     web_config = None
     if args.web_config_file is not None:
         from scanner.webconfig import load_web_config  # bcrypt and aiohttp: only the daemon needs them
@@ -106,16 +184,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     shard = args.shard or ALL
     if args.check_config:
         count = len(expand(config, shard))
-        print(f"{args.config}: OK, {count} targets{' on this shard' if args.shard else ''}", file=sys.stderr)
+        print(f"{config.path}: OK, {count} targets{' on this shard' if args.shard else ''}", file=sys.stderr)
         return ExitCode.OK
     if args.once:
-        return run_once(config, args.format, sys.stdout, sys.stderr, shard)
+        output_format = DEFAULT_FORMAT if args.format is None else args.format
+        return run_once(config, output_format, sys.stdout, sys.stderr, shard)
     # Imported here: aiohttp costs a one-shot --once run a fifth of its start-up.
     from scanner.service import serve
 
+    listen_address = DEFAULT_LISTEN_ADDRESS if args.listen_address is None else args.listen_address
+    state_file = DEFAULT_STATE_FILE if args.state_file is None else args.state_file
     try:
-        serve(config, args.listen_address, args.state_file, args.shard, web_config)
-    except (ValueError, OSError) as exc:
+        serve(config, listen_address, state_file, args.shard, web_config)
+    except (ValueError, OSError, StateFileError) as exc:
         print(f"tls-scanner: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     return ExitCode.OK

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import ipaddress
 import json
 import math
 import os
 import re
+import stat
+import sys
 import time
 import typing
 from dataclasses import dataclass, field, replace
@@ -23,6 +26,12 @@ DEFAULT_CONCURRENCY = 64
 DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_RANGE_ENDPOINTS = 65536  # a /16 on one port
+DEFAULT_CONFIRM_SWEEPS = 2
+MAX_RANGE_ENDPOINTS = 2**24  # the most max_range_endpoints may allow
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MAX_ALIAS_NODES = 1_000_000  # nodes YAML aliases may add to the document (a "billion laughs" bound)
+MAX_DURATION = 86400.0  # one day: timers past it are a mistake, and far past it overflow
+STDIN = "<stdin>"  # the name of a config read from standard input (`--config -`)
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,13 @@ class ProbeSettings:
     allow: tuple[str, ...] = ()  # CIDR networks and host name patterns (fnmatch, e.g. *.example.org)
     max_concurrent: int = 4
 
+    @property
+    def open_to_everything(self) -> bool:
+        """Whether `allow` lets /probe scan anything: a network with prefix length 0, or a name pattern of only `*`."""
+        return any(
+            ipaddress.ip_network(entry).prefixlen == 0 if "/" in entry else not entry.strip("*") for entry in self.allow
+        )
+
 
 @dataclass(frozen=True)
 class Politeness:
@@ -122,6 +138,7 @@ class TargetConfig:
     client_cert: ClientCert | None = None
     https_proxy: str | None = None  # http://host:port, CONNECT tunnel
     range: str | None = None  # set for endpoints expanded from a `network:` range
+    confirm_sweeps: int = DEFAULT_CONFIRM_SWEEPS  # sweeps a flip seen only as a closed/reset connection must hold
 
     @property
     def endpoint(self) -> Endpoint:
@@ -165,7 +182,13 @@ class SafeConfig:
         self.last_success_at = time.time()
 
     def reload(self) -> Config:
-        """Re-read the config file; on ConfigError the old config stays in force."""
+        """Re-read the config file; on ConfigError the old config stays in force.
+
+        A config that did not come from a file (standard input, `<...>` names given to parse_config) cannot be read
+        again: it stays in force as it is.
+        """
+        if not _names_a_file(self.config.path):
+            return self.config
         try:
             config = load_config(self.config.path)
         except ConfigError:
@@ -194,6 +217,8 @@ _EXPECT_KEYS = ("accept", "reject", "http_ok")
 _HTTP_KEYS = ("path", "method", "host")
 # The scanner's own metric labels; a user label of the same name would clash with them.
 _RESERVED_LABELS = ("target", "protocol", "reason", "address", "name", "host", "port")
+# Labels Prometheus itself sets or gives a meaning (scrape target, histogram bucket, summary quantile).
+_PROMETHEUS_LABELS = ("job", "instance", "le", "quantile")
 
 _KNOWN_PROTOCOLS = ", ".join(ALL_PROTOCOLS)
 _DURATION_RE = re.compile(r"(-?)([0-9]+(?:\.[0-9]+)?|\.[0-9]+)(ms|s|m|h)")
@@ -204,6 +229,8 @@ _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
 _METHOD_RE = re.compile(r"[A-Z]+")
 _VISIBLE_ASCII_RE = re.compile(r"[\x21-\x7e]+")  # these strings go verbatim into an HTTP request
 _UNQUOTED_IPV6_RE = re.compile(r"\s*-?\s*\[[0-9A-Fa-f:.%]*\]:")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_NOT_UTF8 = "is not valid UTF-8 (surrogate code point)"
 
 
 def parse_duration(text: str) -> float:
@@ -223,6 +250,8 @@ def _positive_seconds(seconds: float, shown: str) -> float:
         raise ValueError(f"bad duration {shown}: must be greater than 0")
     if math.isinf(seconds):
         raise ValueError(f"bad duration {shown}: too large")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"bad duration {shown}: must be at most 1 day (24h)")
     return seconds
 
 
@@ -237,6 +266,9 @@ class _Invalid(Exception):
 
 _ProtoLines = dict[Protocol, int]  # protocol -> line it was written on, in the order written
 _Pairs = dict[str, tuple[yaml.Node, yaml.Node]]  # key -> (key node, value node)
+# The keys of each mapping read so far in the config being parsed, by id(node): aliases share nodes, so a merge
+# chain is followed once, not once per reference to it.
+_PAIRS_READ: contextvars.ContextVar[dict[int, _Pairs]] = contextvars.ContextVar("_PAIRS_READ")
 
 
 class _Given(typing.NamedTuple):
@@ -251,29 +283,193 @@ _Layer = dict[str, _Given]  # per-target settings written at one level (defaults
 
 
 def load_config(path: str | Path) -> Config:
-    """Read, parse and validate the config at `path`; raise ConfigError on anything wrong."""
-    name = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(name, 1, f"cannot read config: {exc.strerror or exc}") from exc
+    """Read, parse and validate the config at `path` ("-": standard input); raise ConfigError on anything wrong."""
+    name = STDIN if str(path) == "-" else str(path)
+    data = _read_stdin() if name == STDIN else _read_file(path, name)
     try:
         if b"\0" in data:
             raise UnicodeError("NUL byte")
         text = data.decode("utf-8")
     except UnicodeError:
         raise ConfigError(name, 1, "not a text file (binary or not UTF-8)") from None
+    return parse_config(text, name)
+
+
+def parse_config(text: str, name: str) -> Config:
+    """Parse and validate config text; `name` stands for its source in messages and in Config.path."""
+    if len(text) > MAX_CONFIG_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
+        raise ConfigError(name, 1, _TOO_LARGE)
     root = _compose(name, text)
+    token = _PAIRS_READ.set({})
     try:
         return _build(name, root)
     except _Invalid as exc:
         raise ConfigError(name, exc.line, exc.message) from None
+    finally:
+        _PAIRS_READ.reset(token)
+
+
+_TOO_LARGE = f"config is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB"
+_FILE_KINDS = {
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _names_a_file(path: str) -> bool:
+    """Whether a Config.path names a file (not `<stdin>` or another `<...>` source)."""
+    return not (path.startswith("<") and path.endswith(">"))
+
+
+def _read_file(path: str | Path, name: str) -> bytes:
+    """Read a regular file of at most MAX_CONFIG_BYTES; devices, FIFOs and sockets are refused before any read."""
+    try:
+        _check_regular(os.stat(path), name)
+        # O_NONBLOCK: should the path be swapped for a FIFO after the stat, opening it still does not wait.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            _check_regular(info, name)
+            if info.st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(name, 1, _TOO_LARGE)
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(name, 1, f"cannot read config: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # a NUL character in the path
+        raise ConfigError(name, 1, f"cannot read config: {exc}") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(name, 1, _TOO_LARGE)
+    return data
+
+
+def _check_regular(info: os.stat_result, name: str) -> None:
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(name, 1, "cannot read config: Is a directory")
+    if not stat.S_ISREG(info.st_mode):
+        kind = _FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a file")
+        raise ConfigError(name, 1, f"cannot read config: {kind}, not a regular file (for standard input use -)")
+
+
+def _read_stdin() -> bytes:
+    """Read standard input to its end, at most MAX_CONFIG_BYTES."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        raise ConfigError(STDIN, 1, "cannot read config: no standard input")
+    try:
+        data = stream.read(MAX_CONFIG_BYTES + 1) or b""
+    except OSError as exc:
+        raise ConfigError(STDIN, 1, f"cannot read config: {exc.strerror or exc}") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(STDIN, 1, _TOO_LARGE)
+    return bytes(data)
+
+
+class _AliasBomb(Exception):
+    """Aliases in the document add more than MAX_ALIAS_NODES nodes; raised at the alias that crosses the bound."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe composer, counting the nodes each alias brings in (as a walk of the tree would meet them)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.alias_nodes = 0
+        self._open: list[str] = []  # anchors of the nodes still being composed
+        self._sizes: dict[int, int] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            node = self.anchors.get(event.anchor)
+            if node is not None:
+                unfinished = {id(self.anchors[anchor]) for anchor in self._open if anchor in self.anchors}
+                self.alias_nodes += _tree_size(node, self._sizes, unfinished)
+                if self.alias_nodes > MAX_ALIAS_NODES:
+                    raise _AliasBomb(event.start_mark.line + 1 if event.start_mark else 1)
+            return super().compose_node(parent, index)
+        anchor = getattr(event, "anchor", None)
+        if anchor is None:
+            return super().compose_node(parent, index)
+        self._open.append(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open.pop()
+
+
+class _SizeFrame:
+    """One node on _tree_size's stack: the children left to visit, the count when it was entered."""
+
+    __slots__ = ("children", "node", "start", "unsure")
+
+    def __init__(self, node: yaml.Node, start: int) -> None:
+        self.node = node
+        self.start = start
+        self.unsure = False  # it reaches an unfinished node or a cycle: its size may still grow, so is not kept
+        if isinstance(node, yaml.SequenceNode):
+            self.children: list[yaml.Node] = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            self.children = [child for pair in node.value for child in pair]
+        else:
+            self.children = []
+
+
+def _tree_size(root: yaml.Node, sizes: dict[int, int], unfinished: set[int]) -> int:
+    """How many nodes a walk of `root` as a tree meets (a shared node once per path to it), up to MAX_ALIAS_NODES + 1.
+
+    Iterative, and stops at the bound, so a "billion laughs" costs no more than the bound; sizes of finished
+    subtrees are kept in `sizes`. A node still being composed, or met again below itself, counts once.
+    """
+    cap = MAX_ALIAS_NODES + 1
+    if id(root) in sizes:
+        return sizes[id(root)]
+    stack = [_SizeFrame(root, 0)]
+    stack[0].unsure = id(root) in unfinished
+    on_stack = {id(root)}
+    count = 1
+    while stack:
+        if count >= cap:
+            return cap
+        frame = stack[-1]
+        if frame.children:
+            child = frame.children.pop()
+            if id(child) in sizes:
+                count += sizes[id(child)]
+            elif id(child) in on_stack or id(child) in unfinished:
+                count += 1
+                frame.unsure = True
+            else:
+                on_stack.add(id(child))
+                stack.append(_SizeFrame(child, count))
+                count += 1
+            continue
+        stack.pop()
+        on_stack.discard(id(frame.node))
+        if not frame.unsure:
+            sizes[id(frame.node)] = count - frame.start
+        elif stack:
+            stack[-1].unsure = True
+    return count
 
 
 def _compose(name: str, text: str) -> yaml.Node | None:
     """Parse `text` into a node tree, turning YAML errors into ConfigError at the problem's line."""
+    loader: _Loader | None = None
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _Loader(text)  # the reader checks every character here
+        return loader.get_single_node()
+    except _AliasBomb as exc:
+        message = f"YAML aliases expand the config past {MAX_ALIAS_NODES} nodes here (each alias repeats its anchor)"
+        raise ConfigError(name, exc.line, message) from None
+    except (ValueError, OverflowError):  # PyYAML's chr() on a \U escape past U+10FFFF
+        line = loader.line + 1 if loader is not None else 1
+        raise ConfigError(name, line, "invalid YAML: escape beyond U+10FFFF") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -291,6 +487,9 @@ def _compose(name: str, text: str) -> yaml.Node | None:
         raise ConfigError(name, 1, f"invalid YAML: {exc}") from exc
     except RecursionError:
         raise ConfigError(name, 1, "invalid YAML: nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def _build(name: str, root: yaml.Node | None) -> Config:
@@ -340,7 +539,12 @@ def _build(name: str, root: yaml.Node | None) -> Config:
         targets.append(target)
     max_range_endpoints = DEFAULT_MAX_RANGE_ENDPOINTS
     if "max_range_endpoints" in pairs:
-        max_range_endpoints = _positive_int(pairs["max_range_endpoints"][1], "max_range_endpoints")
+        node = pairs["max_range_endpoints"][1]
+        max_range_endpoints = _positive_int(node, "max_range_endpoints")
+        if max_range_endpoints > MAX_RANGE_ENDPOINTS:
+            raise _Invalid(
+                node, f"max_range_endpoints: expected an integer 1-{MAX_RANGE_ENDPOINTS}, got {_describe(node)}"
+            )
     total = 0
     for entry in ranges:
         total += entry.size
@@ -428,9 +632,15 @@ def _politeness(node: yaml.Node) -> Politeness:
     if "connections_per_second" in pairs:
         rate_node = pairs["connections_per_second"][1]
         number = _number(rate_node)
-        if number is None or number < 0 or math.isinf(number):
+        if number is None or number < 0 or not math.isfinite(number):
             raise _Invalid(
                 rate_node, f"politeness.connections_per_second: expected a number >= 0, got {_describe(rate_node)}"
+            )
+        if 0 < number < 1 / MAX_DURATION:
+            raise _Invalid(
+                rate_node,
+                f"politeness.connections_per_second: {_describe(rate_node)} is less than one connection a day; "
+                "0 turns the limit off",
             )
         rate = number
     return Politeness(connections_per_address=per_address, connections_per_second=rate)
@@ -593,11 +803,24 @@ def _client_cert(node: yaml.Node) -> ClientCert:
     return ClientCert(**paths)
 
 
+def _confirm_sweeps(node: yaml.Node) -> int:
+    value = _int(node)
+    if value is None or not 1 <= value <= 10:
+        raise _Invalid(node, f"confirm_sweeps: expected an integer 1-10, got {_describe(node)}")
+    return value
+
+
 def _https_proxy(node: yaml.Node) -> str:
     url = _str(node, "https_proxy")
     match = re.fullmatch(r"http://([^/:@\s]+|\[[0-9A-Fa-f:]+\]):([0-9]{1,5})/?", url)
     if match is None or not 1 <= int(match.group(2)) <= 65535:
         raise _Invalid(node, f"https_proxy: expected http://host:port, got {_quote(url)}")
+    host = match.group(1)
+    if host.startswith("["):
+        if not is_ip(host[1:-1]):
+            raise _Invalid(node, f"https_proxy: expected http://host:port, got {_quote(url)}")
+    elif not is_ip(host):
+        _check_hostname(host, node, "https_proxy host")
     return url
 
 
@@ -641,30 +864,67 @@ def _in(what: str) -> str:
     return "at top level" if what == "top level" else f"in {what}"
 
 
-def _pairs(node: yaml.MappingNode, what: str, seen: frozenset[int] = frozenset()) -> _Pairs:
-    """Return key -> (key node, value node) in file order, applying `<<` merges and rejecting duplicate keys."""
-    if id(node) in seen:
-        raise _Invalid(node, f"{what}: recursive merge")
-    explicit: _Pairs = {}
-    merged: _Pairs = {}
-    for key_node, value_node in node.value:
+class _MergeFrame:
+    """One mapping on _pairs' stack: its pairs left to read, its own keys, the keys merged into it so far."""
+
+    __slots__ = ("explicit", "items", "merged", "node", "sources")
+
+    def __init__(self, node: yaml.MappingNode) -> None:
+        self.node = node
+        self.items: typing.Iterator[tuple[yaml.Node, yaml.Node]] = iter(node.value)
+        self.sources: typing.Iterator[yaml.Node] = iter(())  # of the `<<` key being read
+        self.explicit: _Pairs = {}
+        self.merged: _Pairs = {}
+
+
+def _pairs(node: yaml.MappingNode, what: str) -> _Pairs:
+    """Return key -> (key node, value node) in file order, applying `<<` merges and rejecting duplicate keys.
+
+    Merges are followed with a stack of our own, not by recursion, so a long chain of them is no RecursionError.
+    """
+    done = _PAIRS_READ.get({})
+    if id(node) in done:
+        return done[id(node)]
+    stack = [_MergeFrame(node)]
+    on_stack = {id(node)}
+    while True:
+        frame = stack[-1]
+        source = next(frame.sources, None)
+        if source is not None:
+            if not isinstance(source, yaml.MappingNode):
+                raise _Invalid(source, f"<<: expected a mapping to merge, got {_describe(source)}")
+            if id(source) in on_stack:
+                raise _Invalid(source, f"{what}: recursive merge")
+            if id(source) in done:
+                for key, pair in done[id(source)].items():
+                    frame.merged.setdefault(key, pair)
+            else:
+                stack.append(_MergeFrame(source))
+                on_stack.add(id(source))
+            continue
+        item = next(frame.items, None)
+        if item is None:
+            stack.pop()
+            on_stack.discard(id(frame.node))
+            pairs = {key: pair for key, pair in frame.merged.items() if key not in frame.explicit} | frame.explicit
+            pairs = dict(sorted(pairs.items(), key=lambda entry: entry[1][0].start_mark.index))
+            done[id(frame.node)] = pairs
+            if not stack:
+                return pairs
+            for key, pair in pairs.items():
+                stack[-1].merged.setdefault(key, pair)
+            continue
+        key_node, value_node = item
         if key_node.tag == _MERGE:
-            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-            for source in sources:
-                if not isinstance(source, yaml.MappingNode):
-                    raise _Invalid(source, f"<<: expected a mapping to merge, got {_describe(source)}")
-                for key, pair in _pairs(source, what, seen | {id(node)}).items():
-                    merged.setdefault(key, pair)
+            frame.sources = iter(value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node])
             continue
         if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR:
             raise _Invalid(key_node, f"{what}: keys must be strings, got {_describe(key_node)}")
         key = key_node.value
-        if key in explicit:
-            first = _line(explicit[key][0])
+        if key in frame.explicit:
+            first = _line(frame.explicit[key][0])
             raise _Invalid(key_node, f"duplicate key {_quote(key)} {_in(what)} (first on line {first})")
-        explicit[key] = (key_node, value_node)
-    pairs = {key: pair for key, pair in merged.items() if key not in explicit} | explicit
-    return dict(sorted(pairs.items(), key=lambda item: item[1][0].start_mark.index))
+        frame.explicit[key] = (key_node, value_node)
 
 
 def _host_port(text: str, node: yaml.Node) -> tuple[str, int | None]:
@@ -716,8 +976,16 @@ def _check_hostname(text: str, node: yaml.Node, what: str) -> None:
         raise _Invalid(node, f"{what} {_quote(text)} must be ASCII: write internationalized names as xn--...")
     if any(char.isspace() or not char.isprintable() for char in text):
         raise _Invalid(node, f"{what} {_quote(text)} must not contain spaces or control characters")
-    if not _HOSTNAME_RE.fullmatch(text) or len(text) > 253:
+    if not _HOSTNAME_RE.fullmatch(text) or len(text.removesuffix(".")) > 253:
         raise _Invalid(node, f"{what} {_quote(text)} is not a valid host name")
+    for label in text.removesuffix(".").split("."):
+        problem = ""
+        if len(label) > 63:
+            problem = "is longer than 63 characters"
+        elif label.startswith("-") or label.endswith("-"):
+            problem = 'starts or ends with "-"'
+        if problem:
+            raise _Invalid(node, f"{what} {_quote(text)} is not a valid host name: label {_quote(label)} {problem}")
 
 
 def is_ip(text: str) -> bool:
@@ -743,12 +1011,16 @@ def _sni(node: yaml.Node) -> str | bool:
 
 def _duration(node: yaml.Node, key: str) -> float:
     """Parse a duration given as text with a unit, or as a bare number of seconds."""
+    if isinstance(node, yaml.ScalarNode) and _sexagesimal(node):
+        value = _base_60(node)
+        seconds = f"the base-60 number {value}; write {value}s" if value else "a base-60 number; write e.g. 90s"
+        raise _Invalid(node, f"{key}: {_short(node.value)} is read by YAML 1.1 as {seconds}")
     try:
         if isinstance(node, yaml.ScalarNode) and node.tag == _STR:
             return parse_duration(node.value)
         number = _number(node)
         if number is not None:
-            return _positive_seconds(number, node.value)
+            return _positive_seconds(number, _short(node.value))
     except ValueError as exc:
         raise _Invalid(node, f"{key}: {exc}") from None
     raise _Invalid(node, f"{key}: expected a duration such as 500ms, 3s, 5m, 1h, got {_describe(node)}")
@@ -812,9 +1084,14 @@ def _labels(node: yaml.Node) -> dict[str, str]:
         if key in _RESERVED_LABELS:
             reserved = ", ".join(_RESERVED_LABELS)
             raise _Invalid(key_node, f"label name {_quote(key)} is reserved for the scanner's own labels ({reserved})")
+        if key in _PROMETHEUS_LABELS:
+            reserved = ", ".join(_PROMETHEUS_LABELS)
+            raise _Invalid(key_node, f"label name {_quote(key)} is reserved for Prometheus' own labels ({reserved})")
         if not isinstance(value_node, yaml.ScalarNode) or value_node.tag != _STR:
             message = f"label {_quote(key)}: expected a string value, got {_describe(value_node)}"
             raise _Invalid(value_node, message + _quote_hint(value_node))
+        if not _is_utf8(value_node.value):
+            raise _Invalid(value_node, f"label {_quote(key)}: value {_quote(value_node.value)} {_NOT_UTF8}")
         labels[key] = value_node.value
     return labels
 
@@ -823,7 +1100,18 @@ def _str(node: yaml.Node, key: str) -> str:
     """Return a string scalar's text, or raise naming `key`."""
     if not isinstance(node, yaml.ScalarNode) or node.tag != _STR:
         raise _Invalid(node, f"{key}: expected a string, got {_describe(node)}{_quote_hint(node)}")
+    if not _is_utf8(node.value):
+        raise _Invalid(node, f"{key}: {_quote(node.value)} {_NOT_UTF8}")
     return str(node.value)
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether `text` encodes as UTF-8 (YAML's \\ud800 escapes give lone surrogates, which do not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _quote_hint(node: yaml.Node) -> str:
@@ -832,24 +1120,46 @@ def _quote_hint(node: yaml.Node) -> str:
 
 
 def _int(node: yaml.Node) -> int | None:
-    """Return an integer scalar's value (not a boolean, not a quoted number), else None."""
-    if not isinstance(node, yaml.ScalarNode) or node.tag != _INT:
+    """Return an integer scalar's value (not a boolean, not a quoted number, not base 60), else None."""
+    if not isinstance(node, yaml.ScalarNode) or node.tag != _INT or _sexagesimal(node):
         return None
     try:
         return yaml.constructor.SafeConstructor().construct_yaml_int(node)
-    except ValueError:  # an explicit !!int tag on text that is not a number
+    except (ValueError, IndexError):  # an explicit !!int tag on text that is not a number
         return None
 
 
 def _number(node: yaml.Node) -> float | None:
-    """Return an integer or float scalar's value as a float, else None."""
-    if isinstance(node, yaml.ScalarNode) and node.tag == _FLOAT:
+    """Return an integer or float scalar's value (not base 60) as a float, else None."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == _FLOAT and not _sexagesimal(node):
         try:
             return yaml.constructor.SafeConstructor().construct_yaml_float(node)
-        except ValueError:
+        except (ValueError, IndexError):
             return None
     value = _int(node)
-    return None if value is None else float(value)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _sexagesimal(node: yaml.Node) -> bool:
+    """Whether YAML 1.1 reads this scalar as a base-60 number (`1:30` is 90), which nobody means."""
+    return isinstance(node, yaml.ScalarNode) and node.tag in (_INT, _FLOAT) and ":" in node.value
+
+
+def _base_60(node: yaml.ScalarNode) -> str:
+    """The value YAML 1.1 gives a base-60 scalar, as text ("" when too long to be worth working out)."""
+    if len(node.value) > 40:
+        return ""
+    constructor = yaml.constructor.SafeConstructor()
+    try:
+        value = constructor.construct_yaml_int(node) if node.tag == _INT else constructor.construct_yaml_float(node)
+    except (ValueError, IndexError):
+        return ""
+    return _short(f"{value:g}" if isinstance(value, float) else str(value))
 
 
 def _bool(node: yaml.Node) -> bool | None:
@@ -872,19 +1182,32 @@ def _describe(node: yaml.Node) -> str:
         return "list"
     if node.tag == _STR:
         return _quote(node.value)
+    if isinstance(node, yaml.ScalarNode) and _sexagesimal(node):
+        value = _base_60(node)
+        return f"{_short(node.value)} (YAML 1.1 reads it in base 60{': ' + value if value else ''})"
     if node.tag in (_INT, _FLOAT) and _number(node) is not None:
-        return str(node.value)
+        return _short(str(node.value))
     if node.tag == _NULL:
         return "null"
     kind = _KINDS.get(node.tag, "a value tagged " + node.tag.replace("tag:yaml.org,2002:", "!!"))
-    return f"{kind} {node.value}"
+    return f"{_short(kind)} {_short(str(node.value))}"
 
 
 def _quote(text: str) -> str:
     """Quote user text for a message, escaping control characters and shortening long values."""
     if len(text) > 60:
         text = text[:57] + "..."
-    return json.dumps(text, ensure_ascii=False)
+    return _escape_surrogates(json.dumps(text, ensure_ascii=False))
+
+
+def _short(text: str) -> str:
+    """Shorten unquoted user text (a number, a tag) for a message."""
+    return _escape_surrogates(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _escape_surrogates(text: str) -> str:
+    """Write lone surrogates as \\uXXXX, so that a message always encodes (as the YAML escape that made them)."""
+    return _SURROGATE_RE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 # The keys shared by defaults, targets and ranges: each parses into the TargetConfig field of the same name.
@@ -900,6 +1223,7 @@ _LAYER_PARSERS: dict[str, typing.Callable[[yaml.Node], typing.Any]] = {
     "starttls": lambda node: _choice(node, "starttls", StartTls),
     "client_cert": _client_cert,
     "https_proxy": _https_proxy,
+    "confirm_sweeps": _confirm_sweeps,
 }
 # Keys whose default and target values combine instead of the target's replacing the default's.
 _MERGED: dict[str, typing.Callable[[_Given | None, _Given | None], typing.Any]] = {

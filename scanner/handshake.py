@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nassl import _nassl
@@ -54,15 +53,46 @@ _TLS13_ALL_SUITES = (
 )
 _TLS13_DEFAULT_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
-# First every suite the version can use, then sslyze's shorter fallback for servers that choke on a long hello.
-CIPHER_LISTS: Mapping[Protocol, tuple[str, ...]] = {
-    Protocol.SSLv2: ("SSLv2",),
-    Protocol.SSLv3: ("ALL:COMPLEMENTOFALL:-PSK:-SRP", "DEFAULT"),
-    Protocol.TLSv1_0: ("ALL:COMPLEMENTOFALL:-PSK:-SRP", "DEFAULT"),
-    Protocol.TLSv1_1: ("ALL:COMPLEMENTOFALL:-PSK:-SRP", "DEFAULT"),
-    Protocol.TLSv1_2: ("ALL:COMPLEMENTOFALL:-PSK:-SRP", "DEFAULT"),
-    Protocol.TLSv1_3: (_TLS13_ALL_SUITES, _TLS13_DEFAULT_SUITES),
-}
+_ALL_SUITES = "ALL:COMPLEMENTOFALL:-PSK:-SRP"
+# nassl's legacy OpenSSL (1.0.2) still has what the modern one dropped: RC4, NULL, anonymous, export, DES, 3DES.
+_LEGACY_ALL_SUITES = "ALL:COMPLEMENTOFALL"
+# A hello with every suite the version can use; then sslyze's shorter one, for servers that choke on a long hello.
+_FULL = {p: _ALL_SUITES for p in Protocol} | {Protocol.SSLv2: "SSLv2", Protocol.TLSv1_3: _TLS13_ALL_SUITES}
+_SHORT = {p: "DEFAULT" for p in Protocol} | {Protocol.SSLv2: "SSLv2", Protocol.TLSv1_3: _TLS13_DEFAULT_SUITES}
+# A refusal without an alert is believed only when every one of this many hellos is refused that way: a flaky
+# path that resets 30 % of connections then fakes one in 120 (the last of them is the shorter hello).
+REFUSALS_TO_BELIEVE = 4
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One hello to send: its cipher list, and which of nassl's two OpenSSLs sends it."""
+
+    cipher_list: str
+    legacy: bool | None = None  # None: sslyze's choice (the legacy OpenSSL below TLS 1.2)
+    retry: bool = False  # sent again because the hello before was refused without an alert
+
+
+def first_attempt(protocol: Protocol) -> Attempt:
+    return Attempt(_FULL[protocol])
+
+
+def next_attempt(protocol: Protocol, tried: list[Attempt], result: ProtocolResult) -> Attempt | None:
+    """What to send after `result`, or None when it stands."""
+    if result.state is not ProtocolState.REJECTED or result.evidence is Evidence.NOT_TLS:
+        return None
+    if result.evidence is Evidence.ALERT:
+        # A TLS 1.2 server that only has legacy suites refuses the modern hello with handshake_failure: offer it
+        # the legacy OpenSSL's suites before calling the version rejected (protocol_version is final).
+        legacy_tried = any(attempt.legacy for attempt in tried)
+        if protocol is Protocol.TLSv1_2 and not legacy_tried and "protocol version" not in result.detail:
+            return Attempt(_LEGACY_ALL_SUITES, legacy=True)
+        return None
+    # SSL 2.0 is refused by a close almost everywhere: one hello, or every sweep would cost four connections.
+    if protocol is Protocol.SSLv2 or len(tried) >= REFUSALS_TO_BELIEVE:
+        return None
+    short = len(tried) == REFUSALS_TO_BELIEVE - 1
+    return Attempt(_SHORT[protocol] if short else _FULL[protocol], tried[-1].legacy, retry=True)
 
 
 def classify(exc: BaseException) -> ProtocolResult:
@@ -78,6 +108,8 @@ def classify(exc: BaseException) -> ProtocolResult:
             evidence = Evidence.ALERT
         elif "wrong version number" in message or "wrong SSL version" in message:
             evidence = Evidence.NOT_TLS
+        elif message == "Server rejected the connection":  # sslyze's words for a ConnectionError (RST, EPIPE)
+            evidence = Evidence.RESET
         else:
             evidence = Evidence.CLOSED
         return ProtocolResult(ProtocolState.REJECTED, detail=message, evidence=evidence)
@@ -174,7 +206,7 @@ class Handshake:
     def run(
         self,
         protocol: Protocol,
-        cipher_list: str,
+        attempt: Attempt,
         http: HttpCheck | None,
         http_host: str,
         ignore_client_auth: bool = False,
@@ -186,13 +218,14 @@ class Handshake:
             # Be told when a client certificate is asked for: carrying on without one may end in an alert
             # that would read as a rejection.
             should_ignore_client_auth=ignore_client_auth,
+            should_use_legacy_openssl=attempt.legacy,
             should_enable_server_name_indication=self.sni,
         )
         if protocol is Protocol.TLSv1_3:
             assert isinstance(connection.ssl_client, SslClient)
-            connection.ssl_client.set_ciphersuites(cipher_list)
+            connection.ssl_client.set_ciphersuites(attempt.cipher_list)
         else:
-            connection.ssl_client.set_cipher_list(cipher_list)
+            connection.ssl_client.set_cipher_list(attempt.cipher_list)
         with self._lock:
             if self.aborted:
                 return ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
@@ -220,7 +253,7 @@ class Handshake:
             # collection would free its OpenSSL context; break the cycle to give the memory back at once.
             vars(connection.ssl_client).pop("do_handshake", None)
         # To see what an HTTP client without a certificate gets (nginx: 400), go on without one.
-        second = self.run(protocol, cipher_list, http, http_host, ignore_client_auth=True)
+        second = self.run(protocol, attempt, http, http_host, ignore_client_auth=True)
         return ProtocolResult(
             ProtocolState.ACCEPTED,
             detail="client certificate requested",

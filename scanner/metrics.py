@@ -60,6 +60,13 @@ PROTOCOL_ERROR = _gauge(
     "tls_scanner_protocol_error", "1 if the last sweep could not determine the protocol on the address"
 )
 HTTP_STATUS = _gauge("tls_scanner_http_status_code", "HTTP status answered over the protocol's handshake")
+HTTP_CHANGES = _counter(
+    "tls_scanner_http_status_changes_total", "Changes of the HTTP status answered over the protocol (200 -> 403 ...)"
+)
+HTTP_LAST_CHANGE = _gauge(
+    "tls_scanner_http_status_last_change_timestamp_seconds",
+    "When the HTTP status over the protocol last changed, or was first seen",
+)
 ACCEPTED_ADDRESSES = _gauge(
     "tls_scanner_protocol_accepted_addresses", "How many of the target's addresses accepted the protocol"
 )
@@ -72,10 +79,13 @@ LAST_SUCCESS = _gauge(
 DURATION = _gauge("tls_scanner_scan_duration_seconds", "How long the last sweep of the target took")
 INTERVAL = Family("tls_scanner_scan_interval_seconds", "gauge", "The target's configured interval between sweeps")
 ERRORS = _counter("tls_scanner_scan_errors_total", "Sweeps that hit an error, by reason")
+RETRIES = _counter(
+    "tls_scanner_handshake_retries_total", "Hellos sent again because a refusal came without a TLS alert"
+)
 EXPECTATION = _gauge("tls_scanner_expectation_met", "1 if the last sweep met the target's expect policy")
 TARGET_FAMILIES = (
-    ACCEPTED, CHANGES, LAST_CHANGE, PROTOCOL_ERROR, HTTP_STATUS, ACCEPTED_ADDRESSES, ADDRESSES,
-    SUCCESS, LAST_SCAN, LAST_SUCCESS, DURATION, INTERVAL, ERRORS, EXPECTATION,
+    ACCEPTED, CHANGES, LAST_CHANGE, PROTOCOL_ERROR, HTTP_STATUS, HTTP_CHANGES, HTTP_LAST_CHANGE, ACCEPTED_ADDRESSES,
+    ADDRESSES, SUCCESS, LAST_SCAN, LAST_SUCCESS, DURATION, INTERVAL, ERRORS, RETRIES, EXPECTATION,
 )  # fmt: skip
 RANGES = _gauge("tls_scanner_range_endpoints", "Endpoints of a network range by whether they accepted TCP")
 TARGETS = Family("tls_scanner_targets", "gauge", "Targets configured (on this shard)")
@@ -84,6 +94,15 @@ SHARD_INFO = Family("tls_scanner_shard_info", "gauge", "This replica's shard of 
 RELOAD_OK = Family("tls_scanner_config_last_reload_successful", "gauge", "1 if the last config (re)load succeeded")
 RELOAD_AT = Family(
     "tls_scanner_config_last_reload_success_timestamp_seconds", "gauge", "When the config was last loaded successfully"
+)
+STATE_WRITABLE = Family(
+    "tls_scanner_state_writable", "gauge", "1 if the last write to the state file succeeded (sweeps go on either way)"
+)
+STATE_WRITE_ERRORS = Family(
+    "tls_scanner_state_write_errors_total", "counter", "Writes to the state file that failed (disk full, I/O error)"
+)
+PROBE_OPEN = Family(
+    "tls_scanner_probe_open_to_everything", "gauge", "1 if probe.allow lets /probe scan any address (a warning sign)"
 )
 PROBE_SUCCESS = Family("tls_scanner_probe_success", "gauge", "1 if the probe determined every protocol")
 PROBE_DURATION = Family("tls_scanner_probe_duration_seconds", "gauge", "How long the probe took")
@@ -121,7 +140,10 @@ def _sslyze_version() -> str:
 
 
 def _expose(
-    targets: Sequence[tuple[TargetConfig, _TargetLines]], shard: Shard | None, reload: SafeConfig | None
+    targets: Sequence[tuple[TargetConfig, _TargetLines]],
+    shard: Shard | None,
+    reload: SafeConfig | None,
+    store: ResultStore | None = None,
 ) -> str:
     """The whole text exposition from each target's lines, plus the scanner's own state."""
     per_family: dict[Family, list[str]] = {family: [] for family in TARGET_FAMILIES}
@@ -148,7 +170,11 @@ def _expose(
     if shard is not None:
         labels = {"index": str(shard.index), "count": str(shard.count)}
         out.append(SHARD_INFO.header() + sample(SHARD_INFO, labels, 1))
+    if store is not None and store.path is not None:
+        out.append(STATE_WRITABLE.header() + sample(STATE_WRITABLE, {}, float(store.writable)))
+        out.append(STATE_WRITE_ERRORS.header() + sample(STATE_WRITE_ERRORS, {}, store.write_errors))
     if reload is not None:
+        out.append(PROBE_OPEN.header() + sample(PROBE_OPEN, {}, float(reload.config.probe.open_to_everything)))
         out.append(RELOAD_OK.header() + sample(RELOAD_OK, {}, float(reload.reload_successful)))
         out.append(RELOAD_AT.header() + sample(RELOAD_AT, {}, reload.last_success_at))
     return "".join(out)
@@ -167,13 +193,13 @@ class ScannerMetrics:
 
     def render(self) -> str:
         """The text exposition of the store, plus the scanner's own state; the same text until either changes."""
-        reload = None if self.reload is None else (self.reload.reload_successful, self.reload.last_success_at)
-        key = (self.store.generation, reload)
+        reload = None if self.reload is None else (self.reload.config, self.reload.reload_successful)
+        key = (self.store.generation, self.store.write_errors, reload)
         if self._text is None or self._text[0] != key:
             names = self.store.names()
             targets = [(self.store.target(name), self._lines(name)) for name in names]
             self._cache = {name: self._cache[name] for name in names}
-            self._text = (key, _expose(targets, self.shard, self.reload))
+            self._text = (key, _expose(targets, self.shard, self.reload, self.store))
         return self._text[1]
 
     def _lines(self, name: str) -> _TargetLines:
@@ -206,8 +232,12 @@ def _build(status: TargetStatus) -> _TargetLines:
             add(ACCEPTED, at, 1.0 if state.state is ProtocolState.ACCEPTED else 0.0)
             add(CHANGES, at, state.changes)
             add(LAST_CHANGE, at, state.last_change)
+            if state.http_last_change is not None:
+                add(HTTP_CHANGES, at, state.http_changes)
+                add(HTTP_LAST_CHANGE, at, state.http_last_change)
     for reason in ErrorReason:
         add(ERRORS, {**labels, "reason": reason.value}, status.errors.get(reason, 0))
+    add(RETRIES, labels, status.retries)
     if sweep is None:
         return _TargetLines(lines, range_state)
     for result in sweep.addresses:

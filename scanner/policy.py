@@ -45,3 +45,12 @@ def verdict(sweep: SweepResult) -> Verdict:
         prefix = f"{result.address}: " if len(sweep.addresses) > 1 else ""
         violations.extend(prefix + v for v in found)
     return Verdict(met=not violations, violations=tuple(violations))
+
+
+def wanted(expect: Expectation, protocol: Protocol) -> ProtocolState | None:
+    """What the policy wants of one protocol: accepted, rejected, or nothing when it says nothing about it."""
+    if protocol in expect.accept or protocol in expect.http_ok:
+        return ProtocolState.ACCEPTED
+    if protocol in expect.reject:
+        return ProtocolState.REJECTED
+    return None

@@ -14,7 +14,7 @@ from typing import Any
 
 from scanner.config import HttpCheck, Politeness, Resolver, TargetConfig
 from scanner.errors import ResolveError
-from scanner.handshake import CIPHER_LISTS, Peer, classify, credentials
+from scanner.handshake import Attempt, Peer, classify, credentials, first_attempt, next_attempt
 from scanner.politeness import AddressGate
 from scanner.protocols import Protocol
 from scanner.resolve import resolve
@@ -49,9 +49,12 @@ class Prober:
         started_at = time.time()
         clock = time.monotonic()
 
+        dns_error: str | None = None
+
         def done(results: tuple[AddressResult, ...] = (), error: str | None = None, **kw: Any) -> SweepResult:
             reason = kw.pop("reason", None)
-            return SweepResult(target, started_at, time.monotonic() - clock, results, error, reason, **kw)
+            elapsed = time.monotonic() - clock
+            return SweepResult(target, started_at, elapsed, results, error, reason, dns_error=dns_error, **kw)
 
         if target.https_proxy is not None:
             addresses = [""]  # the proxy resolves and connects
@@ -60,9 +63,12 @@ class Prober:
                 addresses = [target.address]
             else:
                 try:
-                    addresses = await resolve(target.host, target.addresses, self.resolver, target.timeout)
+                    resolved = await resolve(target.host, target.addresses, self.resolver, target.timeout)
                 except ResolveError as exc:
                     return done(error=f"cannot resolve {target.host}: {exc}", reason=ErrorReason.DNS)
+                addresses = resolved.addresses
+                if resolved.failed:
+                    dns_error = f"cannot resolve {target.host} fully: {'; '.join(resolved.failed)}"
         try:
             client = credentials(target)
         except Exception as exc:
@@ -119,9 +125,10 @@ class Prober:
         self, peer: Peer, protocol: Protocol, http: HttpCheck | None, deadline: float
     ) -> ProtocolResult:
         loop = asyncio.get_running_loop()
-        connections = 0
+        tried: list[Attempt] = []
         result = _TIMED_OUT
-        for cipher_list in CIPHER_LISTS[protocol]:
+        attempt: Attempt | None = first_attempt(protocol)
+        while attempt is not None:
             handshake = None
             try:
                 async with asyncio.timeout_at(deadline):
@@ -134,11 +141,11 @@ class Prober:
                             break
                         budget = min(peer.target.timeout, deadline - loop.time() - DEADLINE_GRACE_SECONDS / 2)
                         if budget < 0.2:
-                            break  # no time left: a fallback keeps the first answer, a first attempt times out
+                            break  # no time left: a retry keeps the answer before it, a first attempt times out
                         handshake = peer.handshake(budget)
-                        connections += 1
+                        tried.append(attempt)
                         future = loop.run_in_executor(
-                            self._executor, handshake.run, protocol, cipher_list, http, peer.http_host
+                            self._executor, handshake.run, protocol, attempt, http, peer.http_host
                         )
                         result = await asyncio.shield(future)
             except TimeoutError:
@@ -146,10 +153,8 @@ class Prober:
                     handshake.abort()
                 result = _TIMED_OUT
                 break
-            # Only a rejection without an alert (closed, reset) is worth the shorter hello.
-            if result.state is not ProtocolState.REJECTED or result.evidence is Evidence.ALERT:
-                break
-        return replace(result, connections=connections)
+            attempt = next_attempt(protocol, tried, result)
+        return replace(result, connections=len(tried), retries=sum(a.retry for a in tried))
 
 
 _TIMED_OUT = ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)

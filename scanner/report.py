@@ -50,6 +50,7 @@ def sweep_to_dict(sweep: SweepResult) -> dict[str, Any]:
         "addresses": [_address_to_dict(a) for a in sweep.addresses],
         "error": sweep.error,
         "error_reason": None if sweep.error_reason is None else sweep.error_reason.value,
+        "dns_error": sweep.dns_error,
         "complete": sweep.complete,
         "started_at": sweep.started_at,
         "duration_seconds": round(sweep.duration_seconds, 6),
@@ -101,6 +102,8 @@ def render_table(sweeps: Sequence[SweepResult]) -> str:
         if len(sweep.addresses) > 1:
             address += f" (+{len(sweep.addresses) - 1})"
         rows.append([sweep.target.name, address, *cells, http or "-", policy])
+        if sweep.dns_error:
+            notes.append(f"{sweep.target.name}: dns error: {sweep.dns_error}")
         if sweep.error:
             notes.append(f"{sweep.target.name}: error: {sweep.error}")
         else:

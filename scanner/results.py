@@ -32,7 +32,8 @@ class Evidence(enum.StrEnum):
     """How a rejection was observed; only an alert proves on its own that the peer speaks TLS."""
 
     ALERT = "alert"
-    CLOSED = "closed"
+    CLOSED = "closed"  # the peer closed the connection in answer to the hello
+    RESET = "reset"  # the connection was reset during the handshake (also what a flaky load balancer does)
     NOT_TLS = "not-tls"
 
 
@@ -47,6 +48,7 @@ class ProtocolResult:
     http_status: int | None = None  # set when ACCEPTED, the target has an http check, and it was answered
     http_error: str | None = None  # set when ACCEPTED, the target has an http check, and it failed
     connections: int = 0  # TCP connections this answer took
+    retries: int = 0  # of those, hellos sent again because a refusal came without an alert
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class SweepResult:
     error: str | None = None  # target-level: DNS failure, or every address failed
     error_reason: ErrorReason | None = None  # set with error
     closed: bool = False  # a range endpoint that did not accept TCP: counted, not scanned
+    dns_error: str | None = None  # an address family whose lookup failed while another answered (A or AAAA)
 
     @property
     def address(self) -> str | None:

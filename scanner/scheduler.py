@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from scanner.config import TargetConfig
 from scanner.probe import Prober
+from scanner.results import ErrorReason, ProtocolState, SweepResult
+from scanner.status import TransitionKind
 from scanner.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,7 @@ class _Entry:
     last_started: float | None = None
     jitter: float = 1.0
     removed: bool = False
+    failing: frozenset[tuple[str, ErrorReason]] = frozenset()  # (address, reason) of the errors last logged
 
 
 class Scheduler:
@@ -39,6 +43,8 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()  # every target loop still running, removed targets' too
         self._stopping = False
         self.running = False
+        # target -> its first sweep, until every target of the first round has one (then the summary, then None)
+        self._first_round: dict[str, SweepResult | None] | None = None
 
     def apply(self, targets: Iterable[TargetConfig]) -> None:
         """Schedule these targets: new ones start within the first-round spread, removed ones stop."""
@@ -47,10 +53,14 @@ class Scheduler:
         new_names = {t.name for t in targets}
         for name, entry in list(self._entries.items()):
             if name not in new_names:
+                if self._first_round is not None:
+                    self._first_round.pop(name, None)
                 entry.removed = True
                 entry.wake.set()
                 del self._entries[name]
         fresh = [t for t in targets if t.name not in self._entries]
+        if self._first_round is None and not self.running:
+            self._first_round = {t.name: None for t in fresh}
         spread = max(1.0, len(fresh) / FIRST_ROUND_RATE)
         for target in targets:
             existing = self._entries.get(target.name)
@@ -102,5 +112,67 @@ class Scheduler:
                 continue
             if entry.removed or (self._stopping and not sweep.complete):
                 return  # a sweep cut short by shutdown says nothing about the target
-            for t in self.store.record(sweep):
-                log.warning("%s %s changed: %s -> %s", t.target, t.protocol.value, t.old.value, t.new.value)
+            try:
+                transitions = self.store.record(sweep)
+            except Exception:  # a bug in the store must not stop the target's loop either
+                log.exception("recording the sweep of %s failed", entry.target.name)
+                continue
+            for t in transitions:
+                if t.kind is TransitionKind.HTTP:
+                    log.warning("%s %s HTTP %s -> %s", t.target, t.protocol.value, t.old, t.new)
+                else:
+                    log.warning("%s %s changed: %s -> %s", t.target, t.protocol.value, t.old, t.new)
+            self._report(entry, sweep)
+
+    def _report(self, entry: _Entry, sweep: SweepResult) -> None:
+        """Log a target's errors when they start or change and when they end, not every sweep; and the first round."""
+        log.debug(
+            "%s swept in %.2fs: %s",
+            sweep.target.name,
+            sweep.duration_seconds,
+            " ".join(f"{p.value}={r.state.value}" for p, r in sweep.protocols.items()),
+        )
+        failures = _failures(sweep)
+        kinds = {(address, reason) for address, reason, _ in failures}
+        if kinds != entry.failing:
+            for address, reason, message in failures:
+                if (address, reason) not in entry.failing:
+                    where = f"{sweep.target.name} {address}" if address else sweep.target.name
+                    log.warning("%s: sweep error (%s): %s", where, reason.value, message)
+            if not kinds and entry.failing:
+                log.info("%s: sweeps complete again", sweep.target.name)
+            entry.failing = frozenset(kinds)
+        if self._first_round is not None and sweep.target.name in self._first_round:
+            self._first_round[sweep.target.name] = sweep
+            if all(s is not None for s in self._first_round.values()):
+                log.info("first round: %s", _summary([s for s in self._first_round.values() if s is not None]))
+                self._first_round = None
+
+
+def _failures(sweep: SweepResult) -> list[tuple[str, ErrorReason, str]]:
+    """(address, reason, message) of what the sweep could not determine; a target-level error stands for all."""
+    if sweep.closed:
+        return []
+    if sweep.error is not None:
+        return [("", sweep.error_reason or ErrorReason.OTHER, sweep.error)]
+    found: dict[tuple[str, ErrorReason], str] = {}
+    if sweep.dns_error is not None:
+        found[("", ErrorReason.DNS)] = sweep.dns_error
+    for result in sweep.addresses:
+        if result.error is not None:
+            found.setdefault((result.address, result.error_reason or ErrorReason.OTHER), result.error)
+        for protocol, outcome in result.protocols.items():
+            if outcome.state is ProtocolState.ERROR:
+                key = (result.address, outcome.reason or ErrorReason.OTHER)
+                found.setdefault(key, f"{protocol.value}: {outcome.detail}")
+    return [(address, reason, message) for (address, reason), message in found.items()]
+
+
+def _summary(sweeps: list[SweepResult]) -> str:
+    """`5 targets, 3 complete, 2 with errors (dns: 1, refused: 1)`."""
+    failed = [s for s in sweeps if not s.closed and not s.complete]
+    reasons = Counter(failures[0][1].value for s in failed if (failures := _failures(s)))
+    text = f"{len(sweeps)} targets, {len(sweeps) - len(failed)} complete, {len(failed)} with errors"
+    if reasons:
+        text += " (" + ", ".join(f"{reason}: {n}" for reason, n in sorted(reasons.items())) + ")"
+    return text

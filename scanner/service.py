@@ -70,6 +70,7 @@ class Service:
         return expand(self.config, self.shard or ALL)
 
     def start(self) -> None:
+        _warn_if_open(self.config)
         targets = self.targets
         self.store.set_targets(targets)
         self.scheduler.apply(targets)
@@ -105,6 +106,7 @@ class Service:
         if config.probe.max_concurrent != old.probe.max_concurrent:
             self._probes = asyncio.Semaphore(config.probe.max_concurrent)
         self.prober.resolver = config.resolver
+        _warn_if_open(config)
         targets = self.targets
         self.store.set_targets(targets)
         self.scheduler.apply(targets)
@@ -131,7 +133,9 @@ class Service:
                 refusal = probe_refusal(self.config.probe.allow, host, None)
                 if refusal is None:
                     try:
-                        addresses = await resolve(host, AddressMode.ALL, self.config.resolver, max(deadline, 0.5))
+                        addresses = (
+                            await resolve(host, AddressMode.ALL, self.config.resolver, max(deadline, 0.5))
+                        ).addresses
                     except ResolveError as exc:
                         refusal = f"cannot resolve {host}: {exc}"
                     else:
@@ -154,11 +158,50 @@ class Service:
         self.prober.close()
 
 
+def _warn_if_open(config: Config) -> None:
+    if config.probe.open_to_everything:
+        log.warning(
+            "probe.allow in %s opens /probe to every address: whoever reaches this port can make it scan anything"
+            " (tls_scanner_probe_open_to_everything 1); narrow it, or protect the endpoint (--web.config.file)",
+            config.path,
+        )
+
+
 async def _serve(
     config: Config, listen_address: str, state_file: str, shard: Shard | None, web_config: WebConfig | None
 ) -> None:
+    import socket  # kept here: this function is the only user
+
     host, port = parse_listen_address(listen_address)
-    service = Service(config, state_file, shard, web_config)
+    # The port first: a daemon that cannot listen exits before it creates or touches the state file. Bound as
+    # asyncio's create_server would (every address of the host, IPv6 sockets v6-only), then served by SockSites.
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise OSError(f"cannot listen on {listen_address}: {exc.strerror or exc}") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:
+                continue  # an address family this host cannot use
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise OSError(f"cannot listen on {listen_address}: {exc.strerror or exc}") from None
+            sock.listen(LISTEN_BACKLOG)
+        if not sockets:
+            raise OSError(f"cannot listen on {listen_address}: no usable address")
+        service = Service(config, state_file, shard, web_config)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     state = WebState(
         store=service.store,
         metrics=lambda: service.metrics.render() + generate_latest(service.process_registry).decode(),
@@ -167,9 +210,18 @@ async def _serve(
         probe=service.probe,
     )
     runner = make_runner(make_app(state, service.web))
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=service.web.ssl_context(), backlog=LISTEN_BACKLOG)
-    await site.start()
+    try:
+        await runner.setup()
+        ssl_context = service.web.ssl_context()
+        for sock in sockets:
+            await web.SockSite(runner, sock, ssl_context=ssl_context, backlog=LISTEN_BACKLOG).start()
+    except BaseException:
+        await runner.cleanup()
+        for sock in sockets:
+            sock.close()
+        service.store.close()
+        service.web.close()
+        raise
     log.info("listening on %s", listen_address)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

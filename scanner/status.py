@@ -6,33 +6,46 @@ without any storage.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from scanner.config import TargetConfig
 from scanner.protocols import Protocol
-from scanner.results import ErrorReason, ProtocolState, SweepResult
+from scanner.results import ErrorReason, Evidence, ProtocolResult, ProtocolState, SweepResult
 
 
 @dataclass(frozen=True)
 class ProtocolStatus:
-    """The latest determined state of one protocol on one address."""
+    """The latest determined state of one protocol on one address, and the HTTP status answered over it."""
 
     state: ProtocolState  # ACCEPTED or REJECTED, never ERROR: an outage is not a brownout
     last_change: float  # when it last flipped, or when it was first determined
     changes: int  # flips observed
+    http_status: int | None = None  # the last HTTP status answered over this version (targets with `http:`)
+    http_last_change: float | None = None  # when that status last changed, or was first seen
+    http_changes: int = 0  # changes of the HTTP status observed
+    pending: int = 0  # sweeps an unproven flip (a close or reset, no alert) has held so far; not yet reported
+
+
+class TransitionKind(enum.StrEnum):
+    """What changed: the handshake's answer, or the HTTP status answered over it."""
+
+    HANDSHAKE = "handshake"
+    HTTP = "http"
 
 
 @dataclass(frozen=True)
 class Transition:
-    """A protocol flipping between accepted and rejected on one address of a target."""
+    """A protocol flipping between accepted and rejected on one address of a target, or its HTTP status changing."""
 
     target: str
     address: str
     protocol: Protocol
     at: float
-    old: ProtocolState
-    new: ProtocolState
+    old: str  # a ProtocolState value, or an HTTP status
+    new: str
+    kind: TransitionKind = TransitionKind.HANDSHAKE
 
 
 AddressStatuses = Mapping[str, Mapping[Protocol, ProtocolStatus]]  # address -> protocol -> status
@@ -48,6 +61,7 @@ class TargetStatus:
     last_success_at: float | None
     errors: Mapping[ErrorReason, int]
     transitions: tuple[Transition, ...] = field(default=())  # most recent first
+    retries: int = 0  # hellos sent again because a refusal came without an alert, over every sweep
 
 
 def ended_at(sweep: SweepResult) -> float:
@@ -58,7 +72,7 @@ def ended_at(sweep: SweepResult) -> float:
 def advance(
     known: AddressStatuses, sweep: SweepResult
 ) -> tuple[dict[str, dict[Protocol, ProtocolStatus]], list[Transition]]:
-    """The determined states after `sweep` (only the addresses and protocols it changed), and the flips it showed."""
+    """The statuses after `sweep` (only those it changed), and the flips and HTTP status changes it showed."""
     at = ended_at(sweep)
     changed: dict[str, dict[Protocol, ProtocolStatus]] = {}
     transitions: list[Transition] = []
@@ -68,17 +82,42 @@ def advance(
             if outcome.state is ProtocolState.ERROR:
                 continue  # keep the last determined state: an outage is not a brownout
             previous = statuses.get(protocol)
-            if previous is None:
-                status = ProtocolStatus(outcome.state, at, 0)
-            elif previous.state is outcome.state:
-                continue
-            else:
-                status = ProtocolStatus(outcome.state, at, previous.changes + 1)
-                transitions.append(
-                    Transition(sweep.target.name, result.address, protocol, at, previous.state, outcome.state)
-                )
-            changed.setdefault(result.address, {})[protocol] = status
+            status, steps = _step(previous, outcome, at, sweep.target.confirm_sweeps)
+            if status != previous:
+                changed.setdefault(result.address, {})[protocol] = status
+            transitions += [
+                Transition(sweep.target.name, result.address, protocol, at, old, new, kind) for kind, old, new in steps
+            ]
     return changed, transitions
+
+
+_UNPROVEN = (Evidence.CLOSED, Evidence.RESET, Evidence.NOT_TLS)
+
+
+def _step(
+    previous: ProtocolStatus | None, outcome: ProtocolResult, at: float, confirm_sweeps: int
+) -> tuple[ProtocolStatus, list[tuple[TransitionKind, str, str]]]:
+    """One determined answer taken in: the new status, and what changed as (kind, old, new)."""
+    http = outcome.http_status if outcome.state is ProtocolState.ACCEPTED else None
+    if previous is None:
+        return ProtocolStatus(outcome.state, at, 0, http, None if http is None else at), []
+    status, steps = previous, []
+    if outcome.state is not previous.state:
+        if outcome.evidence in _UNPROVEN and previous.pending + 1 < confirm_sweeps:
+            # A close or reset may be a flaky path rather than the server: report it once it holds.
+            status = replace(status, pending=previous.pending + 1)
+        else:
+            status = replace(status, state=outcome.state, last_change=at, changes=previous.changes + 1, pending=0)
+            steps.append((TransitionKind.HANDSHAKE, previous.state.value, outcome.state.value))
+    elif previous.pending:
+        status = replace(status, pending=0)
+    if http is not None and http != previous.http_status:
+        if previous.http_status is None:
+            status = replace(status, http_status=http, http_last_change=at)
+        else:
+            status = replace(status, http_status=http, http_last_change=at, http_changes=previous.http_changes + 1)
+            steps.append((TransitionKind.HTTP, str(previous.http_status), str(http)))
+    return status, steps
 
 
 def error_reasons(sweep: SweepResult) -> set[ErrorReason]:
@@ -86,7 +125,14 @@ def error_reasons(sweep: SweepResult) -> set[ErrorReason]:
     reasons = {r.reason for r in sweep.protocols.values() if r.reason is not None}
     if sweep.error_reason is not None:
         reasons.add(sweep.error_reason)
+    if sweep.dns_error is not None:
+        reasons.add(ErrorReason.DNS)
     return reasons
+
+
+def retries(sweep: SweepResult) -> int:
+    """Hellos the sweep sent again because a refusal came without an alert."""
+    return sum(r.retries for a in sweep.addresses for r in a.protocols.values())
 
 
 def current(target: TargetConfig, known: AddressStatuses, addresses: list[str] | None) -> AddressStatuses:
@@ -104,4 +150,5 @@ def sweep_status(sweep: SweepResult) -> TargetStatus:
         addresses=current(sweep.target, changed, [a.address for a in sweep.addresses] if sweep.addresses else None),
         last_success_at=ended_at(sweep) if sweep.complete else None,
         errors=dict.fromkeys(error_reasons(sweep), 1),
+        retries=retries(sweep),
     )

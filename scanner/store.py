@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import sqlite3
@@ -14,14 +15,24 @@ from scanner.config import TargetConfig
 from scanner.errors import StateFileError
 from scanner.protocols import Protocol
 from scanner.results import ErrorReason, ProtocolState, SweepResult
-from scanner.status import ProtocolStatus, TargetStatus, Transition, advance, current, ended_at, error_reasons
+from scanner.status import (
+    ProtocolStatus,
+    TargetStatus,
+    Transition,
+    TransitionKind,
+    advance,
+    current,
+    ended_at,
+    error_reasons,
+    retries,
+)
 
 log = logging.getLogger(__name__)
 
 HISTORY_PER_TARGET = 1000
 # Marks a state file as ours ("TLSS"), so a foreign SQLite file is never mistaken for one.
 _APPLICATION_ID = 0x544C5353
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS protocol_state (
     target TEXT NOT NULL,
@@ -30,6 +41,9 @@ CREATE TABLE IF NOT EXISTS protocol_state (
     state TEXT NOT NULL,
     last_change REAL NOT NULL,
     changes INTEGER NOT NULL,
+    http_status INTEGER,
+    http_last_change REAL,
+    http_changes INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (target, address, protocol)
 );
 CREATE TABLE IF NOT EXISTS transition (
@@ -39,10 +53,23 @@ CREATE TABLE IF NOT EXISTS transition (
     protocol TEXT NOT NULL,
     at REAL NOT NULL,
     old TEXT NOT NULL,
-    new TEXT NOT NULL
+    new TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'handshake'
 );
 CREATE INDEX IF NOT EXISTS transition_by_target ON transition (target, id);
 """
+# Format 2 -> 3: HTTP status changes are kept like handshake flips.
+_MIGRATE_FROM_2 = """
+ALTER TABLE protocol_state ADD COLUMN http_status INTEGER;
+ALTER TABLE protocol_state ADD COLUMN http_last_change REAL;
+ALTER TABLE protocol_state ADD COLUMN http_changes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE transition ADD COLUMN kind TEXT NOT NULL DEFAULT 'handshake';
+"""
+# Writes that fail (disk full) are kept for later, up to this many transitions; the latest state per series is
+# always kept, so a long outage loses only the oldest history.
+MAX_UNWRITTEN_TRANSITIONS = 10_000
+_STATE_COLUMNS = "target, address, protocol, state, last_change, changes, http_status, http_last_change, http_changes"
+_StateRow = tuple[str, str, str, str, float, int, int | None, float | None, int]
 
 
 @dataclass
@@ -55,6 +82,7 @@ class _Record:
     sweeps: int = 0  # sweeps recorded: what a cached rendering was built from
     last_success_at: float | None = None
     errors: Counter[ErrorReason] = field(default_factory=Counter)
+    retries: int = 0
 
 
 class ResultStore:
@@ -67,14 +95,33 @@ class ResultStore:
         self.generation = 0  # changes whenever anything a reader sees changes
         # target -> address -> protocol -> status; kept for targets not (yet) configured, as in the file
         self._known: dict[str, dict[str, dict[Protocol, ProtocolStatus]]] = {}
-        for target, address, protocol, state, last_change, changes in self._db.execute(
-            "SELECT target, address, protocol, state, last_change, changes FROM protocol_state"
-        ):
+        self.writable = True  # whether the last write to the state file succeeded
+        self.write_errors = 0  # writes that failed (disk full, I/O error): sweeping goes on in memory
+        self._unwritten_rows: dict[tuple[str, str, str], _StateRow] = {}
+        self._unwritten_transitions: collections.deque[Transition] = collections.deque(maxlen=MAX_UNWRITTEN_TRANSITIONS)
+        self._load()
+
+    def _load(self) -> None:
+        # Read as bytes: text that is not UTF-8 (a damaged or edited file) drops its row, not the daemon.
+        lenient, self._db.text_factory = self._db.text_factory, bytes
+        try:
+            rows = self._db.execute(f"SELECT {_STATE_COLUMNS} FROM protocol_state").fetchall()
+        finally:
+            self._db.text_factory = lenient
+        for raw in rows:
             try:
-                status = ProtocolStatus(ProtocolState(state), float(last_change), int(changes))
+                target, address, protocol, state = (field.decode() for field in raw[:4])
+                status = ProtocolStatus(
+                    ProtocolState(state),
+                    float(raw[4]),
+                    int(raw[5]),
+                    None if raw[6] is None else int(raw[6]),
+                    None if raw[7] is None else float(raw[7]),
+                    int(raw[8]),
+                )
                 self._known.setdefault(target, {}).setdefault(address, {})[Protocol(protocol)] = status
-            except ValueError:
-                log.warning("state file: ignoring unknown row %r/%r/%r", target, address, protocol)
+            except (ValueError, TypeError, AttributeError):
+                log.warning("state file: ignoring an unreadable row %r", raw[:3])
 
     def close(self) -> None:
         self._db.close()
@@ -114,44 +161,68 @@ class ResultStore:
         if sweep.complete:
             record.last_success_at = ended_at(sweep)
         record.errors.update(error_reasons(sweep))
+        record.retries += retries(sweep)
         known = self._known.setdefault(name, {})
         changed, transitions = advance(known, sweep)
-        rows: list[tuple[str, str, str, str, float, int]] = []
         for address, statuses in changed.items():
             known.setdefault(address, {}).update(statuses)
-            rows.extend((name, address, p.value, s.state.value, s.last_change, s.changes) for p, s in statuses.items())
-        if rows:
+            for p, s in statuses.items():
+                self._unwritten_rows[(name, address, p.value)] = (
+                    name, address, p.value, s.state.value, s.last_change, s.changes,
+                    s.http_status, s.http_last_change, s.http_changes,
+                )  # fmt: skip
+        self._unwritten_transitions.extend(transitions)
+        if self._unwritten_rows or self._unwritten_transitions:
+            self._write()
+        return transitions
+
+    def _write(self) -> None:
+        """Write what is pending; on failure keep it for the next sweep, and say so once per change of state."""
+        rows, transitions = list(self._unwritten_rows.values()), list(self._unwritten_transitions)
+        try:
             with self._db:
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO protocol_state (target, address, protocol, state, last_change, changes)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    f"INSERT OR REPLACE INTO protocol_state ({_STATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 self._db.executemany(
-                    "INSERT INTO transition (target, address, protocol, at, old, new) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(t.target, t.address, t.protocol.value, t.at, t.old.value, t.new.value) for t in transitions],
+                    "INSERT INTO transition (target, address, protocol, at, old, new, kind)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(t.target, t.address, t.protocol.value, t.at, t.old, t.new, t.kind.value) for t in transitions],
                 )
-                if transitions:
+                for target in {t.target for t in transitions}:
                     self._db.execute(
                         "DELETE FROM transition WHERE target = ? AND id <= "
                         "(SELECT id FROM transition WHERE target = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                        (name, name, HISTORY_PER_TARGET),
+                        (target, target, HISTORY_PER_TARGET),
                     )
-        return transitions
+        except sqlite3.Error as exc:
+            self.write_errors += 1
+            if self.writable:
+                log.error(
+                    "cannot write the state file %s (%s): sweeping goes on, changes are kept until it works",
+                    self.path,
+                    exc,
+                )
+            self.writable = False
+            return
+        if not self.writable:
+            log.warning("state file %s writable again: wrote %d kept transitions", self.path, len(transitions))
+        self.writable = True
+        self._unwritten_rows.clear()
+        self._unwritten_transitions.clear()
 
     def transitions(self, limit: int = 20) -> dict[str, tuple[Transition, ...]]:
         """The most recent transitions of every target that has some, newest first, in one query."""
         rows = self._db.execute(
-            "SELECT target, address, protocol, at, old, new FROM ("
+            "SELECT target, address, protocol, at, old, new, kind FROM ("
             " SELECT *, ROW_NUMBER() OVER (PARTITION BY target ORDER BY id DESC) AS n FROM transition"
             ") WHERE n <= ? ORDER BY target, id DESC",
             (limit,),
         ).fetchall()
         found: dict[str, list[Transition]] = {}
-        for target, a, p, at, o, n in rows:
-            found.setdefault(target, []).append(
-                Transition(target, a, Protocol(p), at, ProtocolState(o), ProtocolState(n))
-            )
+        for target, a, p, at, o, n, kind in rows:
+            found.setdefault(target, []).append(Transition(target, a, Protocol(p), at, o, n, TransitionKind(kind)))
         return {target: tuple(each) for target, each in found.items()}
 
     def status(self, name: str, transitions: tuple[Transition, ...] = ()) -> TargetStatus:
@@ -163,6 +234,7 @@ class ResultStore:
             last_success_at=record.last_success_at,
             errors=dict(record.errors),
             transitions=transitions,
+            retries=record.retries,
         )
 
     def snapshot(self, with_transitions: int = 0) -> list[TargetStatus]:
@@ -171,41 +243,78 @@ class ResultStore:
         return [self.status(name, recent.get(name, ())) for name in self._records]
 
 
+class _Unusable(Exception):
+    """A state file that is ours (or no SQLite file at all) but damaged: it may be renamed aside."""
+
+
 def _open_state_file(path: str | None) -> sqlite3.Connection:
-    """Open (or create) the state file; a corrupt or foreign one is renamed aside, never deleted."""
+    """Open (or create) the state file; a damaged one is renamed aside, never deleted.
+
+    Raises StateFileError, touching nothing, when the file cannot be used as it is: a directory, a missing parent,
+    no write permission, a full disk. Renaming those aside would lose history that is fine.
+    """
     if path is None:
         return _init(sqlite3.connect(":memory:", check_same_thread=False))
+    _check_location(path)
     try:
-        return _init(_connect(path))
-    except (sqlite3.DatabaseError, StateFileError) as exc:
-        aside = f"{path}.unusable-{time.strftime('%Y%m%dT%H%M%S')}"
-        n = 1
-        while os.path.exists(aside):
-            n += 1
-            aside = f"{path}.unusable-{time.strftime('%Y%m%dT%H%M%S')}-{n}"
-        log.error("state file %s is unusable (%s); moved it to %s and starting with no history", path, exc, aside)
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.replace(path + suffix, aside + suffix)
-        return _init(_connect(path))
+        try:
+            return _init(_connect(path))
+        except _Unusable as exc:
+            aside = f"{path}.unusable-{time.strftime('%Y%m%dT%H%M%S')}"
+            n = 1
+            while os.path.exists(aside):
+                n += 1
+                aside = f"{path}.unusable-{time.strftime('%Y%m%dT%H%M%S')}-{n}"
+            log.error("state file %s is unusable (%s); moved it to %s and starting with no history", path, exc, aside)
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.replace(path + suffix, aside + suffix)
+            return _init(_connect(path))
+    except (sqlite3.Error, _Unusable) as exc:  # a full disk, an I/O error: the file may be fine
+        raise StateFileError(f"cannot use the state file {path}: {exc}") from None
+
+
+def _check_location(path: str) -> None:
+    """Refuse, with the reason, a state path that cannot hold our file."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise StateFileError(f"the state file {path} is a directory")
+    if not os.path.isdir(parent):
+        raise StateFileError(f"cannot create the state file {path}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StateFileError(f"cannot write the state file {path}: no write permission on {parent} (SQLite needs it)")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix) and not os.access(path + suffix, os.R_OK | os.W_OK):
+            raise StateFileError(f"cannot write the state file {path + suffix}: permission denied")
 
 
 def _connect(path: str) -> sqlite3.Connection:
+    """Open and check the file; _Unusable when it is damaged or not ours."""
     _create_private(path)
     db = sqlite3.connect(path, check_same_thread=False)
     try:
-        application_id = db.execute("PRAGMA application_id").fetchone()[0]
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        try:
+            application_id = db.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise _Unusable("integrity check failed")
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as exc:  # not a database, malformed
+            raise _Unusable(str(exc)) from None
         if application_id not in (0, _APPLICATION_ID) or (application_id == 0 and tables):
-            raise StateFileError("not a tls-scanner state file")
+            raise _Unusable("not a tls-scanner state file")
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if tables and version != _SCHEMA_VERSION:
-            raise StateFileError(f"state file format {version}, this version reads {_SCHEMA_VERSION}")
-        if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-            raise StateFileError("integrity check failed")
+        if tables and version == 2:
+            with db:
+                db.executescript(_MIGRATE_FROM_2)
+        elif tables and version != _SCHEMA_VERSION:
+            raise _Unusable(f"state file format {version}, this version reads {_SCHEMA_VERSION}")
     except BaseException:
         db.close()
         raise
+    # Text that is not UTF-8 (a damaged or edited file) must not stop a page from rendering.
+    db.text_factory = lambda data: data.decode("utf-8", "replace")
     return db
 
 

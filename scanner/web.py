@@ -14,10 +14,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from scanner.protocols import ALL_PROTOCOLS
+from scanner.config import Expectation
+from scanner.policy import evaluate, verdict, wanted
+from scanner.protocols import ALL_PROTOCOLS, Protocol
 from scanner.report import sweep_to_dict
-from scanner.results import ProtocolState
-from scanner.status import TargetStatus
+from scanner.results import ProtocolResult, ProtocolState
+from scanner.status import ProtocolStatus, TargetStatus, Transition, TransitionKind
 from scanner.store import ResultStore
 from scanner.webconfig import WebGuard
 
@@ -160,6 +162,8 @@ def target_to_dict(status: TargetStatus) -> dict[str, Any]:
                 "state": {p.value: s.state.value for p, s in statuses.items()},
                 "last_change": {p.value: s.last_change for p, s in statuses.items()},
                 "changes": {p.value: s.changes for p, s in statuses.items()},
+                "http_status": {p.value: s.http_status for p, s in statuses.items() if s.http_status is not None},
+                "http_changes": {p.value: s.http_changes for p, s in statuses.items() if s.http_status is not None},
             }
             for address, statuses in status.addresses.items()
         },
@@ -167,7 +171,14 @@ def target_to_dict(status: TargetStatus) -> dict[str, Any]:
         "errors_total": {r.value: n for r, n in status.errors.items()},
         "last_sweep": None if status.last_sweep is None else sweep_to_dict(status.last_sweep),
         "transitions": [
-            {"address": t.address, "protocol": t.protocol.value, "at": t.at, "from": t.old.value, "to": t.new.value}
+            {
+                "address": t.address,
+                "protocol": t.protocol.value,
+                "at": t.at,
+                "kind": t.kind.value,
+                "from": t.old,
+                "to": t.new,
+            }
             for t in status.transitions
         ],
     }
@@ -184,29 +195,41 @@ def _when(ts: float | None) -> str:
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tls-scanner</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="refresh" content="30">
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
-table {{ border-collapse: collapse; margin-bottom: 2rem; }}
-th, td {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; font-size: .9rem; }}
-td.accepted {{ background: #c8e6c9; }} td.rejected {{ background: #ffcdd2; }}
+body {{ font-family: system-ui, sans-serif; margin: 1rem; color: #222; }}
+nav a {{ margin-right: 1rem; }}
+.scroll {{ overflow-x: auto; margin-bottom: 1.5rem; }}
+table {{ border-collapse: collapse; }}
+th, td {{ border: 1px solid #ccc; padding: .25rem .45rem; text-align: left; font-size: .85rem; }}
+td[data-protocol] {{ white-space: nowrap; }}
+td.ok {{ background: #c8e6c9; }} td.violating {{ background: #ffcdd2; }}
+td.neutral.accepted {{ background: #e3f2fd; }} td.neutral.rejected {{ background: #f5f5f5; color: #555; }}
 td.error {{ background: #fff3c4; }} td.unknown {{ background: #eee; color: #777; }}
 td.changed {{ outline: 3px solid #d32f2f; outline-offset: -3px; font-weight: bold; }}
 .err, td.http-bad {{ color: #b71c1c; font-weight: bold; }}
+.labels {{ color: #666; font-size: .75rem; }}
 </style></head><body>
 <h1>tls-scanner</h1>
-<p>{count} targets. Cells show the latest determined state; a yellow cell means the last sweep hit an error and
+<nav><a href="/metrics">/metrics</a><a href="/api/v1/targets">/api/v1/targets</a></nav>
+<p>{count} targets. Cells show the latest determined state: green where it is what the target's <code>expect:</code>
+policy wants, red where it violates it, pale where there is no policy; yellow means the last sweep hit an error and
 the state shown is the one before it. Outlined cells changed within the last hour.</p>
-<table id="matrix"><thead><tr><th>Target</th><th>Address</th>{proto_headers}<th>HTTP</th><th>Last sweep</th>
-<th>Last change</th><th>Error</th></tr></thead><tbody>
+<div class="scroll"><table id="matrix"><thead><tr><th>Target</th><th>Address</th>{proto_headers}<th>HTTP</th>
+<th>Policy</th><th>Last sweep</th><th>Last change</th><th>Error</th></tr></thead><tbody>
 {rows}
-</tbody></table>
+</tbody></table></div>
+<h2>Policy violations</h2>
+<ul id="violations">
+{violations}
+</ul>
 <h2>Recent transitions</h2>
-<table id="transitions"><thead><tr><th>When</th><th>Target</th><th>Address</th><th>Protocol</th><th>From</th>
-<th>To</th></tr></thead>
+<div class="scroll"><table id="transitions"><thead><tr><th>When</th><th>Target</th><th>Address</th><th>Protocol</th>
+<th>From</th><th>To</th></tr></thead>
 <tbody>
 {transitions}
-</tbody></table>
+</tbody></table></div>
 </body></html>
 """
 
@@ -216,6 +239,11 @@ def _rows(status: TargetStatus, now: float) -> list[str]:
     sweep = status.last_sweep
     latest = {} if sweep is None else {a.address: a for a in sweep.addresses}
     addresses = list(status.addresses) or [""]
+    expect = status.target.expect
+    judged = None if sweep is None or expect.empty else verdict(sweep)
+    policy = "-" if judged is None else ("met" if judged.met else "VIOLATED")
+    policy_css = ' class="violating"' if judged is not None and not judged.met else ""
+    labels = " ".join(f"{k}={v}" for k, v in status.target.labels)
     rows = []
     for address in addresses:
         statuses = status.addresses.get(address, {})
@@ -226,7 +254,9 @@ def _rows(status: TargetStatus, now: float) -> list[str]:
                 cells.append('<td class="unknown">-</td>')
                 continue
             determined = statuses.get(protocol)
-            css = "unknown" if determined is None else determined.state.value
+            css = (
+                "unknown" if determined is None else f"{determined.state.value} {_judged(expect, protocol, determined)}"
+            )
             outcome = None if result is None else result.protocols.get(protocol)
             if outcome is not None and outcome.state is ProtocolState.ERROR:
                 css = "error"
@@ -240,17 +270,37 @@ def _rows(status: TargetStatus, now: float) -> list[str]:
         last_change = max((s.last_change for s in statuses.values() if s.changes), default=None)
         error = ""
         if sweep is not None:
-            error = (result.error if result else None) or sweep.error or ""
+            error = (result.error if result else None) or sweep.error or sweep.dns_error or ""
             if result is not None and not error:
                 error = "; ".join(f"{p.value}: {r.detail}" for p, r in result.protocols.items() if r.reason)
         name = html.escape(status.target.name)
+        label_div = f'<div class="labels">{html.escape(labels)}</div>' if labels else ""
         rows.append(
-            f'<tr data-target="{name}" data-address="{html.escape(address)}"><td>{name}</td>'
+            f'<tr data-target="{name}" data-address="{html.escape(address)}"><td>{name}{label_div}</td>'
             f"<td>{html.escape(address or '-')}</td>{''.join(cells)}"
-            f"<td{http_css}>{html.escape(http or '-')}</td><td>{_when(sweep.started_at if sweep else None)}</td>"
+            f"<td{http_css}>{html.escape(http or '-')}</td><td{policy_css}>{policy}</td>"
+            f"<td>{_when(sweep.started_at if sweep else None)}</td>"
             f'<td>{_when(last_change)}</td><td class="err">{html.escape(error)}</td></tr>'
         )
     return rows
+
+
+def _judged(expect: Expectation, protocol: Protocol, determined: ProtocolStatus) -> str:
+    """A cell's colour class: ok or violating by the target's policy, neutral where it has none for the protocol."""
+    want = wanted(expect, protocol)
+    if want is None:
+        return "neutral"
+    shown = ProtocolResult(determined.state, http_status=determined.http_status)
+    return "violating" if evaluate(expect, {protocol: shown}).violations else "ok"
+
+
+def _transition_cells(t: Transition) -> str:
+    """From and To: a handshake flip coloured by state, an HTTP status change by the statuses (red from 400)."""
+    if t.kind is TransitionKind.HTTP:
+        cells = [(f"HTTP {code}", "http-bad" if int(code) >= 400 else "http-ok") for code in (t.old, t.new)]
+    else:
+        cells = [(t.old, t.old), (t.new, t.new)]
+    return "".join(f'<td class="{css}" data-kind="{t.kind.value}">{html.escape(text)}</td>' for text, css in cells)
 
 
 async def status_page(request: web.Request) -> web.Response:
@@ -259,14 +309,20 @@ async def status_page(request: web.Request) -> web.Response:
     now = time.time()
     rows = [row for status in snapshot for row in _rows(status, now)]
     transitions = sorted((t for s in snapshot for t in s.transitions), key=lambda t: t.at, reverse=True)
+    violations = [
+        f"<li><b>{html.escape(s.target.name)}</b>: {html.escape(v)}</li>"
+        for s in snapshot
+        if s.last_sweep is not None and not s.target.expect.empty
+        for v in verdict(s.last_sweep).violations
+    ]
     body = _PAGE.format(
         count=len(snapshot),
         proto_headers="".join(f"<th>{p.value}</th>" for p in ALL_PROTOCOLS),
-        rows="\n".join(rows) or '<tr><td colspan="11">No targets yet.</td></tr>',
+        rows="\n".join(rows) or '<tr><td colspan="13">No targets yet.</td></tr>',
+        violations="\n".join(violations) or "<li>None.</li>",
         transitions="\n".join(
             f"<tr><td>{_when(t.at)}</td><td>{html.escape(t.target)}</td><td>{html.escape(t.address or '-')}</td>"
-            f"<td>{t.protocol.value}</td>"
-            f'<td class="{t.old.value}">{t.old.value}</td><td class="{t.new.value}">{t.new.value}</td></tr>'
+            f"<td>{t.protocol.value}</td>{_transition_cells(t)}</tr>"
             for t in transitions[:RECENT_TRANSITIONS]
         )
         or '<tr><td colspan="6">No transitions seen.</td></tr>',

@@ -51,7 +51,8 @@ Records = Mapping[str, Sequence[str]]  # name -> its addresses (A and AAAA), in 
 class DnsLab(Managed):
     """dnsmasq serving `records` on 127.0.0.1:port; `set()` rewrites them and SIGHUPs it (by pid)."""
 
-    def __init__(self, directory: Path, records: Records, binary: str | None = None) -> None:
+    def __init__(self, directory: Path, records: Records, binary: str | None = None, extra: Sequence[str] = ()) -> None:
+        self.extra = tuple(extra)  # more dnsmasq options, e.g. --host-record=NAME,ADDRESS
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.hosts = self.directory / "dns-hosts"
@@ -98,6 +99,7 @@ class DnsLab(Managed):
             "--log-queries",
             f"--log-facility={self.log}",
             *(f"--local=/{zone}/" for zone in LOCAL_ZONES),
+            *self.extra,
         ]
 
     def query(self, name: str, kind: str, lifetime: float = 1.0) -> list[str]:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
 import warnings
@@ -215,3 +216,72 @@ def smtp_server(tls_context: ssl.SSLContext | None) -> Iterator[Endpoint]:
             controller.stop()
     finally:
         mail_log.setLevel(level)
+
+
+class FlakyForwarder(Managed):
+    """A TCP forwarder on 127.0.0.1 to `target` that resets a fraction of connections right after accept (a flaky
+    load balancer); `resets` counts them. Seeded, so a run is repeatable."""
+
+    def __init__(self, target: Endpoint, reset_fraction: float, seed: int = 1) -> None:
+        import random
+
+        self.target = target
+        self.reset_fraction = reset_fraction
+        self.resets = 0
+        self.forwarded = 0
+        self._random = random.Random(seed)
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(256)
+        self._listener.settimeout(0.05)
+        self.endpoint = Endpoint("127.0.0.1", self._listener.getsockname()[1])
+        self._acceptor = threading.Thread(target=self._accept_loop, name="flaky-forwarder", daemon=True)
+
+    def start(self) -> Self:
+        self._acceptor.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._acceptor.join(timeout=5)
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self._random.random() < self.reset_fraction:
+                self.resets += 1
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # RST at once
+                continue
+            self.forwarded += 1
+            thread = threading.Thread(target=self._forward, args=(conn,), daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+            thread.start()
+
+    def _forward(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection((self.target.host, self.target.port), timeout=_IO_TIMEOUT)
+        except OSError:
+            client.close()
+            return
+        pumps = [
+            threading.Thread(target=_pump, args=(client, upstream), daemon=True),
+            threading.Thread(target=_pump, args=(upstream, client), daemon=True),
+        ]
+        for pump in pumps:
+            pump.start()
+        for pump in pumps:
+            pump.join()
+        client.close()
+        upstream.close()

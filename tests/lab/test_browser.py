@@ -24,7 +24,7 @@ README_SCREENSHOT = REPO / "deploy" / "status-page.png"
 PROTOCOLS = ["SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 NGINX_ALL = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 NGINX_MODERN = ["TLSv1.2", "TLSv1.3"]
-WINDOW = (1400, 700)
+WINDOW = (800, 700)  # the page must stay usable this narrow
 # The status page's cell colours (scanner/web.py): accepted, rejected.
 GREEN = (0xC8, 0xE6, 0xC9)
 RED = (0xFF, 0xCD, 0xD2)
@@ -185,8 +185,21 @@ def brownout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         NginxServer("modern", modern, NGINX_MODERN),
     ]
     targets = [
-        {"name": "web", "host": "127.0.0.1", "port": web, "http": True},
-        {"name": "legacy-403", "host": "127.0.0.1", "port": legacy, "http": True},
+        {
+            "name": "web",
+            "host": "127.0.0.1",
+            "port": web,
+            "http": True,
+            "labels": {"team": "web"},
+            "expect": {"accept": ["TLSv1.2", "TLSv1.3"], "reject": ["SSLv2", "SSLv3"]},
+        },
+        {
+            "name": "legacy-403",
+            "host": "127.0.0.1",
+            "port": legacy,
+            "http": True,
+            "expect": {"http_ok": ["TLSv1.0"], "reject": ["TLSv1.1"]},
+        },
         {"name": "modern", "host": "127.0.0.1", "port": modern},
         {"name": "down", "host": "127.0.0.1", "port": down},
     ]
@@ -226,11 +239,20 @@ def test_status_page_in_chromium_shows_the_brownout(brownout: Daemon, tmp_path: 
     cells = {name: {c.protocol: c for r in found for c in r.cells if c.protocol} for name, found in rows.items()}
     assert all(list(c) == PROTOCOLS for c in cells.values()), cells
     web = cells["web"]
+    # Coloured by the policy where there is one (ok / violating), neutrally where there is none.
     for protocol in ("TLSv1.0", "TLSv1.1"):
-        assert {"rejected", "changed"} <= web[protocol].classes, (protocol, web[protocol])
+        assert {"rejected", "changed", "neutral"} <= web[protocol].classes, (protocol, web[protocol])
     for protocol in ("TLSv1.2", "TLSv1.3"):
-        assert web[protocol].classes == {"accepted"}, (protocol, web[protocol])
-    assert {"rejected"} == web["SSLv3"].classes
+        assert web[protocol].classes == {"accepted", "ok"}, (protocol, web[protocol])
+    assert {"rejected", "ok"} == web["SSLv3"].classes
+    assert cells["modern"]["TLSv1.3"].classes == {"accepted", "neutral"}
+    assert {"accepted", "violating"} <= cells["legacy-403"]["TLSv1.0"].classes
+    assert {"accepted", "violating"} <= cells["legacy-403"]["TLSv1.1"].classes
+    policy = {name: found[0].cells[len(PROTOCOLS) + 3].text for name, found in rows.items()}
+    assert policy == {"web": "met", "legacy-403": "VIOLATED", "modern": "-", "down": "-"}, policy
+    assert "team=web" in rows["web"][0].cells[0].text
+    assert 'href="/metrics"' in dump.stdout and 'href="/api/v1/targets"' in dump.stdout
+    assert "legacy-403</b>: TLSv1.0 expected HTTP 2xx/3xx, got 403" in dump.stdout
     assert not any("changed" in c.classes for name in ("modern", "legacy-403") for c in cells[name].values())
     assert all(c.classes & {"error", "unknown"} for c in cells["down"].values()), cells["down"]
     assert any("403" in c.text for r in rows["legacy-403"] for c in r.cells), "HTTP 403 over TLS 1.0/1.1 not shown"

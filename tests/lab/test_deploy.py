@@ -4,9 +4,11 @@ Kubernetes manifests and the systemd unit, each checked with the tool that owns 
 from __future__ import annotations
 
 import base64
+import http.client
 import http.server
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -25,11 +27,12 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from scanner.cli import build_parser
+from scanner.cli import DEFAULT_LISTEN_ADDRESS, DEFAULT_STATE_FILE, build_parser, misused
 from scanner.config import load_config
+from scanner.protocols import Protocol
 from scanner.webconfig import WebConfig, WebGuard, load_web_config
-from tests.lab.daemon import require_binary
-from tests.lab.servers import free_ports, missing
+from tests.lab.daemon import require_binary, until
+from tests.lab.servers import LabStack, free_ports, missing
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -248,7 +251,8 @@ def test_prometheusrule_carries_the_same_rule_groups() -> None:
 
 EXPECTED_RECEIVER = {
     "TLSScannerDown": "oncall",
-    "TLSProtocolBrownoutStarted": "brownouts",
+    "TLSProtocolBrownoutStarted": "brownout-flips",
+    "TLSProtocolRefused": "brownouts",
     "TLSHTTPBrownout": "brownouts",
     "TLSProtocolBrownoutEnded": "brownouts-info",
 }
@@ -287,7 +291,24 @@ def test_every_alert_routes_to_its_receiver() -> None:
             assert set(names.group(1).split("|")) <= set(alerts()), matcher
 
 
+def test_the_flip_notice_is_sent_without_resolved_and_the_refusal_with_it() -> None:
+    """TLSProtocolBrownoutStarted ends an hour after the flip whatever the state: its "resolved" would say nothing.
+    TLSProtocolRefused resolves only when the protocol is accepted again (or allowed by a policy that holds)."""
+    receivers = {r["name"]: r for r in load_yaml(ALERTMANAGER)["receivers"]}
+    flips = receivers[EXPECTED_RECEIVER["TLSProtocolBrownoutStarted"]]["webhook_configs"]
+    refused = receivers[EXPECTED_RECEIVER["TLSProtocolRefused"]]["webhook_configs"]
+    assert flips and all(w["send_resolved"] is False for w in flips)
+    assert refused and all(w.get("send_resolved", True) is True for w in refused)
+    started, refusal = alerts()["TLSProtocolBrownoutStarted"], alerts()["TLSProtocolRefused"]
+    assert "time()" in started["expr"] and "time()" not in refusal["expr"], "the refusal alert must not expire"
+    assert "tls_scanner_expectation_met" in refusal["expr"]
+
+
 # --- compose -------------------------------------------------------------------------------------------------------
+
+
+STACK = {"tls-scanner", "prometheus", "alertmanager", "alert-receiver", "grafana"}
+RECEIVER = DEPLOY / "alertmanager" / "receiver.py"
 
 
 def compose() -> dict[str, Any]:
@@ -295,10 +316,71 @@ def compose() -> dict[str, Any]:
     return document
 
 
+def webhook_urls() -> list[str]:
+    return [w["url"] for r in load_yaml(ALERTMANAGER)["receivers"] for w in r.get("webhook_configs", [])]
+
+
+def test_every_webhook_points_at_the_receiver_in_the_stack() -> None:
+    """alertmanager.yml's webhooks name a service of the Compose stack, on the port that service listens on."""
+    services = compose()["services"]
+    urls = webhook_urls()
+    assert urls
+    for url in urls:
+        match = re.fullmatch(r"http://([a-z0-9-]+):(\d+)/\S*", url)
+        assert match, url
+        host, port = match.groups()
+        assert host in services, f"{url}: no service {host} in deploy/compose.yaml"
+        service = services[host]
+        command = service["command"]
+        assert command[:2] == ["python", "/opt/alert-receiver/receiver.py"] and command[2] == f":{port}", command
+        mounts = dict(v.split(":")[1::-1] for v in service["volumes"])
+        assert (DEPLOY / mounts[command[1]]).resolve() == RECEIVER
+        assert service["image"].startswith("python:3.11-slim") and service["read_only"] is True
+        assert "ports" not in service, "the receiver is for the stack only"
+    assert "alert-receiver" in services["alertmanager"]["depends_on"]
+
+
+def test_the_receiver_logs_each_alert_of_a_webhook_notification() -> None:
+    (port,) = free_ports(1)
+    process = subprocess.Popen(
+        [sys.executable, str(RECEIVER), f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == f"alert receiver listening on 127.0.0.1:{port}\n"
+        notification = {
+            "version": "4",
+            "status": "firing",
+            "receiver": "brownouts",
+            "alerts": [
+                {
+                    "status": "firing",
+                    "labels": {"alertname": "TLSProtocolRefused", "target": "pypi", "protocol": "TLSv1.0"},
+                    "annotations": {"summary": "pypi still refuses TLSv1.0"},
+                },
+                {"status": "resolved", "labels": {"alertname": "TLSHTTPBrownout", "target": "web"}, "annotations": {}},
+            ],
+        }
+        for body, status in ((json.dumps(notification), 200), ("not json", 400)):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                conn.request("POST", "/brownouts", body=body, headers={"Content-Type": "application/json"})
+                assert conn.getresponse().status == status
+            finally:
+                conn.close()
+        assert process.stdout.readline() == (
+            "/brownouts FIRING TLSProtocolRefused {protocol=TLSv1.0,target=pypi} pypi still refuses TLSv1.0\n"
+        )
+        assert process.stdout.readline() == "/brownouts RESOLVED TLSHTTPBrownout {target=web}\n"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def test_compose_structure_and_mounts() -> None:
     document = compose()
     services = document["services"]
-    assert set(services) == {"tls-scanner", "prometheus", "alertmanager", "grafana"}
+    assert set(services) == STACK
     named = set(document.get("volumes") or {})
     for name, service in services.items():
         image = service.get("image", "")
@@ -387,7 +469,7 @@ def test_docker_compose_config() -> None:
     result = run(*command, "-f", DEPLOY / "compose.yaml", "config", timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     resolved = yaml.safe_load(result.stdout)
-    assert set(resolved["services"]) == {"tls-scanner", "prometheus", "alertmanager", "grafana"}
+    assert set(resolved["services"]) == STACK
     for service in resolved["services"].values():
         for volume in service.get("volumes", []):
             source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
@@ -432,17 +514,98 @@ def test_dockerfile_structure() -> None:
     assert not re.search(r"\b(curl|wget)\b", healthcheck)
     copies = [a for i, a in final if i == "COPY"]
     assert "config/endpoints.yaml /etc/tls-scanner/endpoints.yaml" in copies
-    # The command line the image runs is one the scanner accepts, on the port it exposes and health-checks.
+    # The command line the image runs is one the scanner accepts. Arguments given to `docker run` replace CMD, and
+    # CMD holds only flags every mode takes, so the daemon's defaults must fit the image: the state file in the
+    # working directory, inside the volume; the default port is the one exposed and health-checked.
     cmd = yaml.safe_load(last["CMD"])
     assert yaml.safe_load(last["ENTRYPOINT"]) == ["tls-scanner"]
     check_cli_args(cmd)
     assert "--config=/etc/tls-scanner/endpoints.yaml" in cmd
-    assert any(a.startswith("--state-file=/var/lib/tls-scanner/") for a in cmd)
-    port = next(a for a in cmd if a.startswith("--web.listen-address=")).rsplit(":", 1)[1]
+    for mode in (["--once"], ["--check-config"], []):
+        assert misused(build_parser().parse_intermixed_args([*cmd, *mode])) is None, f"CMD refused with {mode}"
+    assert not any(a.startswith(("--state-file", "--web.listen-address", "--web.config.file", "--format")) for a in cmd)
+    workdir = last["WORKDIR"]
+    assert workdir in yaml.safe_load(last["VOLUME"]) and not os.path.isabs(DEFAULT_STATE_FILE)
+    port = DEFAULT_LISTEN_ADDRESS.rsplit(":", 1)[1]
     assert last["EXPOSE"] == port and f"127.0.0.1:{port}/-/healthy" in healthcheck
     # Dependencies come from the pinned constraints, then the project without resolving anything else.
     runs = " ".join(a for i, a in instructions if i == "RUN")
     assert "--requirement deploy/constraints.txt" in runs and "--no-deps --constraint deploy/constraints.txt ." in runs
+
+
+def image_command(*args: str, config: Path) -> list[str]:
+    """What the image runs for `docker run IMAGE ARGS` (no ARGS: its CMD), to be run here: ENTRYPOINT's tls-scanner
+    is this checkout's, and the image's config path points at `config`."""
+    last = dict(dockerfile()[max(n for n, (i, _) in enumerate(dockerfile()) if i == "FROM") :])
+    entrypoint = yaml.safe_load(last["ENTRYPOINT"])
+    assert entrypoint == ["tls-scanner"]
+    command = list(args) or yaml.safe_load(last["CMD"])
+    return [
+        sys.executable,
+        "-m",
+        "scanner",
+        *(a.replace("/etc/tls-scanner/endpoints.yaml", str(config)) for a in command),
+    ]
+
+
+def run_in(workdir: Path, command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_docker_run_image_once_scans_the_targets_given(lab: LabStack, tmp_path: Path) -> None:
+    """`docker run IMAGE --once HOST:PORT --format json`, and `--once` after the image's CMD, both work."""
+    server = lab.tls_server({Protocol.TLSv1_2, Protocol.TLSv1_3})
+    workdir = tmp_path / "var-lib-tls-scanner"
+    workdir.mkdir()
+    config = tmp_path / "endpoints.yaml"
+    config.write_text(f"targets:\n  - {{host: 127.0.0.1, port: {server.port}, name: configured}}\n")
+    proc = run_in(workdir, image_command("--once", f"127.0.0.1:{server.port}", "--format", "json", config=config))
+    assert proc.returncode == 0, proc.stderr
+    assert [t["name"] for t in json.loads(proc.stdout)["targets"]] == [f"127.0.0.1:{server.port}"]
+    cmd = image_command(config=config)
+    proc = run_in(workdir, [*cmd, "--once", "--format", "json"])
+    assert proc.returncode == 0, proc.stderr
+    assert [t["name"] for t in json.loads(proc.stdout)["targets"]] == ["configured"]
+    assert list(workdir.iterdir()) == [], "a one-shot run wrote to the state volume"
+
+
+def test_docker_run_image_starts_the_daemon_with_its_state_in_the_volume(tmp_path: Path) -> None:
+    """The image's CMD runs the daemon: the state file lands in the working directory (the volume). The port is
+    moved to loopback here (docker maps the exposed :9913)."""
+    workdir = tmp_path / "var-lib-tls-scanner"
+    workdir.mkdir()
+    config = tmp_path / "endpoints.yaml"
+    (closed,) = free_ports(1)
+    config.write_text(f"defaults: {{interval: 1h, timeout: 1s}}\ntargets:\n  - 127.0.0.1:{closed}\n")
+    (port,) = free_ports(1)
+    command = [*image_command(config=config), f"--web.listen-address=127.0.0.1:{port}"]
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=workdir, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=out, stderr=out
+        )
+    try:
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"the daemon exited: {log.read_text()}")
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            try:
+                conn.request("GET", "/-/ready")
+                return conn.getresponse().status == 200
+            except OSError:
+                return False
+            finally:
+                conn.close()
+
+        until(up, 30, "the image's daemon to be ready")
+        assert (workdir / DEFAULT_STATE_FILE).is_file()
+        assert '"level": "info"' in log.read_text(), "CMD's --log-format=json"
+    finally:
+        process.terminate()
+        process.wait(15)
+    assert process.returncode == 0, log.read_text()
 
 
 @pytest.mark.parametrize(("status", "healthy"), [(200, True), (401, True), (500, False), (None, False)])

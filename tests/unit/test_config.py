@@ -27,7 +27,7 @@ INVALID = CONFIGS / "invalid"
 KNOWN = "SSLv2, SSLv3, TLSv1.0, TLSv1.1, TLSv1.2, TLSv1.3"
 TARGET_KEYS = (
     "host, port, name, sni, address, interval, timeout, protocols, expect, http, labels, "
-    "addresses, starttls, client_cert, https_proxy"
+    "addresses, starttls, client_cert, https_proxy, confirm_sweeps"
 )
 HINT = "use e.g. 500ms, 3s, 5m, 1h"
 P = Protocol
@@ -46,7 +46,7 @@ INVALID_FILES = {
     "unknown_key_defaults.yaml": (
         3,
         'unknown key "port" in defaults (allowed: interval, timeout, protocols, expect, http, labels, '
-        "addresses, starttls, client_cert, https_proxy)",
+        "addresses, starttls, client_cert, https_proxy, confirm_sweeps)",
     ),
     "unknown_key_target.yaml": (3, f'unknown key "timout" in target (allowed: {TARGET_KEYS})'),
     "unknown_key_expect.yaml": (5, 'unknown key "allow" in expect (allowed: accept, reject, http_ok)'),
@@ -299,6 +299,175 @@ INVALID_INLINE = {
         "targets: [a.org]\nconcurrency: 2\ntargets: [b.org]\n",
         3,
         'duplicate key "targets" at top level (first on line 1)',
+    ),
+    # Label values and names must be UTF-8 (YAML's "\ud800" escape makes a lone surrogate).
+    "label_value_surrogate": (
+        'defaults:\n  labels: {team: "\\ud800"}\ntargets: [python.org]\n',
+        2,
+        'label "team": value "\\ud800" is not valid UTF-8 (surrogate code point)',
+    ),
+    "label_value_surrogate_pair_escapes": (
+        'targets:\n  - host: python.org\n    labels: {icon: "\\ud83d\\ude00"}\n',
+        3,
+        'label "icon": value "\\ud83d\\ude00" is not valid UTF-8 (surrogate code point)',
+    ),
+    "name_surrogate": (
+        'targets:\n  - host: python.org\n    name: "web\\udc80"\n',
+        3,
+        'name: "web\\udc80" is not valid UTF-8 (surrogate code point)',
+    ),
+    "label_name_surrogate": (
+        'defaults:\n  labels: {"\\ud800": x}\ntargets: [python.org]\n',
+        2,
+        'label name "\\ud800" is not valid: use letters, digits and _, not starting with a digit',
+    ),
+    # Host names by DNS rules.
+    "host_label_too_long": (
+        f"targets:\n  - {'a' * 64}.example\n",
+        2,
+        f'host "{"a" * 57}..." is not a valid host name: label "{"a" * 57}..." is longer than 63 characters',
+    ),
+    "host_leading_hyphen": (
+        "targets:\n  - -1s\n",
+        2,
+        'host "-1s" is not a valid host name: label "-1s" starts or ends with "-"',
+    ),
+    "host_label_trailing_hyphen": (
+        "targets:\n  - host: www-.python.org\n",
+        2,
+        'host "www-.python.org" is not a valid host name: label "www-" starts or ends with "-"',
+    ),
+    "host_too_long": (
+        "targets:\n  - " + ".".join(["a" * 63] * 4) + "\n",
+        2,
+        f'host "{"a" * 57}..." is not a valid host name',
+    ),
+    "sni_label_too_long": (
+        f"targets:\n  - host: python.org\n    sni: x.{'b' * 70}\n",
+        3,
+        f'sni "x.{"b" * 55}..." is not a valid host name: label "{"b" * 57}..." is longer than 63 characters',
+    ),
+    "sni_leading_hyphen": (
+        "targets:\n  - host: python.org\n    sni: -python.org\n",
+        3,
+        'sni "-python.org" is not a valid host name: label "-python" starts or ends with "-"',
+    ),
+    "proxy_host_hyphen": (
+        'targets:\n  - host: python.org\n    https_proxy: "http://-proxy:3128"\n',
+        3,
+        'https_proxy host "-proxy" is not a valid host name: label "-proxy" starts or ends with "-"',
+    ),
+    # Numbers finite, durations at most a day.
+    "rate_nan": (
+        "politeness: {connections_per_second: .nan}\ntargets: [python.org]\n",
+        1,
+        "politeness.connections_per_second: expected a number >= 0, got .nan",
+    ),
+    "rate_inf": (
+        "politeness:\n  connections_per_second: .inf\ntargets: [python.org]\n",
+        2,
+        "politeness.connections_per_second: expected a number >= 0, got .inf",
+    ),
+    "rate_below_one_a_day": (
+        "politeness:\n  connections_per_second: 1.0e-9\ntargets: [python.org]\n",
+        2,
+        "politeness.connections_per_second: 1.0e-9 is less than one connection a day; 0 turns the limit off",
+    ),
+    "timeout_past_a_day": (
+        "defaults:\n  timeout: 10000000h\ntargets: [python.org]\n",
+        2,
+        'timeout: bad duration "10000000h": must be at most 1 day (24h)',
+    ),
+    "interval_bare_past_a_day": (
+        "defaults:\n  interval: 86401\ntargets: [python.org]\n",
+        2,
+        "interval: bad duration 86401: must be at most 1 day (24h)",
+    ),
+    "interval_bare_float_past_a_day": (
+        "targets:\n  - host: python.org\n    interval: 1.0e+9\n",
+        3,
+        "interval: bad duration 1.0e+9: must be at most 1 day (24h)",
+    ),
+    "interval_bare_huge_int": (
+        f"defaults:\n  interval: {'9' * 400}\ntargets: [python.org]\n",
+        2,
+        f"interval: bad duration {'9' * 57}...: too large",
+    ),
+    "resolver_timeout_past_a_day": (
+        "resolver: {nameservers: [127.0.0.1], timeout: 25h}\ntargets: [python.org]\n",
+        1,
+        'resolver.timeout: bad duration "25h": must be at most 1 day (24h)',
+    ),
+    "max_range_endpoints_past_2_24": (
+        "max_range_endpoints: 16777217\ntargets: [python.org]\n",
+        1,
+        "max_range_endpoints: expected an integer 1-16777216, got 16777217",
+    ),
+    # One duration syntax: YAML 1.1 reads 1:30 as the base-60 integer 90.
+    "interval_sexagesimal": (
+        "defaults:\n  interval: 1:30\ntargets: [python.org]\n",
+        2,
+        "interval: 1:30 is read by YAML 1.1 as the base-60 number 90; write 90s",
+    ),
+    "timeout_sexagesimal_float": (
+        "targets:\n  - host: python.org\n    timeout: 1:30.5\n",
+        3,
+        "timeout: 1:30.5 is read by YAML 1.1 as the base-60 number 90.5; write 90.5s",
+    ),
+    "resolver_timeout_sexagesimal": (
+        "resolver:\n  nameservers: [127.0.0.1]\n  timeout: 1:05\ntargets: [python.org]\n",
+        3,
+        "resolver.timeout: 1:05 is read by YAML 1.1 as the base-60 number 65; write 65s",
+    ),
+    "port_sexagesimal": (
+        "targets:\n  - host: python.org\n    port: 7:23\n",
+        3,
+        "port: expected an integer 1-65535, got 7:23 (YAML 1.1 reads it in base 60: 443)",
+    ),
+    "rate_sexagesimal": (
+        "politeness: {connections_per_second: 1:00}\ntargets: [python.org]\n",
+        1,
+        "politeness.connections_per_second: expected a number >= 0, got 1:00 (YAML 1.1 reads it in base 60: 60)",
+    ),
+    # Labels Prometheus reserves or rewrites.
+    **{
+        f"label_{name}": (
+            f"defaults:\n  labels: {{{name}: x}}\ntargets: [python.org]\n",
+            2,
+            f'label name "{name}" is reserved for Prometheus\' own labels (job, instance, le, quantile)',
+        )
+        for name in ("job", "instance", "le", "quantile")
+    },
+    # confirm_sweeps: an integer 1-10.
+    **{
+        f"confirm_sweeps_{case}": (
+            f"defaults:\n  confirm_sweeps: {value}\ntargets: [python.org]\n",
+            2,
+            f"confirm_sweeps: expected an integer 1-10, got {shown}",
+        )
+        for case, value, shown in (
+            ("zero", "0", "0"),
+            ("eleven", "11", "11"),
+            ("negative", "-1", "-1"),
+            ("bool", "true", "boolean true"),
+            ("string", '"3"', '"3"'),
+            ("float", "2.5", "2.5"),
+            ("null", "", "null"),
+            ("list", "[2]", "list"),
+        )
+    },
+    "confirm_sweeps_in_range": (
+        "targets:\n  - network: 192.0.2.0/30\n    confirm_sweeps: 99\n",
+        3,
+        "confirm_sweeps: expected an integer 1-10, got 99",
+    ),
+    # Scalars PyYAML itself chokes on.
+    "escape_past_unicode": ('targets:\n  - "\\UFFFFFFFF"\n', 2, "invalid YAML: escape beyond U+10FFFF"),
+    "escape_just_past_unicode": ('targets:\n  - "\\U00110000"\n', 2, "invalid YAML: escape beyond U+10FFFF"),
+    "explicit_int_tag_empty": (
+        "targets:\n  - host: python.org\n    port: !!int _\n",
+        3,
+        "port: expected an integer 1-65535, got a value tagged !!int _",
     ),
 }
 
@@ -647,3 +816,106 @@ def test_parse_duration_rejects(text: str, problem: str) -> None:
 @pytest.mark.parametrize(("value", "seconds"), [("2", 2.0), ("0.5", 0.5), ("2s", 2.0), ("250ms", 0.25)])
 def test_duration_in_config(tmp_path: Path, value: str, seconds: float) -> None:
     assert _target(tmp_path, f"defaults:\n  timeout: {value}\ntargets: [python.org]\n").timeout == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("café", "café"), ('"\\u00e9"', "é"), ('"\\U0001F600"', "\U0001f600"), ("😀", "😀"), ('"a\\tb"', "a\tb")],
+)
+def test_label_values_that_are_utf8(tmp_path: Path, value: str, expected: str) -> None:
+    target = _target(tmp_path, f"targets:\n  - host: python.org\n    labels: {{team: {value}}}\n")
+    assert target.labels == (("team", expected),)
+    assert target.labels[0][1].encode("utf-8")
+
+
+@pytest.mark.parametrize("name", ["jobs", "instance_id", "les", "quantiles", "Job"])
+def test_label_names_near_the_reserved_ones(tmp_path: Path, name: str) -> None:
+    target = _target(tmp_path, f"targets:\n  - host: python.org\n    labels: {{{name}: x}}\n")
+    assert target.labels == ((name, "x"),)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "a" * 63 + ".example",
+        ".".join(["a" * 63] * 3 + ["b" * 61]),  # 253 characters
+        ".".join(["a" * 63] * 3 + ["b" * 61]) + ".",
+        "a-b.example",
+        "xn--bcher-kva.example",
+        "_dmarc.example.org",
+        "1.example",
+    ],
+)
+def test_host_names_within_dns_rules(tmp_path: Path, host: str) -> None:
+    target = _target(tmp_path, f"targets:\n  - host: {host}\n    sni: {host}\n")
+    assert (target.host, target.sni) == (host, host)
+    host.encode("idna")  # what a sweep does with it
+
+
+@pytest.mark.parametrize(
+    ("line", "seconds"),
+    [
+        ("interval: 24h", 86400.0),
+        ("interval: 86400", 86400.0),
+        ("interval: 1440m", 86400.0),
+        ('interval: "90s"', 90.0),
+        ("timeout: 86400.0", 86400.0),
+    ],
+)
+def test_durations_up_to_a_day(tmp_path: Path, line: str, seconds: float) -> None:
+    target = _target(tmp_path, f"defaults:\n  {line}\ntargets: [python.org]\n")
+    assert seconds in (target.interval, target.timeout)
+
+
+def test_quoted_sexagesimal_is_a_bad_duration_not_90(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text('defaults:\n  interval: "1:30"\ntargets: [python.org]\n')
+    assert _error(path).message == f'interval: bad duration "1:30": {HINT}'
+
+
+@pytest.mark.parametrize(("rate", "expected"), [("0", 0.0), ("1.2e-5", 1.2e-5), ("1.0e+9", 1e9), ("10", 10.0)])
+def test_connections_per_second_finite(tmp_path: Path, rate: str, expected: float) -> None:
+    config = _load(tmp_path, f"politeness: {{connections_per_second: {rate}}}\ntargets: [python.org]\n")
+    assert config.politeness.connections_per_second == expected
+
+
+def test_max_range_endpoints_up_to_2_24(tmp_path: Path) -> None:
+    assert _load(tmp_path, "max_range_endpoints: 16777216\ntargets: [python.org]\n").max_range_endpoints == 2**24
+
+
+def test_confirm_sweeps(tmp_path: Path) -> None:
+    config = _load(
+        tmp_path,
+        """\
+defaults:
+  confirm_sweeps: 3
+targets:
+  - inherits.example
+  - host: overrides.example
+    confirm_sweeps: 1
+  - network: 192.0.2.0/30
+    confirm_sweeps: 10
+""",
+    )
+    inherits, overrides = config.targets
+    assert (inherits.confirm_sweeps, overrides.confirm_sweeps, config.ranges[0].template.confirm_sweeps) == (3, 1, 10)
+    assert _target(tmp_path, "targets: [python.org]\n").confirm_sweeps == 2 == TargetConfig("n", "h").confirm_sweeps
+
+
+@pytest.mark.parametrize(
+    ("allow", "is_open"),
+    [
+        ("[]", False),
+        ("['192.0.2.0/24', '*.example.org']", False),
+        ("['0.0.0.0/0']", True),
+        ("['::/0']", True),
+        ("['10.1.2.3/0']", True),  # normalized to 0.0.0.0/0
+        ("['*']", True),
+        ("['**']", True),
+        ("['*.*']", False),
+        ("['127.0.0.1', '*']", True),
+    ],
+)
+def test_probe_open_to_everything(tmp_path: Path, allow: str, is_open: bool) -> None:
+    config = _load(tmp_path, f"probe: {{allow: {allow}}}\ntargets: [python.org]\n")
+    assert config.probe.open_to_everything is is_open

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scanner.config import Config, Expectation, SafeConfig
+from scanner.config import Config, Expectation, ProbeSettings, SafeConfig
 from scanner.metrics import ScannerMetrics
 from scanner.protocols import Protocol
 from scanner.store import ResultStore
@@ -135,3 +135,11 @@ def test_matches_prometheus_client_formatting_of_escaped_labels() -> None:
         "address": "127.0.0.1",
         "protocol": "TLSv1.2",
     }
+
+
+@pytest.mark.parametrize(("allow", "value"), [((), 0.0), (("192.0.2.0/24",), 0.0), (("0.0.0.0/0",), 1.0)])
+def test_an_open_probe_allowlist_is_exported(allow: tuple[str, ...], value: float) -> None:
+    safe = SafeConfig(Config(path="config.yaml", targets=(), probe=ProbeSettings(allow=allow)))
+    scraper = _Scraper(ResultStore(None))
+    scraper.metrics = ScannerMetrics(ResultStore(None), safe)
+    assert scraper.get_sample_value("tls_scanner_probe_open_to_everything") == value

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prometheus_client.parser import text_string_to_metric_families
 
-from scanner.config import Expectation
+from scanner.config import Expectation, TargetConfig
 from scanner.metrics import ScannerMetrics, render_probe, render_sweeps
 from scanner.protocols import Protocol
-from scanner.status import advance, sweep_status
+from scanner.results import AddressResult, Evidence, ProtocolResult, ProtocolState, SweepResult
+from scanner.status import TransitionKind, advance, sweep_status
 from scanner.store import ResultStore
 from tests.unit.factories import A, E, R, sweep, target
 
@@ -62,3 +65,70 @@ def test_probe_adds_its_own_families() -> None:
     assert samples["tls_scanner_probe_success"] == 1
     assert samples["tls_scanner_probe_duration_seconds"] == 0.5
     assert samples["tls_scanner_targets"] == 1
+
+
+def _rejected_by(evidence: Evidence) -> ProtocolResult:
+    return ProtocolResult(ProtocolState.REJECTED, detail=evidence.value, evidence=evidence, connections=4)
+
+
+def _one(t: TargetConfig, result: ProtocolResult, at: float) -> SweepResult:
+    return SweepResult(t, at, 0.5, (AddressResult("127.0.0.1", {T10: result}),))
+
+
+def test_a_flip_seen_only_as_a_reset_is_reported_once_it_holds() -> None:
+    t = replace(target(), confirm_sweeps=2)
+    accepted = ProtocolResult(ProtocolState.ACCEPTED, detail="AES128-SHA", connections=1)
+    known, _ = advance({}, _one(t, accepted, 0))
+    for evidence in (Evidence.RESET, Evidence.CLOSED):
+        first, flips = advance(known, _one(t, _rejected_by(evidence), 100))
+        assert flips == [] and first["127.0.0.1"][T10].state is A and first["127.0.0.1"][T10].pending == 1
+        # Accepted again: the pending refusal is forgotten, nothing was ever reported.
+        back, flips = advance(first, _one(t, accepted, 200))
+        assert flips == [] and back["127.0.0.1"][T10].pending == 0 and back["127.0.0.1"][T10].changes == 0
+        # Held for two sweeps: reported, stamped at the second.
+        second, flips = advance(first, _one(t, _rejected_by(evidence), 300))
+        assert [(f.old, f.new, f.at) for f in flips] == [("accepted", "rejected", 300.5)]
+        assert second["127.0.0.1"][T10].changes == 1 and second["127.0.0.1"][T10].pending == 0
+
+
+def test_an_alert_flips_at_once_and_confirm_1_trusts_every_refusal() -> None:
+    accepted = ProtocolResult(ProtocolState.ACCEPTED, connections=1)
+    for t, evidence in (
+        (replace(target(), confirm_sweeps=3), Evidence.ALERT),
+        (replace(target(), confirm_sweeps=1), Evidence.RESET),
+    ):
+        known, _ = advance({}, _one(t, accepted, 0))
+        _, flips = advance(known, _one(t, _rejected_by(evidence), 100))
+        assert [f.new for f in flips] == ["rejected"], evidence
+
+
+def test_an_http_status_change_is_a_transition() -> None:
+    t = target("pypi")
+    known, flips = advance({}, sweep(t, {T10: A}, at=0, http={T10: 200}))
+    assert (
+        flips == [] and known["127.0.0.1"][T10].http_status == 200 and known["127.0.0.1"][T10].http_last_change == 0.5
+    )
+    changed, flips = advance(known, sweep(t, {T10: A}, at=100, http={T10: 403}))
+    assert [(f.kind, f.protocol, f.old, f.new, f.at) for f in flips] == [
+        (TransitionKind.HTTP, T10, "200", "403", 100.5)
+    ]
+    status = changed["127.0.0.1"][T10]
+    assert (status.http_status, status.http_changes, status.changes) == (403, 1, 0)
+    # A rejected handshake has no HTTP answer: the last status stands, nothing changes.
+    after, flips = advance(changed, sweep(t, {T10: R}, at=200))
+    assert [f.kind for f in flips] == [TransitionKind.HANDSHAKE] and after["127.0.0.1"][T10].http_status == 403
+
+
+def test_http_changes_are_exported() -> None:
+    t = target("pypi")
+    store = ResultStore(None)
+    store.set_targets([t])
+    store.record(sweep(t, {T10: A}, at=0, http={T10: 200}))
+    store.record(sweep(t, {T10: A}, at=100, http={T10: 403}))
+    labels = (("address", "127.0.0.1"), ("protocol", "TLSv1.0"), ("target", "pypi"))
+    samples = _samples(ScannerMetrics(store).render())
+    assert ("tls_scanner_http_status_changes_total", labels, 1.0) in samples
+    assert ("tls_scanner_http_status_last_change_timestamp_seconds", labels, 100.5) in samples
+    (status,) = store.snapshot(with_transitions=5)
+    assert [(x.kind, x.old, x.new) for x in status.transitions] == [(TransitionKind.HTTP, "200", "403")]
+    store.close()

@@ -6,6 +6,9 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from scanner.errors import StateFileError
 from scanner.protocols import Protocol
 from scanner.results import ErrorReason
 from scanner.store import HISTORY_PER_TARGET, ResultStore
@@ -146,3 +149,99 @@ def test_snapshot_lists_each_targets_recent_transitions_newest_first() -> None:
     assert [(t.new, t.at) for t in by_name["a"].transitions] == [(R, 300.5), (A, 200.5)]
     assert [(t.target, t.new) for t in by_name["b"].transitions] == [("b", R)]
     assert all(not s.transitions for s in store.snapshot())
+
+
+def test_a_full_disk_stops_no_sweep_and_kept_transitions_are_written_later(tmp_path: Path) -> None:
+    t = target("t" * 3000)  # a long name: each transition needs a page of its own
+    path = str(tmp_path / "state.db")
+    store = ResultStore(path)
+    store.set_targets([t])
+    store.record(sweep(t, {T10: A}, at=0))
+    # SQLite's own limit on the file's pages: the same "database or disk is full" a full disk gives.
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    flips = []
+    for i in range(1, 41):
+        flips += store.record(sweep(t, {T10: R if i % 2 else A}, at=100 * i))
+    assert len(flips) == 40  # every flip seen while nothing could be written
+    assert not store.writable and store.write_errors >= 1
+    (status,) = store.snapshot()
+    assert status.addresses["127.0.0.1"][T10].changes == 40
+    store._db.execute("PRAGMA max_page_count = 1073741823")
+    store.record(sweep(t, {T10: A}, at=5000))  # no flip: only the kept ones are written
+    assert store.writable
+    store.close()
+    reopened = ResultStore(path)
+    reopened.set_targets([t])
+    (status,) = reopened.snapshot(with_transitions=100)
+    assert status.addresses["127.0.0.1"][T10].changes == 40
+    assert [x.at for x in status.transitions] == [100.0 * i + 0.5 for i in range(40, 0, -1)]
+    reopened.close()
+
+
+def test_rows_that_are_not_utf8_are_dropped_not_fatal(tmp_path: Path) -> None:
+    t = target()
+    path = str(tmp_path / "state.db")
+    store = ResultStore(path)
+    store.set_targets([t])
+    store.record(sweep(t, {T10: A, T12: A}))
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE protocol_state SET target = CAST(X'74FF' AS TEXT) WHERE protocol = 'TLSv1.0'")
+        db.execute(
+            "INSERT INTO transition (target, address, protocol, at, old, new) "
+            "VALUES ('t', CAST(X'FF' AS TEXT), 'TLSv1.2', 1, 'accepted', 'rejected')"
+        )
+    reopened = ResultStore(path)
+    reopened.set_targets([t])
+    (status,) = reopened.snapshot(with_transitions=5)
+    assert list(status.addresses["127.0.0.1"]) == [T12]
+    assert [x.address for x in status.transitions] == ["\ufffd"]
+    reopened.close()
+
+
+def test_a_format_2_file_is_migrated_with_its_history(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE protocol_state (target TEXT NOT NULL, address TEXT NOT NULL, protocol TEXT NOT NULL,"
+            " state TEXT NOT NULL, last_change REAL NOT NULL, changes INTEGER NOT NULL,"
+            " PRIMARY KEY (target, address, protocol));"
+            "CREATE TABLE transition (id INTEGER PRIMARY KEY AUTOINCREMENT, target TEXT NOT NULL,"
+            " address TEXT NOT NULL, protocol TEXT NOT NULL, at REAL NOT NULL, old TEXT NOT NULL, new TEXT NOT NULL);"
+            "INSERT INTO protocol_state VALUES ('t', '127.0.0.1', 'TLSv1.0', 'rejected', 50.0, 3);"
+            "INSERT INTO transition (target, address, protocol, at, old, new)"
+            " VALUES ('t', '127.0.0.1', 'TLSv1.0', 50.0, 'accepted', 'rejected');"
+            "PRAGMA application_id = 1414288211; PRAGMA user_version = 2;"
+        )
+    store = ResultStore(str(path))
+    store.set_targets([target()])
+    (status,) = store.snapshot(with_transitions=5)
+    assert status.addresses["127.0.0.1"][T10].changes == 3
+    assert [(x.kind.value, x.new) for x in status.transitions] == [("handshake", "rejected")]
+    store.close()
+    assert not list(tmp_path.glob("*.unusable-*"))
+
+
+@pytest.mark.parametrize("case", ["directory", "missing parent"])
+def test_a_state_path_that_cannot_hold_the_file_is_refused_untouched(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "state.db"
+    if case == "directory":
+        path.mkdir()
+        (path / "inside").write_text("keep")
+    else:
+        path = tmp_path / "nowhere" / "state.db"
+    with pytest.raises(StateFileError, match="directory"):
+        ResultStore(str(path))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == (["inside", "state.db"] if case == "directory" else [])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anything")
+def test_a_file_we_may_not_write_is_refused_not_renamed(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = ResultStore(str(path))
+    store.close()
+    path.chmod(0o444)
+    with pytest.raises(StateFileError, match="permission denied"):
+        ResultStore(str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.db"]
