@@ -3,6 +3,7 @@
 once:   `--once` on N endpoints vs the sslyze CLI on the same endpoints; wall time, connections, peak RSS, matrix.
 daemon: the daemon on N targets; time until every target has a result, RSS, /metrics latency and size.
 web:    slowloris connections and a storm of concurrent scrapes; /-/healthy latency meanwhile (bench/web.py).
+wan:    --once on N endpoints behind a loopback delay proxy (bench/wan.py); sslyze CLI and sslscan on a subset.
 
 Loopback only; every process started here is stopped by its pid; benchmarks run one after the other.
 """
@@ -34,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import web  # noqa: E402
+from bench import wan, web  # noqa: E402
 from scanner.protocols import ALL_PROTOCOLS, Protocol  # noqa: E402
 from tests.lab.servers import NginxError, NginxLab, NginxServer, free_ports, wait_for  # noqa: E402
 
@@ -120,12 +121,13 @@ class Measured:
     timed_out: bool
 
 
-def run_measured(cmd: Sequence[str], timeout: float, stdout: Path, stderr: Path) -> Measured:
-    """Run cmd, wait with wait4() so its own peak RSS is known; SIGKILL it (by pid) at timeout."""
+def run_measured(cmd: Sequence[str], timeout: float, stdout: Path, stderr: Path, cwd: Path | None = None) -> Measured:
+    """Run cmd (in cwd, default the scanner root), wait with wait4() so its own peak RSS and CPU time are known;
+    SIGKILL it (by pid) at timeout."""
     timed_out = threading.Event()
     with stdout.open("wb") as out, stderr.open("wb") as err:
         start = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=SCANNER_ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=cwd or SCANNER_ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
 
         def kill() -> None:
             timed_out.set()
@@ -248,6 +250,16 @@ def nginx_lab(n: int, workers: int) -> Iterator[tuple[Lab, NginxLab]]:
     print(f"  nginx: {n} server blocks, {workers} worker(s), up in {time.monotonic() - started:.1f}s")
     try:
         yield lab, server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def nginx_servers(servers: Sequence[NginxServer], workers: int) -> Iterator[NginxLab]:
+    """One nginx serving exactly these server blocks; stopped on exit."""
+    server = NginxLab(servers, workers=workers)
+    try:
+        yield server.start(timeout=120)
     finally:
         server.stop()
 
@@ -745,8 +757,10 @@ def _busy() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["once", "daemon", "web", "all"])
-    parser.add_argument("--endpoints", type=int, default=40, help="once: nginx server blocks (default 40)")
+    parser.add_argument("which", choices=["once", "daemon", "web", "wan", "all"])
+    parser.add_argument(
+        "--endpoints", type=int, default=None, help="once: nginx server blocks (default 40); wan: endpoints (500)"
+    )
     parser.add_argument("--targets", type=int, default=2000, help="daemon: nginx server blocks (default 2000)")
     parser.add_argument("--repeat", type=int, default=3, help="once: scanner runs, median reported (default 3)")
     parser.add_argument("--sslyze-timeout", type=float, default=300, help="once: cap on the sslyze CLI (s)")
@@ -755,11 +769,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--web-targets", type=int, default=100, help="web: nginx server blocks (default 100)")
     parser.add_argument("--slowloris", type=int, default=100, help="web: slow connections held open (default 100)")
     parser.add_argument("--scrapes", type=int, default=2000, help="web: concurrent /metrics requests (default 2000)")
-    parser.add_argument("--peer-root", type=Path, default=None, help="web: another tree to attack side by side")
+    parser.add_argument(
+        "--peer-root", type=Path, default=None, help="web, wan: another tree to measure side by side (e.g. HEAD)"
+    )
+    parser.add_argument("--rtt-ms", type=float, default=100.0, help="wan: round-trip time of the delay proxy")
+    parser.add_argument("--subset", type=int, default=20, help="wan: endpoints for the sslyze/sslscan ratio")
+    parser.add_argument("--concurrency", type=int, default=None, help="wan: `concurrency:` in the config")
+    parser.add_argument("--address-base", default="127.2.0.1", help="wan: first endpoint address (loopback)")
+    parser.add_argument("--no-tcp-rtt", action="store_true", help="wan: do not charge the TCP handshake's RTT")
+    parser.add_argument("--no-peers", action="store_true", help="wan: skip the sslyze CLI and sslscan")
+    parser.add_argument("--profile", type=Path, default=None, help="wan: py-spy the first full run into this file")
     parser.add_argument(
         "--scanner-root", type=Path, default=REPO, help="directory `python -m scanner` runs in (default: this repo)"
     )
     args = parser.parse_args(argv)
+    if args.endpoints is None:
+        args.endpoints = 500 if args.which == "wan" else 40
     global SCANNER_ROOT
     SCANNER_ROOT = args.scanner_root.resolve()
     if not (SCANNER_ROOT / "scanner" / "__main__.py").exists():
@@ -783,6 +808,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["daemon"] = bench_daemon(args)
     if args.which in ("web", "all"):
         results["web"] = bench_web(args)
+    if args.which == "wan":
+        roots = {"this": SCANNER_ROOT} | ({"peer": args.peer_root.resolve()} if args.peer_root else {})
+        results["wan"] = wan.bench_wan(args, run_measured, dict(PROFILES), nginx_servers, roots)
     results["total_s"] = time.monotonic() - started
     results["load_after"] = _busy()
     path = save(args.which, results)

@@ -13,6 +13,7 @@ from typing import TextIO
 
 from scanner import __version__
 from scanner.config import Config, TargetConfig, load_config, parse_config
+from scanner.deep_results import DeepResult
 from scanner.errors import ConfigError, StateFileError
 from scanner.logs import setup_logging
 from scanner.policy import verdict
@@ -27,10 +28,11 @@ DEFAULT_LISTEN_ADDRESS = ":9913"
 DEFAULT_STATE_FILE = "tls-scanner.db"
 CONFIG_FROM_STDIN = "-"  # --config - reads the config from standard input
 COMMAND_LINE = "<command line>"  # the name errors give the HOST[:PORT] arguments
+ONCE_DEEP_CONCURRENCY = 4  # deep scans at once in `--once --deep`
 
 # Flags that mean something in one mode only, by argparse dest; given in another mode they are refused (exit 2)
 # rather than ignored. Their argparse default is None, so that "given" can be told from "defaulted".
-ONCE_ONLY = {"format": "--format"}
+ONCE_ONLY = {"format": "--format", "deep": "--deep"}
 DAEMON_ONLY = {
     "listen_address": "--web.listen-address",
     "web_config_file": "--web.config.file",  # also with --check-config, which validates it
@@ -72,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["table", "json", "prometheus"],
         default=None,
         help=f"--once output (default {DEFAULT_FORMAT})",
+    )
+    parser.add_argument(
+        "--deep",
+        action="store_true",
+        default=None,
+        help="--once: also run the deep tier (certificates, cipher suites, Mozilla profiles) on each target",
     )
     parser.add_argument(
         "--web.listen-address",
@@ -188,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.OK
     if args.once:
         output_format = DEFAULT_FORMAT if args.format is None else args.format
-        return run_once(config, output_format, sys.stdout, sys.stderr, shard)
+        return run_once(config, output_format, sys.stdout, sys.stderr, shard, deep=bool(args.deep))
     # Imported here: aiohttp costs a one-shot --once run a fifth of its start-up.
     from scanner.service import serve
 
@@ -202,23 +210,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     return ExitCode.OK
 
 
-def run_once(config: Config, output_format: str, out: TextIO, progress: TextIO, shard: Shard = ALL) -> int:
-    """Sweep every target once, print the report, and return the exit code."""
+def run_once(
+    config: Config, output_format: str, out: TextIO, progress: TextIO, shard: Shard = ALL, deep: bool = False
+) -> int:
+    """Sweep every target once (with `deep`, deep-scan it too), print the report, and return the exit code."""
     targets = expand(config, shard)
     sweeps = asyncio.run(sweep_all(config, targets, progress if progress.isatty() else None))
+    deep_results = asyncio.run(deep_all(sweeps)) if deep else None
     if output_format == "json":
-        out.write(render_json(sweeps))
+        out.write(render_json(sweeps, deep_results))
     elif output_format == "prometheus":
         from scanner.metrics import render_sweeps  # only this format needs prometheus_client: keep start-up short
 
-        out.write(render_sweeps(sweeps, shard=None if shard is ALL else shard))
+        out.write(render_sweeps(sweeps, shard=None if shard is ALL else shard, deep=deep_results))
     else:
-        out.write(render_table(sweeps))
+        out.write(render_table(sweeps, deep_results))
     if any(not verdict(s).met for s in sweeps if not s.closed):
         return ExitCode.VIOLATED
     if any(not s.complete for s in sweeps if not s.closed):
         return ExitCode.INCOMPLETE
+    if deep_results is not None and any(not d.success for d in deep_results.values()):
+        return ExitCode.INCOMPLETE
     return ExitCode.OK
+
+
+async def deep_all(sweeps: Sequence[SweepResult]) -> dict[str, DeepResult]:
+    """Deep-scan each swept target (not those with deep_interval 0) on the addresses its sweep found, a few at once."""
+    from scanner.deep import deep_scan  # sslyze's scan commands: only --deep needs them loaded
+
+    slots = asyncio.Semaphore(ONCE_DEEP_CONCURRENCY)
+
+    async def one(sweep: SweepResult) -> tuple[str, DeepResult]:
+        async with slots:
+            return sweep.target.name, await deep_scan(sweep.target, [a.address for a in sweep.addresses])
+
+    chosen = [s for s in sweeps if not s.closed and s.target.deep_interval > 0]
+    return dict(await asyncio.gather(*(one(s) for s in chosen)))
 
 
 async def sweep_all(config: Config, targets: Sequence[TargetConfig], progress: TextIO | None) -> list[SweepResult]:

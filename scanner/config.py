@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import datetime
 import enum
 import ipaddress
 import json
@@ -13,11 +14,13 @@ import stat
 import sys
 import time
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
+from scanner.clients import CIPHER_NAME_RE, GROUPS, PROFILE_NAME_RE, ClientProfile, builtin_profiles
 from scanner.endpoint import Endpoint, join_host_port, parse_port, split_host_port
 from scanner.errors import ConfigError
 from scanner.protocols import ALL_PROTOCOLS, Protocol
@@ -27,6 +30,7 @@ DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_RANGE_ENDPOINTS = 65536  # a /16 on one port
 DEFAULT_CONFIRM_SWEEPS = 2
+DEFAULT_DEEP_INTERVAL = 6 * 3600.0  # the deep tier (certificates, cipher suites); 0 turns it off
 MAX_RANGE_ENDPOINTS = 2**24  # the most max_range_endpoints may allow
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 MAX_ALIAS_NODES = 1_000_000  # nodes YAML aliases may add to the document (a "billion laughs" bound)
@@ -48,12 +52,22 @@ class Expectation:
 
 
 @dataclass(frozen=True)
+class DatedPolicy:
+    """A policy with a deadline: reported before `start`, enforced from it."""
+
+    name: str  # the `policy` label: its `name:`, or "from DATE"
+    expect: Expectation
+    start: float  # unix time the policy is enforced from (a date means 00:00 UTC)
+
+
+@dataclass(frozen=True)
 class HttpCheck:
     """The HTTP request sent over each accepted handshake (brownout-by-403 detection)."""
 
     path: str = "/"
     method: str = "GET"
     host: str | None = None  # Host header; None means the target's host
+    match: str | None = None  # a regex searched in the status line and the first 4 KiB of the body
 
 
 class AddressMode(enum.StrEnum):
@@ -130,6 +144,8 @@ class TargetConfig:
     timeout: float = DEFAULT_TIMEOUT
     protocols: tuple[Protocol, ...] = ALL_PROTOCOLS
     expect: Expectation = field(default_factory=Expectation)
+    deadlines: tuple[DatedPolicy, ...] = ()  # `expect:` entries with `from:`
+    clients: tuple[ClientProfile, ...] = ()  # client profiles checked on every sweep
     http: HttpCheck | None = None
     line: int = 0  # where the target is defined, for messages
     addresses: AddressMode = AddressMode.ALL
@@ -139,6 +155,8 @@ class TargetConfig:
     https_proxy: str | None = None  # http://host:port, CONNECT tunnel
     range: str | None = None  # set for endpoints expanded from a `network:` range
     confirm_sweeps: int = DEFAULT_CONFIRM_SWEEPS  # sweeps a flip seen only as a closed/reset connection must hold
+    deep_interval: float = DEFAULT_DEEP_INTERVAL  # seconds between deep scans; 0: no deep scans
+    ca_file: str | None = None  # PEM CA certificate(s) trusted besides sslyze's stores, for the deep tier
 
     @property
     def endpoint(self) -> Endpoint:
@@ -208,15 +226,22 @@ _NULL = "tag:yaml.org,2002:null"
 _MERGE = "tag:yaml.org,2002:merge"
 _KINDS = {_BOOL: "boolean", "tag:yaml.org,2002:timestamp": "timestamp", "tag:yaml.org,2002:binary": "binary"}
 
-_TOP_KEYS = ("concurrency", "defaults", "targets", "resolver", "max_range_endpoints", "probe", "politeness")
+_TOP_KEYS = ("concurrency", "defaults", "targets", "resolver", "max_range_endpoints", "probe", "politeness", "clients")
+# The client profiles a config can name: the built-in ones and its own `clients:`, while it is being parsed.
+_PROFILES: contextvars.ContextVar[Mapping[str, ClientProfile]] = contextvars.ContextVar("profiles")
 _RESOLVER_KEYS = ("nameservers", "timeout")
 _PROBE_KEYS = ("allow", "max_concurrent")
 _POLITENESS_KEYS = ("connections_per_address", "connections_per_second")
 _CLIENT_CERT_KEYS = ("cert", "key")
 _EXPECT_KEYS = ("accept", "reject", "http_ok")
-_HTTP_KEYS = ("path", "method", "host")
+_DATED_KEYS = (*_EXPECT_KEYS, "from", "name")
+_CLIENT_KEYS = ("protocols", "ciphers", "sni", "groups")
+_HTTP_KEYS = ("path", "method", "host", "match")
 # The scanner's own metric labels; a user label of the same name would clash with them.
-_RESERVED_LABELS = ("target", "protocol", "reason", "address", "name", "host", "port")
+_RESERVED_LABELS = (
+    "target", "protocol", "reason", "address", "name", "host", "port", "client", "policy",
+    "cipher", "profile", "subject", "issuer", "serial", "fingerprint_sha256", "key", "error",
+)  # fmt: skip
 # Labels Prometheus itself sets or gives a meaning (scrape target, histogram bucket, summary quantile).
 _PROMETHEUS_LABELS = ("job", "instance", "le", "quantile")
 
@@ -499,6 +524,15 @@ def _build(name: str, root: yaml.Node | None) -> Config:
     if not isinstance(root, yaml.MappingNode):
         raise _Invalid(root, f"top level: expected a mapping, got {_describe(root)}")
     pairs = _mapping(root, "top level", _TOP_KEYS)
+    own_profiles = _client_profiles(pairs["clients"][1]) if "clients" in pairs else {}
+    token = _PROFILES.set({**builtin_profiles(), **own_profiles})
+    try:
+        return _build_with_profiles(name, pairs)
+    finally:
+        _PROFILES.reset(token)
+
+
+def _build_with_profiles(name: str, pairs: _Pairs) -> Config:
     concurrency = DEFAULT_CONCURRENCY
     if "concurrency" in pairs:
         node = pairs["concurrency"][1]
@@ -740,6 +774,7 @@ def _settings(own: _Layer, defaults: _Layer, *, name: str, host: str, port: int,
     }
     for key, merge in _MERGED.items():
         given[key] = merge(defaults.get(key), own.get(key))
+    given["deadlines"] = _merge_deadlines(defaults.get("expect"), own.get("expect"))
     expect = {**_expect_of(defaults), **_expect_of(own)}
     _check_expect(expect, set(_expect_of(own)))
     http = given.get("http")
@@ -759,13 +794,19 @@ def _settings(own: _Layer, defaults: _Layer, *, name: str, host: str, port: int,
 
 
 def _expect_of(layer: _Layer) -> dict[str, tuple[yaml.Node, _ProtoLines]]:
-    return layer["expect"].value if "expect" in layer else {}
+    return layer["expect"].value[0] if "expect" in layer else {}
 
 
 def _merge_expect(default: _Given | None, own: _Given | None) -> Expectation:
     """Each key of `expect` given at the target replaces the default's key."""
-    expect = {**(default.value if default else {}), **(own.value if own else {})}
+    expect = {**(default.value[0] if default else {}), **(own.value[0] if own else {})}
     return Expectation(**{key: frozenset(protocols) for key, (_, protocols) in expect.items()})
+
+
+def _merge_deadlines(default: _Given | None, own: _Given | None) -> tuple[DatedPolicy, ...]:
+    """A target's `expect:` brings its own dated policies, else it keeps the defaults'."""
+    given = own or default
+    return given.value[1] if given else ()
 
 
 def _merge_labels(default: _Given | None, own: _Given | None) -> tuple[tuple[str, str], ...]:
@@ -780,13 +821,134 @@ def _layer_protocols(node: yaml.Node) -> tuple[Protocol, ...]:
     return tuple(protocol for protocol in ALL_PROTOCOLS if protocol in protocols)
 
 
-def _expect(node: yaml.Node) -> dict[str, tuple[yaml.Node, _ProtoLines]]:
+_ExpectGiven = tuple[dict[str, tuple[yaml.Node, _ProtoLines]], tuple[DatedPolicy, ...]]
+
+
+def _expect(node: yaml.Node) -> _ExpectGiven:
+    """`expect:` as one policy (a mapping), or a list of them where those with `from: DATE` are deadlines."""
+    if isinstance(node, yaml.SequenceNode):
+        base: dict[str, tuple[yaml.Node, _ProtoLines]] = {}
+        dated: list[DatedPolicy] = []
+        for item in node.value:
+            if not isinstance(item, yaml.MappingNode):
+                raise _Invalid(
+                    item,
+                    "expect: each policy in the list must be a mapping (accept, reject, http_ok, from, name), "
+                    f"got {_describe(item)}",
+                )
+            if "from" in _pairs(item, "expect"):
+                dated.append(_dated_policy(item))
+            else:
+                base.update(_policy(item))
+        names = [d.name for d in dated]
+        if len(set(names)) != len(names):
+            raise _Invalid(
+                node, f"expect: two dated policies are named the same ({', '.join(names)}); give each a name"
+            )
+        return base, tuple(dated)
+    return _policy(node), ()
+
+
+def _policy(node: yaml.Node, keys: tuple[str, ...] = _EXPECT_KEYS) -> dict[str, tuple[yaml.Node, _ProtoLines]]:
     if not isinstance(node, yaml.MappingNode):
         raise _Invalid(node, f"expect: expected a mapping with accept, reject, http_ok, got {_describe(node)}")
     return {
         name: (name_node, _protocols(value_node, f"expect.{name}"))
-        for name, (name_node, value_node) in _mapping(node, "expect", _EXPECT_KEYS).items()
+        for name, (name_node, value_node) in _mapping(node, "expect", keys).items()
+        if name in _EXPECT_KEYS
     }
+
+
+def _dated_policy(node: yaml.MappingNode) -> DatedPolicy:
+    """`{reject: [...], from: 2018-06-30, name: pypi-2018}`."""
+    pairs = _mapping(node, "expect", _DATED_KEYS)
+    expect = _policy(node, _DATED_KEYS)
+    _check_expect(expect, set(expect))
+    from_node = pairs["from"][1]
+    text = str(from_node.value) if isinstance(from_node, yaml.ScalarNode) else ""
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "T"))
+    except ValueError:
+        raise _Invalid(
+            from_node, f"expect.from: expected an ISO 8601 date such as 2018-06-30, got {_describe(from_node)}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    name = _str(pairs["name"][1], "expect.name") if "name" in pairs else f"from {text}"
+    if "name" in pairs and not name.strip():
+        raise _Invalid(pairs["name"][1], "expect.name: expected a non-empty name")
+    policy = Expectation(**{key: frozenset(protocols) for key, (_, protocols) in expect.items()})
+    return DatedPolicy(name=name, expect=policy, start=when.timestamp())
+
+
+def _clients(node: yaml.Node) -> tuple[ClientProfile, ...]:
+    """A target's `clients:`: profile names, or `all` for every profile the config knows."""
+    profiles = _PROFILES.get(builtin_profiles())
+    if isinstance(node, yaml.ScalarNode) and node.tag == _STR and node.value == "all":
+        return tuple(profiles.values())
+    if not isinstance(node, yaml.SequenceNode):
+        raise _Invalid(node, f"clients: expected a list of client profile names or all, got {_describe(node)}")
+    chosen: dict[str, ClientProfile] = {}
+    for item in node.value:
+        name = _str(item, "clients")
+        if name not in profiles:
+            known = ", ".join(profiles)
+            raise _Invalid(item, f"clients: unknown client profile {_quote(name)} (known: {known})")
+        if name in chosen:
+            raise _Invalid(item, f"clients: {_quote(name)} is listed twice")
+        chosen[name] = profiles[name]
+    return tuple(chosen.values())
+
+
+def _client_profiles(node: yaml.Node) -> dict[str, ClientProfile]:
+    """The top-level `clients:` mapping: the config's own profiles, beside (or over) the built-in ones."""
+    if not isinstance(node, yaml.MappingNode):
+        raise _Invalid(node, f"clients: expected a mapping of profile names to profiles, got {_describe(node)}")
+    profiles: dict[str, ClientProfile] = {}
+    for name, (key_node, value_node) in _pairs(node, "clients").items():
+        if not PROFILE_NAME_RE.fullmatch(name):
+            raise _Invalid(key_node, f"clients: profile name {_quote(name)} must be lowercase letters, digits, . _ -")
+        pairs = _section(value_node, f"clients.{name}", _CLIENT_KEYS)
+        for required in ("protocols", "ciphers"):
+            if required not in pairs:
+                raise _Invalid(value_node, f'clients.{name}: missing required key "{required}"')
+        protocols = _protocols(pairs["protocols"][1], f"clients.{name}.protocols")
+        if not protocols:
+            raise _Invalid(pairs["protocols"][1], f"clients.{name}.protocols: at least one protocol is required")
+        ciphers_node = pairs["ciphers"][1]
+        if not isinstance(ciphers_node, yaml.SequenceNode) or not ciphers_node.value:
+            raise _Invalid(
+                ciphers_node, f"clients.{name}.ciphers: expected a non-empty list of IANA cipher suite names"
+            )
+        ciphers = []
+        for item in ciphers_node.value:
+            cipher = _str(item, f"clients.{name}.ciphers")
+            if not CIPHER_NAME_RE.fullmatch(cipher):
+                raise _Invalid(
+                    item, f"clients.{name}.ciphers: {_quote(cipher)} is not an IANA cipher suite name (TLS_...)"
+                )
+            ciphers.append(cipher)
+        groups: list[str] = []
+        if "groups" in pairs:
+            groups_node = pairs["groups"][1]
+            if not isinstance(groups_node, yaml.SequenceNode):
+                raise _Invalid(groups_node, f"clients.{name}.groups: expected a list, got {_describe(groups_node)}")
+            for item in groups_node.value:
+                group = _str(item, f"clients.{name}.groups")
+                if group not in GROUPS:
+                    raise _Invalid(
+                        item, f"clients.{name}.groups: unknown group {_quote(group)} (known: {', '.join(GROUPS)})"
+                    )
+                groups.append(group)
+        sni = True
+        if "sni" in pairs:
+            flag = _bool(pairs["sni"][1])
+            if flag is None:
+                raise _Invalid(pairs["sni"][1], f"clients.{name}.sni: expected true or false")
+            sni = flag
+        ordered = tuple(p for p in ALL_PROTOCOLS if p in protocols)
+        profiles[name] = ClientProfile(name, ordered, tuple(ciphers), sni, tuple(groups), source=f"{_line(key_node)}")
+    return profiles
 
 
 def _client_cert(node: yaml.Node) -> ClientCert:
@@ -808,6 +970,26 @@ def _confirm_sweeps(node: yaml.Node) -> int:
     if value is None or not 1 <= value <= 10:
         raise _Invalid(node, f"confirm_sweeps: expected an integer 1-10, got {_describe(node)}")
     return value
+
+
+def _deep_interval(node: yaml.Node) -> float:
+    """A duration, or 0 (alone among durations) to turn the deep tier off."""
+    if isinstance(node, yaml.ScalarNode) and re.fullmatch(r"0+(\.0*)?(ms|s|m|h)?", node.value.strip()):
+        return 0.0
+    return _duration(node, "deep_interval")
+
+
+def _ca_file(node: yaml.Node) -> str:
+    path = _str(node, "ca_file")
+    if not os.access(path, os.R_OK) or not os.path.isfile(path):
+        raise _Invalid(node, f"ca_file: cannot read {_quote(path)}")
+    try:
+        head = _read_file(path, path)
+    except (OSError, ConfigError):
+        raise _Invalid(node, f"ca_file: cannot read {_quote(path)}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise _Invalid(node, f"ca_file: no PEM certificate in {_quote(path)}")
+    return path
 
 
 def _https_proxy(node: yaml.Node) -> str:
@@ -1053,6 +1235,13 @@ def _http(node: yaml.Node) -> HttpCheck | None:
     values: dict[str, str] = {}
     for key, (_, value_node) in _mapping(node, "http", _HTTP_KEYS).items():
         value = _str(value_node, f"http.{key}")
+        if key == "match":
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise _Invalid(value_node, f"http.match: not a regular expression ({exc}): {_quote(value)}") from None
+            values[key] = value
+            continue
         if key == "path" and not value.startswith("/"):
             raise _Invalid(value_node, f'http.path: must start with "/", got {_quote(value)}')
         if key == "method" and not _METHOD_RE.fullmatch(value):
@@ -1224,6 +1413,9 @@ _LAYER_PARSERS: dict[str, typing.Callable[[yaml.Node], typing.Any]] = {
     "client_cert": _client_cert,
     "https_proxy": _https_proxy,
     "confirm_sweeps": _confirm_sweeps,
+    "clients": _clients,
+    "deep_interval": _deep_interval,
+    "ca_file": _ca_file,
 }
 # Keys whose default and target values combine instead of the target's replacing the default's.
 _MERGED: dict[str, typing.Callable[[_Given | None, _Given | None], typing.Any]] = {

@@ -6,13 +6,17 @@ results as plain values from scanner.results.
 
 from __future__ import annotations
 
+import functools
+import re
 import socket
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 from nassl import _nassl
-from nassl.ssl_client import ClientCertificateRequested, SslClient
+from nassl.ephemeral_key_info import OpenSslEcNidEnum
+from nassl.ssl_client import ClientCertificateRequested, OpenSslVerifyEnum, OpenSslVersionEnum, SslClient
 from sslyze.connection_helpers.http_response_parser import HttpResponseParser
 from sslyze.connection_helpers.opportunistic_tls_helpers import ProtocolWithOpportunisticTlsEnum
 from sslyze.connection_helpers.tls_connection import SslConnection
@@ -33,6 +37,7 @@ from sslyze.server_setting import (
     ServerNetworkLocation,
 )
 
+from scanner.clients import ClientProfile
 from scanner.config import HttpCheck, StartTls, TargetConfig
 from scanner.endpoint import bracket, join_host_port
 from scanner.protocols import Protocol
@@ -71,10 +76,58 @@ class Attempt:
     cipher_list: str
     legacy: bool | None = None  # None: sslyze's choice (the legacy OpenSSL below TLS 1.2)
     retry: bool = False  # sent again because the hello before was refused without an alert
+    sni: bool = True  # False: send no SNI even where the target has a name (a client profile without SNI)
+    groups: tuple[str, ...] = ()  # a client profile's groups (the modern OpenSSL only); empty: its defaults
+
+
+_GROUPS = {
+    "X25519": OpenSslEcNidEnum.X25519,
+    "X448": OpenSslEcNidEnum.X448,
+    "secp256r1": OpenSslEcNidEnum.SECP256R1,
+    "secp384r1": OpenSslEcNidEnum.SECP384R1,
+    "secp521r1": OpenSslEcNidEnum.SECP521R1,
+}
+
+
+@functools.cache
+def _openssl_names() -> dict[str, str]:
+    """IANA cipher suite name -> OpenSSL name, for TLS 1.2 and below (sslyze's table, read the other way)."""
+    from sslyze.plugins.openssl_cipher_suites.cipher_suites import _TLS_OPENSSL_TO_RFC_NAMES_MAPPING
+
+    return {iana: openssl for openssl, iana in _TLS_OPENSSL_TO_RFC_NAMES_MAPPING.items()}
+
+
+@functools.cache
+def _modern_suites() -> frozenset[str]:
+    """The OpenSSL names the modern OpenSSL in nassl can offer at TLS 1.2."""
+    client = SslClient(ssl_version=OpenSslVersionEnum.TLSV1_2, ssl_verify=OpenSslVerifyEnum.NONE)
+    client.set_cipher_list("ALL:COMPLEMENTOFALL")
+    return frozenset(client.get_cipher_list())
+
+
+def client_attempt(profile: ClientProfile, protocol: Protocol) -> Attempt:
+    """The hello `profile` sends at `protocol`: exactly its suites (those OpenSSL knows), its SNI choice, its groups."""
+    if protocol is Protocol.TLSv1_3:
+        suites = [c for c in profile.ciphers if c in _TLS13_ALL_SUITES.split(":")]
+        return Attempt(":".join(suites), legacy=False, sni=profile.sni, groups=profile.groups)
+    names = _openssl_names()
+    suites = [names[c] for c in profile.ciphers if c in names]
+    legacy: bool | None = None  # sslyze's choice: the legacy OpenSSL below TLS 1.2
+    if protocol is Protocol.TLSv1_2:
+        # The modern OpenSSL unless the client offers suites only the legacy one has (RC4, export, ...).
+        legacy = not set(suites) <= _modern_suites()
+    groups = profile.groups if protocol is Protocol.TLSv1_2 and not legacy else ()
+    return Attempt(":".join(suites) or "NONE", legacy=legacy, sni=profile.sni, groups=groups)
+
+
+# TLS 1.0 and 1.1 are first offered by nassl's modern OpenSSL too: it speaks them at half the CPU of the legacy one
+# (X25519 rather than the legacy one's generic P-256). What it lacks, the legacy OpenSSL is asked for as at TLS 1.2.
+_MODERN_FIRST = frozenset({Protocol.TLSv1_0, Protocol.TLSv1_1})
+_LEGACY_RETRY = _MODERN_FIRST | {Protocol.TLSv1_2}
 
 
 def first_attempt(protocol: Protocol) -> Attempt:
-    return Attempt(_FULL[protocol])
+    return Attempt(_FULL[protocol], legacy=False if protocol in _MODERN_FIRST else None)
 
 
 def next_attempt(protocol: Protocol, tried: list[Attempt], result: ProtocolResult) -> Attempt | None:
@@ -82,17 +135,20 @@ def next_attempt(protocol: Protocol, tried: list[Attempt], result: ProtocolResul
     if result.state is not ProtocolState.REJECTED or result.evidence is Evidence.NOT_TLS:
         return None
     if result.evidence is Evidence.ALERT:
-        # A TLS 1.2 server that only has legacy suites refuses the modern hello with handshake_failure: offer it
-        # the legacy OpenSSL's suites before calling the version rejected (protocol_version is final).
+        # A TLS 1.0-1.2 server that only has legacy suites refuses the modern hello with handshake_failure: offer
+        # it the legacy OpenSSL's suites before calling the version rejected (protocol_version is final).
         legacy_tried = any(attempt.legacy for attempt in tried)
-        if protocol is Protocol.TLSv1_2 and not legacy_tried and "protocol version" not in result.detail:
+        if protocol in _LEGACY_RETRY and not legacy_tried and "protocol version" not in result.detail:
             return Attempt(_LEGACY_ALL_SUITES, legacy=True)
         return None
     # SSL 2.0 is refused by a close almost everywhere: one hello, or every sweep would cost four connections.
     if protocol is Protocol.SSLv2 or len(tried) >= REFUSALS_TO_BELIEVE:
         return None
     short = len(tried) == REFUSALS_TO_BELIEVE - 1
-    return Attempt(_SHORT[protocol] if short else _FULL[protocol], tried[-1].legacy, retry=True)
+    # At TLS 1.0/1.1 the hellos after a modern one refused without an alert come from the legacy OpenSSL, as they
+    # always did: an old server that closes on what it cannot serve still gets offered every suite.
+    legacy = True if protocol in _MODERN_FIRST else tried[-1].legacy
+    return Attempt(_SHORT[protocol] if short else _FULL[protocol], legacy, retry=True)
 
 
 def classify(exc: BaseException) -> ProtocolResult:
@@ -219,13 +275,15 @@ class Handshake:
             # that would read as a rejection.
             should_ignore_client_auth=ignore_client_auth,
             should_use_legacy_openssl=attempt.legacy,
-            should_enable_server_name_indication=self.sni,
+            should_enable_server_name_indication=self.sni and attempt.sni,
         )
         if protocol is Protocol.TLSv1_3:
             assert isinstance(connection.ssl_client, SslClient)
             connection.ssl_client.set_ciphersuites(attempt.cipher_list)
         else:
             connection.ssl_client.set_cipher_list(attempt.cipher_list)
+        if attempt.groups and isinstance(connection.ssl_client, SslClient):
+            connection.ssl_client.set_groups([_GROUPS[group] for group in attempt.groups])
         with self._lock:
             if self.aborted:
                 return ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
@@ -233,10 +291,8 @@ class Handshake:
         try:
             connection.connect(should_retry_connection=False)
             cipher = connection.ssl_client.get_current_cipher_name()
-            status, http_error = (None, None) if http is None else _http_request(connection, http, http_host)
-            return ProtocolResult(
-                ProtocolState.ACCEPTED, detail=cipher, http_status=status, http_error=http_error, connections=1
-            )
+            answer = _NO_HTTP if http is None else _http_request(connection, http, http_host)
+            return ProtocolResult(ProtocolState.ACCEPTED, detail=cipher, connections=1, **answer._asdict())
         except ClientCertificateRequested:
             # The server got as far as asking who we are: it accepts this version.
             if http is None or ignore_client_auth:
@@ -254,10 +310,10 @@ class Handshake:
             vars(connection.ssl_client).pop("do_handshake", None)
         # To see what an HTTP client without a certificate gets (nginx: 400), go on without one.
         second = self.run(protocol, attempt, http, http_host, ignore_client_auth=True)
-        return ProtocolResult(
-            ProtocolState.ACCEPTED,
+        return replace(
+            second,
+            state=ProtocolState.ACCEPTED,
             detail="client certificate requested",
-            http_status=second.http_status,
             http_error=second.http_error
             or (None if second.http_status else f"no HTTP answer without a client certificate: {second.detail}"),
             connections=1 + second.connections,
@@ -284,8 +340,23 @@ class Handshake:
             pass
 
 
-def _http_request(connection: SslConnection, http: HttpCheck, host: str) -> tuple[int | None, str | None]:
-    """Send the target's HTTP request over the established TLS connection; return (status, error)."""
+class _HttpAnswer(NamedTuple):
+    """What the HTTP request over an accepted handshake got, as ProtocolResult fields."""
+
+    http_status: int | None = None
+    http_error: str | None = None
+    http_reason: str | None = None
+    http_match: bool | None = None  # set when the check has a `match`
+    http_excerpt: str | None = None  # set when the check has a `match`
+
+
+_NO_HTTP = _HttpAnswer()
+HTTP_MATCH_BYTES = 4096  # of the body searched by `match`
+_EXCERPT_CHARS = 200
+
+
+def _http_request(connection: SslConnection, http: HttpCheck, host: str) -> _HttpAnswer:
+    """Send the target's HTTP request over the established TLS connection; read the status (and body for `match`)."""
     request = (
         f"{http.method} {http.path} HTTP/1.1\r\n"
         f"Host: {http.host or host}\r\n"
@@ -297,8 +368,22 @@ def _http_request(connection: SslConnection, http: HttpCheck, host: str) -> tupl
         connection.ssl_client.write(request)
         response = HttpResponseParser.parse_from_ssl_connection(connection.ssl_client)
     except Exception as exc:
-        return None, f"HTTP request failed: {type(exc).__name__}: {exc}".strip()
-    return response.status, None
+        return _HttpAnswer(http_error=f"HTTP request failed: {type(exc).__name__}: {exc}".strip())
+    if http.match is None:
+        return _HttpAnswer(response.status, http_reason=response.reason)
+    body = response.fp.read() if response.fp is not None else b""  # what came with the head
+    while len(body) < HTTP_MATCH_BYTES:
+        try:
+            chunk = connection.ssl_client.read(HTTP_MATCH_BYTES - len(body))
+        except Exception:  # the server closed (Connection: close) or the read timed out: search what came
+            break
+        if not chunk:
+            break
+        body += chunk
+    text = body[:HTTP_MATCH_BYTES].decode("utf-8", "replace")
+    found = re.search(http.match, f"HTTP/1.1 {response.status} {response.reason}\n{text}") is not None
+    excerpt = " ".join(text.split())[:_EXCERPT_CHARS]
+    return _HttpAnswer(response.status, None, response.reason, found, excerpt)
 
 
 def credentials(target: TargetConfig) -> ClientAuthenticationCredentials | None:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from prometheus_client.utils import floatToGoString
 
 from scanner import __version__
 from scanner.config import SafeConfig, TargetConfig
-from scanner.policy import verdict
+from scanner.deep_results import DeepResult, DeepState, deep_changes
+from scanner.policy import deadlines, has_policy, verdict
 from scanner.results import ErrorReason, ProtocolState, SweepResult
 from scanner.status import TargetStatus, ended_at, sweep_status
 from scanner.store import ResultStore
@@ -83,9 +84,61 @@ RETRIES = _counter(
     "tls_scanner_handshake_retries_total", "Hellos sent again because a refusal came without a TLS alert"
 )
 EXPECTATION = _gauge("tls_scanner_expectation_met", "1 if the last sweep met the target's expect policy")
+_FROM_DEEP = "(from the last deep scan, not measured at scrape time)"
+CERT_NOT_AFTER = Family(
+    "tls_scanner_certificate_not_after_timestamp_seconds", "gauge", f"When the leaf certificate expires {_FROM_DEEP}"
+)
+CHAIN_NOT_AFTER = Family(
+    "tls_scanner_certificate_chain_not_after_timestamp_seconds",
+    "gauge",
+    f"Earliest expiry in the served chain, a trust anchor excluded {_FROM_DEEP}",
+)
+CERT_VALID = Family(
+    "tls_scanner_certificate_valid", "gauge", f"1 if the chain validates for the target's name, else 0 {_FROM_DEEP}"
+)
+CERT_INFO = Family("tls_scanner_certificate_info", "gauge", f"The leaf certificate, always 1 {_FROM_DEEP}")
+CIPHER_ACCEPTED = Family(
+    "tls_scanner_cipher_suite_accepted", "gauge", f"1 for each cipher suite the address accepts {_FROM_DEEP}"
+)
+CIPHER_CHANGES = Family(
+    "tls_scanner_cipher_suite_changes_total",
+    "counter",
+    f"Cipher suites that appeared or disappeared between deep scans (persisted) {_FROM_DEEP}",
+)
+MOZILLA = Family(
+    "tls_scanner_mozilla_compliant", "gauge", f"1 if the address meets Mozilla's TLS profile, else 0 {_FROM_DEEP}"
+)
+DEEP_TIMESTAMP = Family(
+    "tls_scanner_deep_scan_timestamp_seconds", "gauge", "When the last deep scan of the target ended"
+)
+DEEP_SUCCESS = Family(
+    "tls_scanner_deep_scan_success", "gauge", f"1 if the last deep scan scanned every address in full {_FROM_DEEP}"
+)
+HTTP_MATCH = _gauge(
+    "tls_scanner_http_match", "1 if the target's http.match was found in the answer over the protocol, else 0"
+)
+CLIENT_COMPATIBLE = _gauge(
+    "tls_scanner_client_compatible", "1 if the client profile can connect to the address, 0 if it cannot"
+)
+CLIENT_CHANGES = _counter(
+    "tls_scanner_client_compatibility_changes_total", "Times the client profile gained or lost the address"
+)
+CLIENT_LAST_CHANGE = _gauge(
+    "tls_scanner_client_compatibility_last_change_timestamp_seconds",
+    "When the client profile last gained or lost the address, or was first checked",
+)
+DEADLINE = Family(
+    "tls_scanner_expectation_deadline_timestamp_seconds", "gauge", "When a dated expect policy is enforced from"
+)
+DEADLINE_MET = _gauge(
+    "tls_scanner_expectation_deadline_met", "1 if the last sweep meets the dated policy (enforced yet or not)"
+)
 TARGET_FAMILIES = (
     ACCEPTED, CHANGES, LAST_CHANGE, PROTOCOL_ERROR, HTTP_STATUS, HTTP_CHANGES, HTTP_LAST_CHANGE, ACCEPTED_ADDRESSES,
     ADDRESSES, SUCCESS, LAST_SCAN, LAST_SUCCESS, DURATION, INTERVAL, ERRORS, RETRIES, EXPECTATION,
+    HTTP_MATCH, CLIENT_COMPATIBLE, CLIENT_CHANGES, CLIENT_LAST_CHANGE, DEADLINE, DEADLINE_MET,
+    CERT_NOT_AFTER, CHAIN_NOT_AFTER, CERT_VALID, CERT_INFO, CIPHER_ACCEPTED, CIPHER_CHANGES, MOZILLA, DEEP_TIMESTAMP,
+    DEEP_SUCCESS,
 )  # fmt: skip
 RANGES = _gauge("tls_scanner_range_endpoints", "Endpoints of a network range by whether they accepted TCP")
 TARGETS = Family("tls_scanner_targets", "gauge", "Targets configured (on this shard)")
@@ -235,9 +288,17 @@ def _build(status: TargetStatus) -> _TargetLines:
             if state.http_last_change is not None:
                 add(HTTP_CHANGES, at, state.http_changes)
                 add(HTTP_LAST_CHANGE, at, state.http_last_change)
+    for address, by_client in status.clients.items():
+        for client, state in by_client.items():
+            at = {**labels, "address": address, "client": client}
+            add(CLIENT_COMPATIBLE, at, 1.0 if state.state is ProtocolState.ACCEPTED else 0.0)
+            add(CLIENT_CHANGES, at, state.changes)
+            add(CLIENT_LAST_CHANGE, at, state.last_change)
     for reason in ErrorReason:
         add(ERRORS, {**labels, "reason": reason.value}, status.errors.get(reason, 0))
     add(RETRIES, labels, status.retries)
+    if status.deep is not None:
+        _deep_lines(status, labels, add)
     if sweep is None:
         return _TargetLines(lines, range_state)
     for result in sweep.addresses:
@@ -246,6 +307,8 @@ def _build(status: TargetStatus) -> _TargetLines:
             add(PROTOCOL_ERROR, at, float(outcome.state is ProtocolState.ERROR))
             if outcome.http_status is not None:
                 add(HTTP_STATUS, at, outcome.http_status)
+            if outcome.http_match is not None:
+                add(HTTP_MATCH, at, float(outcome.http_match))
     for protocol in target.protocols:
         add(ACCEPTED_ADDRESSES, {**labels, "protocol": protocol.value}, sweep.accepted_addresses(protocol))
     add(ADDRESSES, labels, len(sweep.addresses))
@@ -254,14 +317,69 @@ def _build(status: TargetStatus) -> _TargetLines:
     add(DURATION, labels, sweep.duration_seconds)
     if status.last_success_at is not None:
         add(LAST_SUCCESS, labels, status.last_success_at)
-    if not target.expect.empty:
+    if has_policy(target, sweep.started_at):
         add(EXPECTATION, labels, float(verdict(sweep).met))
+    for dated, judged in deadlines(sweep):
+        add(DEADLINE, {**labels, "policy": dated.name}, dated.start)
+        add(DEADLINE_MET, {**labels, "policy": dated.name}, float(judged.met))
     return _TargetLines(lines, range_state)
 
 
-def render_sweeps(sweeps: Iterable[SweepResult], shard: Shard | None = None) -> str:
-    """The text exposition of one round of sweeps alone (`--once`), computed without any store."""
-    return _expose([(s.target, _build(sweep_status(s))) for s in sweeps], shard, None)
+def _deep_lines(
+    status: TargetStatus, labels: dict[str, str], add: Callable[[Family, dict[str, str], float], None]
+) -> None:
+    """The deep tier's lines of one target: per address its certificate, suites, profiles; per target when and how."""
+    deep = status.deep
+    assert deep is not None
+    add(DEEP_TIMESTAMP, labels, deep.ended_at)
+    add(DEEP_SUCCESS, labels, float(deep.success))
+    for result in deep.addresses:
+        at = {**labels, "address": result.address}
+        cert = result.certificate
+        if cert is not None:
+            add(CERT_NOT_AFTER, at, cert.not_after)
+            add(CHAIN_NOT_AFTER, at, cert.chain_not_after)
+            add(CERT_VALID, at, float(cert.valid))
+            info = {
+                "subject": cert.subject,
+                "issuer": cert.issuer,
+                "serial": cert.serial,
+                "fingerprint_sha256": cert.fingerprint_sha256,
+                "key": cert.key,
+                "error": (cert.error or "")[:200],  # a bounded label: the start of the validation error says why
+            }
+            add(CERT_INFO, {**at, **info}, 1)
+        state = status.deep_states.get(result.address)
+        # The suites last enumerated per version: a version this scan could not enumerate keeps its series (an
+        # outage is not a cipher-level brownout, and TLSCipherSuiteRemoved reads vanished series as one).
+        known = state.cipher_suites if state is not None else result.cipher_suites
+        for protocol, suites in known.items():
+            for suite in sorted(suites):
+                add(CIPHER_ACCEPTED, {**at, "protocol": protocol.value, "cipher": suite}, 1)
+        if state is not None:
+            for protocol, count in state.changes.items():
+                if state.cipher_suites.get(protocol) or count:  # versions that never had a suite add no series
+                    add(CIPHER_CHANGES, {**at, "protocol": protocol.value}, count)
+        for profile, reasons in result.compliance.items():
+            add(MOZILLA, {**at, "profile": profile.value}, float(not reasons))
+
+
+def render_sweeps(
+    sweeps: Iterable[SweepResult], shard: Shard | None = None, deep: Mapping[str, DeepResult] | None = None
+) -> str:
+    """The text exposition of one round of sweeps alone (`--once`, with `--deep` their deep scans), without a store."""
+    deep = deep or {}
+
+    def status(sweep: SweepResult) -> TargetStatus:
+        return replace(sweep_status(sweep), deep=deep.get(sweep.target.name), deep_states=_first_states(deep, sweep))
+
+    return _expose([(s.target, _build(status(s))) for s in sweeps], shard, None)
+
+
+def _first_states(deep: Mapping[str, DeepResult], sweep: SweepResult) -> dict[str, DeepState]:
+    """The states one deep scan gives on its own, as the target's first (no changes yet)."""
+    result = deep.get(sweep.target.name)
+    return {} if result is None else {a.address: deep_changes(None, a)[0] for a in result.addresses}
 
 
 def render_probe(sweep: SweepResult) -> str:

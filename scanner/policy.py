@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from scanner.config import Expectation
+from scanner.config import DatedPolicy, Expectation, TargetConfig
 from scanner.protocols import Protocol
 from scanner.results import ProtocolResult, ProtocolState, SweepResult
 
@@ -38,13 +38,36 @@ def evaluate(expect: Expectation, protocols: Mapping[Protocol, ProtocolResult]) 
 
 
 def verdict(sweep: SweepResult) -> Verdict:
-    """The sweep's verdict: every address must meet the policy (a partial rollout is a violation)."""
+    """The sweep's verdict: every address must meet every policy in force at the sweep's time (the target's
+    `expect:`, and its dated policies from their date on); a partial rollout is a violation."""
+    violations: list[str] = list(_violations(sweep, sweep.target.expect))
+    for dated in sweep.target.deadlines:
+        if dated.start <= sweep.started_at:
+            violations.extend(f"{dated.name}: {v}" for v in _violations(sweep, dated.expect))
+    return Verdict(met=not violations, violations=tuple(violations))
+
+
+def has_policy(target: TargetConfig, at: float) -> bool:
+    """Whether any policy of the target is in force at `at` (unix time)."""
+    return not target.expect.empty or any(d.start <= at for d in target.deadlines)
+
+
+def deadlines(sweep: SweepResult) -> list[tuple[DatedPolicy, Verdict]]:
+    """Each dated policy of the target with the verdict it would give on this sweep, in force or not yet."""
+    return [(dated, Verdict(*_met(_violations(sweep, dated.expect)))) for dated in sweep.target.deadlines]
+
+
+def _met(violations: list[str]) -> tuple[bool, tuple[str, ...]]:
+    return not violations, tuple(violations)
+
+
+def _violations(sweep: SweepResult, expect: Expectation) -> list[str]:
     violations: list[str] = []
     for result in sweep.addresses:
-        found = evaluate(sweep.target.expect, result.protocols).violations
+        found = evaluate(expect, result.protocols).violations
         prefix = f"{result.address}: " if len(sweep.addresses) > 1 else ""
         violations.extend(prefix + v for v in found)
-    return Verdict(met=not violations, violations=tuple(violations))
+    return violations
 
 
 def wanted(expect: Expectation, protocol: Protocol) -> ProtocolState | None:

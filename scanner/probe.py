@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+from scanner.clients import ClientProfile
 from scanner.config import HttpCheck, Politeness, Resolver, TargetConfig
 from scanner.errors import ResolveError
-from scanner.handshake import Attempt, Peer, classify, credentials, first_attempt, next_attempt
+from scanner.handshake import Attempt, Peer, classify, client_attempt, credentials, first_attempt, next_attempt
 from scanner.politeness import AddressGate
 from scanner.protocols import Protocol
 from scanner.resolve import resolve
@@ -100,9 +101,20 @@ class Prober:
             for extra in (p for p in (Protocol.TLSv1_2, Protocol.TLSv1_3, Protocol.TLSv1_0) if p not in protocols):
                 proof = await self._probe_protocol(peer, extra, None, deadline)
                 if _speaks_tls([proof]):
-                    return AddressResult(address, protocols)
+                    return AddressResult(address, protocols, clients=await self._probe_clients(peer, protocols))
         protocols, error, reason = _judge_peer(protocols)
-        return AddressResult(address, protocols, error, reason)
+        return AddressResult(address, protocols, error, reason, await self._probe_clients(peer, protocols))
+
+    async def _probe_clients(
+        self, peer: Peer, versions: Mapping[Protocol, ProtocolResult]
+    ) -> dict[str, ProtocolResult]:
+        """Each client profile of the target, after the version sweep, on a deadline of its own."""
+        profiles = peer.target.clients
+        if not profiles:
+            return {}
+        deadline = asyncio.get_running_loop().time() + peer.target.timeout + DEADLINE_GRACE_SECONDS
+        results = await asyncio.gather(*(self._probe_client(peer, c, versions, deadline) for c in profiles))
+        return {profile.name: result for profile, result in zip(profiles, results, strict=True)}
 
     async def _tcp_open(self, address: str, target: TargetConfig, deadline: float) -> ProtocolResult | None:
         """For range endpoints: None if the port accepts TCP, else why not."""
@@ -124,37 +136,69 @@ class Prober:
     async def _probe_protocol(
         self, peer: Peer, protocol: Protocol, http: HttpCheck | None, deadline: float
     ) -> ProtocolResult:
-        loop = asyncio.get_running_loop()
+        """The answer for one version: a first hello, and more only as next_attempt's rules say."""
         tried: list[Attempt] = []
         result = _TIMED_OUT
         attempt: Attempt | None = first_attempt(protocol)
         while attempt is not None:
-            handshake = None
-            try:
-                async with asyncio.timeout_at(deadline):
-                    # The address's turn comes before the global slot: a rate limit must not hold up other addresses.
-                    async with self.gate.connection(peer.address), self._global_slot():
-                        if self.stopping:
-                            result = ProtocolResult(
-                                ProtocolState.ERROR, detail="shutting down", reason=ErrorReason.OTHER
-                            )
-                            break
-                        budget = min(peer.target.timeout, deadline - loop.time() - DEADLINE_GRACE_SECONDS / 2)
-                        if budget < 0.2:
-                            break  # no time left: a retry keeps the answer before it, a first attempt times out
-                        handshake = peer.handshake(budget)
-                        tried.append(attempt)
-                        future = loop.run_in_executor(
-                            self._executor, handshake.run, protocol, attempt, http, peer.http_host
-                        )
-                        result = await asyncio.shield(future)
-            except TimeoutError:
-                if handshake is not None:
-                    handshake.abort()
-                result = _TIMED_OUT
-                break
+            outcome = await self._hello(peer, protocol, attempt, http, deadline)
+            if outcome is None:
+                break  # no time left: a retry keeps the answer before it, a first attempt times out
+            result, started = outcome
+            if started:
+                tried.append(attempt)
             attempt = next_attempt(protocol, tried, result)
         return replace(result, connections=len(tried), retries=sum(a.retry for a in tried))
+
+    async def _probe_client(
+        self, peer: Peer, profile: ClientProfile, versions: Mapping[Protocol, ProtocolResult], deadline: float
+    ) -> ProtocolResult:
+        """Whether the client can connect: one handshake offering exactly its hello, at the best common version."""
+        accepted = {p for p, r in versions.items() if r.state is ProtocolState.ACCEPTED}
+        protocol = profile.best_version(accepted)
+        if protocol is None:
+            mine = [versions[p] for p in profile.protocols if p in versions]
+            if len(mine) < len(profile.protocols) or any(r.state is ProtocolState.ERROR for r in mine):
+                return ProtocolResult(
+                    ProtocolState.ERROR, detail="its versions are not all known", reason=ErrorReason.OTHER
+                )
+            # Every version it speaks is refused: proven as well as those refusals were.
+            evidence = Evidence.ALERT if all(r.evidence is Evidence.ALERT for r in mine) else Evidence.CLOSED
+            return ProtocolResult(ProtocolState.REJECTED, detail="no version in common", evidence=evidence)
+        outcome = await self._hello(peer, protocol, client_attempt(profile, protocol), None, deadline)
+        if outcome is None:
+            return _TIMED_OUT
+        result, started = outcome
+        detail = f"{protocol.value} {result.detail}".strip()
+        return replace(result, detail=detail, connections=int(started))
+
+    async def _hello(
+        self, peer: Peer, protocol: Protocol, attempt: Attempt, http: HttpCheck | None, deadline: float
+    ) -> tuple[ProtocolResult, bool] | None:
+        """One hello on a fresh connection within the deadline: (answer, whether a connection was opened), or None
+        when there was no time left to start it."""
+        loop = asyncio.get_running_loop()
+        handshake = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                # The address's turn comes before the global slot: a rate limit must not hold up other addresses.
+                async with self.gate.connection(peer.address), self._global_slot():
+                    if self.stopping:
+                        return ProtocolResult(
+                            ProtocolState.ERROR, detail="shutting down", reason=ErrorReason.OTHER
+                        ), False
+                    budget = min(peer.target.timeout, deadline - loop.time() - DEADLINE_GRACE_SECONDS / 2)
+                    if budget < 0.2:
+                        return None
+                    handshake = peer.handshake(budget)
+                    future = loop.run_in_executor(
+                        self._executor, handshake.run, protocol, attempt, http, peer.http_host
+                    )
+                    return await asyncio.shield(future), True
+        except TimeoutError:
+            if handshake is not None:
+                handshake.abort()
+            return _TIMED_OUT, handshake is not None
 
 
 _TIMED_OUT = ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from scanner.policy import verdict
+from scanner.deep_results import DeepResult, MozillaProfile, deep_to_dict
+from scanner.policy import deadlines, has_policy, verdict
 from scanner.protocols import ALL_PROTOCOLS
-from scanner.results import AddressResult, ProtocolState, SweepResult
+from scanner.results import AddressResult, ProtocolResult, ProtocolState, SweepResult
 
 _CELL = {ProtocolState.ACCEPTED: "yes", ProtocolState.REJECTED: "no", ProtocolState.ERROR: "ERROR"}
 
 
 def _address_to_dict(result: AddressResult) -> dict[str, Any]:
-    return {
+    entry: dict[str, Any] = {
         "address": result.address,
         "protocols": {p.value: r.state.value for p, r in result.protocols.items()},
         "details": {p.value: r.detail for p, r in result.protocols.items()},
@@ -24,6 +26,48 @@ def _address_to_dict(result: AddressResult) -> dict[str, Any]:
         "error_reason": None if result.error_reason is None else result.error_reason.value,
         "connections": sum(r.connections for r in result.protocols.values()),
     }
+    # Present only where there is something to say: a `match`, client profiles.
+    optional = {
+        "http_reasons": {p.value: r.http_reason for p, r in result.protocols.items() if r.http_reason is not None},
+        "http_match": {p.value: r.http_match for p, r in result.protocols.items() if r.http_match is not None},
+        "http_excerpts": {p.value: r.http_excerpt for p, r in result.protocols.items() if r.http_excerpt is not None},
+        "clients": {name: _client_to_dict(r) for name, r in result.clients.items()},
+    }
+    return entry | {key: value for key, value in optional.items() if value}
+
+
+def _client_to_dict(result: ProtocolResult) -> dict[str, Any]:
+    compatible = None if result.state is ProtocolState.ERROR else result.state is ProtocolState.ACCEPTED
+    return {"compatible": compatible, "detail": result.detail}
+
+
+def _clients(sweep: SweepResult) -> dict[str, bool | None]:
+    """Per client profile, for the target: connects to every address (True), to none or only some (False)."""
+    found: dict[str, bool | None] = {}
+    for address in sweep.addresses:
+        for name, result in address.clients.items():
+            ok = None if result.state is ProtocolState.ERROR else result.state is ProtocolState.ACCEPTED
+            previous = found.get(name, True)
+            found[name] = False if previous is False or ok is False else (None if ok is None else previous)
+    return found
+
+
+def _expect_to_dict(sweep: SweepResult) -> dict[str, Any]:
+    """The verdict, and with dated policies each one's date, whether it is in force, and whether it is met."""
+    judged = verdict(sweep)
+    found: dict[str, Any] = {"met": judged.met, "violations": list(judged.violations)}
+    if sweep.target.deadlines:
+        found["deadlines"] = [
+            {
+                "policy": dated.name,
+                "from": dated.start,
+                "enforced": dated.start <= sweep.started_at,
+                "met": would.met,
+                "violations": list(would.violations),
+            }
+            for dated, would in deadlines(sweep)
+        ]
+    return found
 
 
 def sweep_to_dict(sweep: SweepResult) -> dict[str, Any]:
@@ -33,7 +77,6 @@ def sweep_to_dict(sweep: SweepResult) -> dict[str, Any]:
     accepted); `addresses` has each address's own answers.
     """
     target = sweep.target
-    judged = verdict(sweep)
     first = _address_to_dict(AddressResult("", sweep.protocols))
     return {
         "name": target.name,
@@ -55,28 +98,80 @@ def sweep_to_dict(sweep: SweepResult) -> dict[str, Any]:
         "started_at": sweep.started_at,
         "duration_seconds": round(sweep.duration_seconds, 6),
         "connections": sweep.connections,
-        "expect": {"met": judged.met, "violations": list(judged.violations)},
+        "expect": _expect_to_dict(sweep),
+    } | ({"clients": _clients(sweep)} if target.clients else {})
+
+
+def deep_scan_to_dict(result: DeepResult) -> dict[str, Any]:
+    """When and how a target's deep scan went (its per-address answers go under each address's `deep`)."""
+    return {
+        "started_at": result.started_at,
+        "duration_seconds": round(result.duration_seconds, 6),
+        "success": result.success,
+        "error": result.error,
     }
 
 
-def render_json(sweeps: Sequence[SweepResult]) -> str:
-    """Every scanned target; range endpoints that did not accept TCP are only counted."""
+def _with_deep(entry: dict[str, Any], result: DeepResult | None) -> dict[str, Any]:
+    """A target's JSON with its deep scan: `deep_scan` for the target, `deep` in each address it scanned."""
+    if result is None:
+        return entry
+    by_address = {a.address: a for a in result.addresses}
+    for address in entry["addresses"]:
+        found = by_address.get(address["address"])
+        address["deep"] = None if found is None else deep_to_dict(found)
+    entry["deep_scan"] = deep_scan_to_dict(result)
+    return entry
+
+
+def render_json(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] | None = None) -> str:
+    """Every scanned target (with `deep`, its deep scan); range endpoints that did not accept TCP are only counted."""
     closed: dict[str, int] = {}
     for sweep in sweeps:
         if sweep.closed and sweep.target.range is not None:
             closed[sweep.target.range] = closed.get(sweep.target.range, 0) + 1
-    document: dict[str, Any] = {"targets": [sweep_to_dict(s) for s in sweeps if not s.closed]}
+    deep = deep or {}
+    document: dict[str, Any] = {
+        "targets": [_with_deep(sweep_to_dict(s), deep.get(s.target.name)) for s in sweeps if not s.closed]
+    }
     if closed:
         document["ranges_closed_endpoints"] = closed
     return json.dumps(document, indent=2) + "\n"
 
 
-def render_table(sweeps: Sequence[SweepResult]) -> str:
+def _expiry(result: DeepResult | None, now: float) -> str:
+    """Days until the earliest leaf expiry among the addresses (`41d`, `EXPIRED`), `!` when a chain is not valid."""
+    certs = [a.certificate for a in result.addresses if a.certificate is not None] if result else []
+    if not certs:
+        return "-"
+    days = (min(c.not_after for c in certs) - now) / 86400
+    text = "EXPIRED" if days < 0 else f"{int(days)}d"
+    return text if all(c.valid for c in certs) else f"{text}!"
+
+
+def _mozilla(result: DeepResult | None) -> str:
+    """The strictest Mozilla profile every address meets, `none`, or `-` when it could not be checked."""
+    if result is None or not result.addresses:
+        return "-"
+    for profile in (MozillaProfile.MODERN, MozillaProfile.INTERMEDIATE, MozillaProfile.OLD):
+        verdicts = [a.compliant(profile) for a in result.addresses]
+        if None in verdicts:
+            return "-"
+        if all(verdicts):
+            return profile.value
+    return "none"
+
+
+def render_table(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] | None = None) -> str:
     """One row per target, one column per protocol, then the errors and policy violations below.
 
-    A cell reads `2/4` when only some of the target's addresses accept the protocol.
+    A cell reads `2/4` when only some of the target's addresses accept the protocol. With `deep`, two more columns:
+    the leaf certificate's days to expiry (`!` when its chain is not valid) and the strictest Mozilla profile met.
     """
     headers = ["TARGET", "ADDRESS", *(p.value for p in ALL_PROTOCOLS), "HTTP", "POLICY"]
+    if deep is not None:
+        headers += ["EXPIRY", "MOZILLA"]
+    now = time.time()
     rows: list[list[str]] = []
     notes: list[str] = []
     closed = 0
@@ -97,11 +192,15 @@ def render_table(sweeps: Sequence[SweepResult]) -> str:
             else:
                 cells.append(_CELL[result.state])
         http = " ".join(f"{p.value}={r.http_status}" for p, r in protocols.items() if r.http_status is not None)
-        policy = "-" if sweep.target.expect.empty else ("ok" if judged.met else "VIOLATED")
+        policy = "-" if not has_policy(sweep.target, sweep.started_at) else ("ok" if judged.met else "VIOLATED")
         address = sweep.address or "-"
         if len(sweep.addresses) > 1:
             address += f" (+{len(sweep.addresses) - 1})"
         rows.append([sweep.target.name, address, *cells, http or "-", policy])
+        if deep is not None:
+            scanned = deep.get(sweep.target.name)
+            rows[-1] += [_expiry(scanned, now), _mozilla(scanned)]
+            notes.extend(_deep_notes(sweep.target.name, scanned))
         if sweep.dns_error:
             notes.append(f"{sweep.target.name}: dns error: {sweep.dns_error}")
         if sweep.error:
@@ -116,8 +215,36 @@ def render_table(sweeps: Sequence[SweepResult]) -> str:
                     if outcome.state is ProtocolState.ERROR:
                         notes.append(f"{where}: {protocol.value}: error: {outcome.detail}")
         notes.extend(f"{sweep.target.name}: policy: {v}" for v in judged.violations)
+        cannot = [name for name, ok in _clients(sweep).items() if ok is False]
+        if cannot:
+            notes.append(f"{sweep.target.name}: clients that cannot connect: {', '.join(cannot)}")
+        for dated, would in deadlines(sweep):
+            if dated.start > sweep.started_at and not would.met:
+                day = time.strftime("%Y-%m-%d", time.gmtime(dated.start))
+                notes.append(
+                    f"{sweep.target.name}: deadline {dated.name} ({day}) would be violated: "
+                    + "; ".join(would.violations)
+                )
     if closed:
         notes.append(f"{closed} range endpoint(s) did not accept TCP")
+    if deep is not None:
+        notes.append("EXPIRY: days left on the leaf certificate (! chain not valid); MOZILLA: strictest profile met")
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [headers, *rows]]
     return "\n".join(lines + (["", *notes] if notes else [])) + "\n"
+
+
+def _deep_notes(name: str, result: DeepResult | None) -> list[str]:
+    """A deep scan's errors and invalid certificates, one line each."""
+    if result is None:
+        return []
+    if result.error is not None:
+        return [f"{name}: deep scan error: {result.error}"]
+    notes = []
+    for each in result.addresses:
+        where = f"{name} {each.address}" if len(result.addresses) > 1 else name
+        if each.certificate is not None and each.certificate.error is not None:
+            notes.append(f"{where}: certificate not valid: {each.certificate.error}")
+        if each.error is not None:
+            notes.append(f"{where}: deep scan error: {each.error}")
+    return notes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from scanner.config import TargetConfig
 from scanner.protocols import Protocol
@@ -47,6 +47,9 @@ class ProtocolResult:
     evidence: Evidence | None = None  # set when state is REJECTED
     http_status: int | None = None  # set when ACCEPTED, the target has an http check, and it was answered
     http_error: str | None = None  # set when ACCEPTED, the target has an http check, and it failed
+    http_reason: str | None = None  # the reason phrase, with http_status
+    http_match: bool | None = None  # whether http.match was found (targets whose http check has a match)
+    http_excerpt: str | None = None  # the start of the body, whitespace folded (with http_match)
     connections: int = 0  # TCP connections this answer took
     retries: int = 0  # of those, hellos sent again because a refusal came without an alert
 
@@ -59,6 +62,8 @@ class AddressResult:
     protocols: Mapping[Protocol, ProtocolResult]
     error: str | None = None  # unreachable, not a TLS server
     error_reason: ErrorReason | None = None  # set with error
+    # Per client profile of the target: ACCEPTED it can connect, REJECTED it cannot, ERROR unknown this sweep.
+    clients: Mapping[str, ProtocolResult] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:

@@ -5,20 +5,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from scanner.config import TargetConfig
+from scanner.deep import deep_scan
+from scanner.deep_results import DeepResult
 from scanner.probe import Prober
 from scanner.results import ErrorReason, ProtocolState, SweepResult
-from scanner.status import TransitionKind
+from scanner.status import Transition, TransitionKind
 from scanner.store import ResultStore
 
 log = logging.getLogger(__name__)
 
 JITTER = 0.1  # each interval is stretched or shrunk by up to this fraction
 FIRST_ROUND_RATE = 200.0  # targets started per second, at most, in the first round
+DEEP_CONCURRENCY = 1  # deep scans in flight at once: the slow tier's small share, so sweeps keep their timing
+DeepScan = Callable[[TargetConfig, Sequence[str]], Awaitable[DeepResult]]
 
 
 @dataclass
@@ -30,15 +35,27 @@ class _Entry:
     jitter: float = 1.0
     removed: bool = False
     failing: frozenset[tuple[str, ErrorReason]] = frozenset()  # (address, reason) of the errors last logged
+    deep_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    deep_error: str | None = None  # the deep scan error last logged
 
 
 class Scheduler:
     """Runs one loop per target; reload swaps targets in place without losing their timing."""
 
-    def __init__(self, prober: Prober, store: ResultStore, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        prober: Prober,
+        store: ResultStore,
+        rng: random.Random | None = None,
+        deep: DeepScan = deep_scan,
+        deep_concurrency: int = DEEP_CONCURRENCY,
+    ) -> None:
         self.prober = prober
         self.store = store
         self.rng = rng or random.Random()
+        self.deep = deep
+        self._deep_slots = asyncio.Semaphore(deep_concurrency)
+        self._deep_tasks: set[asyncio.Task[None]] = set()
         self._entries: dict[str, _Entry] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # every target loop still running, removed targets' too
         self._stopping = False
@@ -57,6 +74,7 @@ class Scheduler:
                     self._first_round.pop(name, None)
                 entry.removed = True
                 entry.wake.set()
+                entry.deep_wake.set()
                 del self._entries[name]
         fresh = [t for t in targets if t.name not in self._entries]
         if self._first_round is None and not self.running:
@@ -71,9 +89,13 @@ class Scheduler:
                 task = asyncio.create_task(self._run(entry), name=f"sweep {target.name}")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+                deep = asyncio.create_task(self._run_deep(entry), name=f"deep scan {target.name}")
+                self._deep_tasks.add(deep)
+                deep.add_done_callback(self._deep_tasks.discard)
             elif existing.target != target:
                 existing.target = target
                 existing.wake.set()  # recompute its next sweep from the new interval
+                existing.deep_wake.set()
         self.running = True
 
     async def stop(self) -> None:
@@ -81,7 +103,9 @@ class Scheduler:
         self._stopping = True
         for entry in self._entries.values():
             entry.wake.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in self._deep_tasks:
+            task.cancel()  # a deep scan says nothing urgent: not worth delaying a shutdown for
+        await asyncio.gather(*self._tasks, *self._deep_tasks, return_exceptions=True)
         self.running = False
 
     def _due(self, entry: _Entry) -> float:
@@ -120,9 +144,78 @@ class Scheduler:
             for t in transitions:
                 if t.kind is TransitionKind.HTTP:
                     log.warning("%s %s HTTP %s -> %s", t.target, t.protocol.value, t.old, t.new)
+                elif t.kind is TransitionKind.CLIENT:
+                    where = f"{t.target} ({t.address})" if t.address else t.target
+                    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t.at))
+                    if t.new == ProtocolState.REJECTED.value:
+                        log.warning("%s can no longer connect to %s since %s", t.client, where, since)
+                    else:
+                        log.warning("%s can connect to %s again since %s", t.client, where, since)
                 else:
                     log.warning("%s %s changed: %s -> %s", t.target, t.protocol.value, t.old, t.new)
             self._report(entry, sweep)
+
+    async def _run_deep(self, entry: _Entry) -> None:
+        """Deep-scan the target every deep_interval, the first time at random within its first deep_interval.
+
+        Spread like the first round, so 2,000 targets at 6h start one about every 11 s, never in a burst.
+        """
+        loop = asyncio.get_running_loop()
+        due: float | None = None
+        while not (self._stopping or entry.removed):
+            entry.deep_wake.clear()
+            interval = entry.target.deep_interval
+            addresses = self.store.last_addresses(entry.target.name)
+            if interval <= 0:
+                due = None
+                await entry.deep_wake.wait()  # off until a reload turns it on
+                continue
+            if addresses is None:  # not swept yet: the deep scan needs the addresses the sweep found
+                delay = min(entry.target.interval, 5.0)
+            else:
+                if due is None or due - loop.time() > interval:  # the first, or a reload shortened the interval
+                    due = loop.time() + self.rng.uniform(0, interval)
+                delay = due - loop.time()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(entry.deep_wake.wait(), delay)
+                except TimeoutError:
+                    pass
+                continue  # look again: woken by a reload, or the first sweep may have come
+            async with self._deep_slots:
+                if self._stopping or entry.removed:
+                    return
+                started = loop.time()
+                addresses = self.store.last_addresses(entry.target.name)  # the latest: the wait for a slot may be long
+                try:
+                    result = await self.deep(entry.target, addresses or [])
+                    transitions = self.store.record_deep(result)
+                except Exception:  # a bug in one deep scan must not stop the target's deep loop
+                    log.exception("deep scan of %s failed", entry.target.name)
+                    due = started + interval
+                    continue
+            due = started + interval * (1.0 + self.rng.uniform(-JITTER, JITTER))
+            self._report_deep(entry, result, transitions)
+
+    def _report_deep(self, entry: _Entry, result: DeepResult, transitions: list[Transition]) -> None:
+        """Log each suite added or removed and each certificate replaced; a deep scan's errors when they change."""
+        for t in transitions:
+            if t.kind is TransitionKind.CERTIFICATE:
+                log.warning("%s %s certificate replaced: %s -> %s", t.target, t.address, t.old, t.new)
+            else:
+                change = f"{t.old} removed" if t.old else f"{t.new} added"
+                log.warning("%s %s cipher %s", t.target, t.protocol.value, change)
+        errors = "; ".join(
+            f"{a.address}: {a.error}" if a.address else a.error for a in result.addresses if a.error is not None
+        )
+        error = result.error or errors or None
+        if error != entry.deep_error:
+            if error is not None:
+                log.warning("%s: deep scan error: %s", result.target.name, error)
+            elif entry.deep_error is not None:
+                log.info("%s: deep scans complete again", result.target.name)
+            entry.deep_error = error
+        log.debug("%s deep-scanned in %.2fs", result.target.name, result.duration_seconds)
 
     def _report(self, entry: _Entry, sweep: SweepResult) -> None:
         """Log a target's errors when they start or change and when they end, not every sweep; and the first round."""

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from scanner.config import TargetConfig
+from scanner.deep_results import DeepResult, DeepState
 from scanner.protocols import Protocol
 from scanner.results import ErrorReason, Evidence, ProtocolResult, ProtocolState, SweepResult
 
@@ -33,6 +34,9 @@ class TransitionKind(enum.StrEnum):
 
     HANDSHAKE = "handshake"
     HTTP = "http"
+    CIPHER = "cipher"  # a deep scan found a suite added (old "") or removed (new "") on the protocol
+    CERTIFICATE = "certificate"  # a deep scan found a new leaf: old and new are SHA-256 fingerprints
+    CLIENT = "client"  # a client profile can (accepted) or cannot (rejected) connect any more
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,13 @@ class Transition:
     old: str  # a ProtocolState value, or an HTTP status
     new: str
     kind: TransitionKind = TransitionKind.HANDSHAKE
+    client: str = ""  # the client profile (kind CLIENT; protocol is then the best version it speaks)
 
 
 AddressStatuses = Mapping[str, Mapping[Protocol, ProtocolStatus]]  # address -> protocol -> status
+ClientStatuses = Mapping[
+    str, Mapping[str, ProtocolStatus]
+]  # address -> client profile -> status (accepted: can connect)
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,9 @@ class TargetStatus:
     errors: Mapping[ErrorReason, int]
     transitions: tuple[Transition, ...] = field(default=())  # most recent first
     retries: int = 0  # hellos sent again because a refusal came without an alert, over every sweep
+    clients: ClientStatuses = field(default_factory=dict)  # the target's client profiles, per address
+    deep: DeepResult | None = None  # the last deep scan (targets with deep_interval)
+    deep_states: Mapping[str, DeepState] = field(default_factory=dict)  # address -> suites, certificate, changes
 
 
 def ended_at(sweep: SweepResult) -> float:
@@ -120,6 +131,39 @@ def _step(
     return status, steps
 
 
+def advance_clients(
+    known: ClientStatuses, sweep: SweepResult
+) -> tuple[dict[str, dict[str, ProtocolStatus]], list[Transition]]:
+    """As advance(), for the client profiles: who can connect after `sweep`, and who gained or lost it."""
+    at = ended_at(sweep)
+    profiles = {c.name: c for c in sweep.target.clients}
+    changed: dict[str, dict[str, ProtocolStatus]] = {}
+    transitions: list[Transition] = []
+    for result in sweep.addresses:
+        statuses = known.get(result.address, {})
+        for name, outcome in result.clients.items():
+            if outcome.state is ProtocolState.ERROR or name not in profiles:
+                continue
+            previous = statuses.get(name)
+            status, steps = _step(previous, outcome, at, sweep.target.confirm_sweeps)
+            if status != previous:
+                changed.setdefault(result.address, {})[name] = status
+            best = profiles[name].protocols[-1]
+            transitions += [
+                Transition(sweep.target.name, result.address, best, at, old, new, TransitionKind.CLIENT, name)
+                for kind, old, new in steps
+                if kind is TransitionKind.HANDSHAKE
+            ]
+    return changed, transitions
+
+
+def current_clients(target: TargetConfig, known: ClientStatuses, addresses: list[str] | None) -> ClientStatuses:
+    """The client statuses to show: the target's profiles, on the last probed addresses."""
+    names = {c.name for c in target.clients}
+    shown = known if addresses is None else {a: known.get(a, {}) for a in addresses}
+    return {address: {n: s for n, s in statuses.items() if n in names} for address, statuses in shown.items()}
+
+
 def error_reasons(sweep: SweepResult) -> set[ErrorReason]:
     """The reasons a sweep counts once each in tls_scanner_scan_errors_total."""
     reasons = {r.reason for r in sweep.protocols.values() if r.reason is not None}
@@ -144,6 +188,7 @@ def current(target: TargetConfig, known: AddressStatuses, addresses: list[str] |
 def sweep_status(sweep: SweepResult) -> TargetStatus:
     """The status one sweep gives on its own, as the target's first (for /probe and `--once`)."""
     changed, _ = advance({}, sweep)
+    clients, _ = advance_clients({}, sweep)
     return TargetStatus(
         target=sweep.target,
         last_sweep=sweep,
@@ -151,4 +196,5 @@ def sweep_status(sweep: SweepResult) -> TargetStatus:
         last_success_at=ended_at(sweep) if sweep.complete else None,
         errors=dict.fromkeys(error_reasons(sweep), 1),
         retries=retries(sweep),
+        clients=clients,
     )

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from scanner.config import TargetConfig
+from scanner.deep_results import DeepResult, DeepState, deep_changes
 from scanner.errors import StateFileError
 from scanner.protocols import Protocol
 from scanner.results import ErrorReason, ProtocolState, SweepResult
@@ -21,7 +22,9 @@ from scanner.status import (
     Transition,
     TransitionKind,
     advance,
+    advance_clients,
     current,
+    current_clients,
     ended_at,
     error_reasons,
     retries,
@@ -54,16 +57,36 @@ CREATE TABLE IF NOT EXISTS transition (
     at REAL NOT NULL,
     old TEXT NOT NULL,
     new TEXT NOT NULL,
-    kind TEXT NOT NULL DEFAULT 'handshake'
+    kind TEXT NOT NULL DEFAULT 'handshake',
+    client TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS client_state (
+    target TEXT NOT NULL,
+    address TEXT NOT NULL,
+    client TEXT NOT NULL,
+    state TEXT NOT NULL,  -- accepted: the client profile can connect
+    last_change REAL NOT NULL,
+    changes INTEGER NOT NULL,
+    PRIMARY KEY (target, address, client)
 );
 CREATE INDEX IF NOT EXISTS transition_by_target ON transition (target, id);
+CREATE TABLE IF NOT EXISTS deep_state (
+    target TEXT NOT NULL,
+    address TEXT NOT NULL,
+    item TEXT NOT NULL,  -- a protocol (value: its accepted suites, space-separated) or 'certificate' (a fingerprint)
+    value TEXT NOT NULL,
+    changes INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (target, address, item)
+);
 """
+_CERTIFICATE_ITEM = "certificate"
 # Format 2 -> 3: HTTP status changes are kept like handshake flips.
 _MIGRATE_FROM_2 = """
 ALTER TABLE protocol_state ADD COLUMN http_status INTEGER;
 ALTER TABLE protocol_state ADD COLUMN http_last_change REAL;
 ALTER TABLE protocol_state ADD COLUMN http_changes INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE transition ADD COLUMN kind TEXT NOT NULL DEFAULT 'handshake';
+ALTER TABLE transition ADD COLUMN client TEXT NOT NULL DEFAULT '';
 """
 # Writes that fail (disk full) are kept for later, up to this many transitions; the latest state per series is
 # always kept, so a long outage loses only the oldest history.
@@ -83,6 +106,8 @@ class _Record:
     last_success_at: float | None = None
     errors: Counter[ErrorReason] = field(default_factory=Counter)
     retries: int = 0
+    deep: DeepResult | None = None  # the last deep scan
+    deep_scans: int = 0
 
 
 class ResultStore:
@@ -95,11 +120,28 @@ class ResultStore:
         self.generation = 0  # changes whenever anything a reader sees changes
         # target -> address -> protocol -> status; kept for targets not (yet) configured, as in the file
         self._known: dict[str, dict[str, dict[Protocol, ProtocolStatus]]] = {}
+        # target -> address -> client profile -> status (accepted: it can connect)
+        self._known_clients: dict[str, dict[str, dict[str, ProtocolStatus]]] = {}
+        self._unwritten_client_rows: dict[tuple[str, str, str], tuple[str, str, str, str, float, int]] = {}
         self.writable = True  # whether the last write to the state file succeeded
         self.write_errors = 0  # writes that failed (disk full, I/O error): sweeping goes on in memory
         self._unwritten_rows: dict[tuple[str, str, str], _StateRow] = {}
         self._unwritten_transitions: collections.deque[Transition] = collections.deque(maxlen=MAX_UNWRITTEN_TRANSITIONS)
+        self._deep: dict[str, dict[str, DeepState]] = {}  # target -> address -> what the deep scans established
         self._load()
+        self._load_clients()
+        self._load_deep()
+
+    def _load_clients(self) -> None:
+        for target, address, client, state, last_change, changes in self._db.execute(
+            "SELECT target, address, client, state, last_change, changes FROM client_state"
+        ):
+            try:
+                status = ProtocolStatus(ProtocolState(state), float(last_change), int(changes))
+            except (ValueError, TypeError):
+                log.warning("state file: ignoring an unreadable client row %r", (target, address, client))
+                continue
+            self._known_clients.setdefault(target, {}).setdefault(address, {})[client] = status
 
     def _load(self) -> None:
         # Read as bytes: text that is not UTF-8 (a damaged or edited file) drops its row, not the daemon.
@@ -123,6 +165,68 @@ class ResultStore:
             except (ValueError, TypeError, AttributeError):
                 log.warning("state file: ignoring an unreadable row %r", raw[:3])
 
+    def _load_deep(self) -> None:
+        suites: dict[tuple[str, str], dict[Protocol, frozenset[str]]] = {}
+        counts: dict[tuple[str, str], dict[Protocol, int]] = {}
+        fingerprints: dict[tuple[str, str], str] = {}
+        for target, address, item, value, changes in self._db.execute(
+            "SELECT target, address, item, value, changes FROM deep_state"
+        ):
+            key = (target, address)
+            if item == _CERTIFICATE_ITEM:
+                fingerprints[key] = value
+            elif item in Protocol.__members__.values():
+                suites.setdefault(key, {})[Protocol(item)] = frozenset(value.split())
+                counts.setdefault(key, {})[Protocol(item)] = int(changes)
+        for key in suites.keys() | fingerprints.keys():
+            state = DeepState(suites.get(key, {}), fingerprints.get(key), counts.get(key, {}))
+            self._deep.setdefault(key[0], {})[key[1]] = state
+
+    def record_deep(self, result: DeepResult) -> list[Transition]:
+        """Take in one deep scan: keep it, find suites added or removed and certificates replaced, persist them."""
+        name = result.target.name
+        record = self._records.get(name)
+        if record is None:
+            record = self._records[name] = _Record(result.target)
+        record.deep = result
+        record.deep_scans += 1
+        self.generation += 1
+        known = self._deep.setdefault(name, {})
+        transitions: list[Transition] = []
+        rows: list[tuple[str, str, str, str, int]] = []
+        for address in result.addresses:
+            state, changes = deep_changes(known.get(address.address), address)
+            known[address.address] = state
+            for protocol, accepted in state.cipher_suites.items():
+                rows.append(
+                    (name, address.address, protocol.value, " ".join(sorted(accepted)), state.changes[protocol])
+                )
+            if state.fingerprint is not None:
+                rows.append((name, address.address, _CERTIFICATE_ITEM, state.fingerprint, 0))
+            # A certificate change is listed under the highest version the address accepts (Transition needs one).
+            highest = max(
+                (p for p, s in state.cipher_suites.items() if s), default=Protocol.TLSv1_2, key=list(Protocol).index
+            )
+            for change in changes:
+                kind = TransitionKind.CERTIFICATE if change.protocol is None else TransitionKind.CIPHER
+                protocol = change.protocol or highest
+                transitions.append(
+                    Transition(name, change.address, protocol, result.ended_at, change.old, change.new, kind)
+                )
+        try:
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO deep_state (target, address, item, value, changes) VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+        except sqlite3.Error as exc:  # the in-memory state goes on; the next deep scan writes it again
+            self.write_errors += 1
+            log.error("cannot write the deep scan of %s to the state file %s: %s", name, self.path, exc)
+        self._unwritten_transitions.extend(transitions)
+        if self._unwritten_transitions:
+            self._write()
+        return transitions
+
     def close(self) -> None:
         self._db.close()
 
@@ -144,8 +248,14 @@ class ResultStore:
         return self._records[name].target
 
     def version(self, name: str) -> int:
-        """Changes whenever a sweep of the target is recorded."""
-        return self._records[name].sweeps
+        """Changes whenever a sweep or a deep scan of the target is recorded."""
+        record = self._records[name]
+        return record.sweeps + record.deep_scans
+
+    def last_addresses(self, name: str) -> list[str] | None:
+        """The addresses the target's last sweep probed (kept through a DNS outage); None before any."""
+        record = self._records.get(name)
+        return None if record is None or record.addresses is None else list(record.addresses)
 
     def record(self, sweep: SweepResult) -> list[Transition]:
         """Take in one sweep: update the determined states, count flips, and persist them."""
@@ -171,8 +281,16 @@ class ResultStore:
                     name, address, p.value, s.state.value, s.last_change, s.changes,
                     s.http_status, s.http_last_change, s.http_changes,
                 )  # fmt: skip
+        known_clients = self._known_clients.setdefault(name, {})
+        changed_clients, client_transitions = advance_clients(known_clients, sweep)
+        for address, by_client in changed_clients.items():
+            known_clients.setdefault(address, {}).update(by_client)
+            for client, s in by_client.items():
+                row = (name, address, client, s.state.value, s.last_change, s.changes)
+                self._unwritten_client_rows[(name, address, client)] = row
+        transitions += client_transitions
         self._unwritten_transitions.extend(transitions)
-        if self._unwritten_rows or self._unwritten_transitions:
+        if self._unwritten_rows or self._unwritten_client_rows or self._unwritten_transitions:
             self._write()
         return transitions
 
@@ -186,9 +304,17 @@ class ResultStore:
                     rows,
                 )
                 self._db.executemany(
-                    "INSERT INTO transition (target, address, protocol, at, old, new, kind)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(t.target, t.address, t.protocol.value, t.at, t.old, t.new, t.kind.value) for t in transitions],
+                    "INSERT OR REPLACE INTO client_state (target, address, client, state, last_change, changes)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    list(self._unwritten_client_rows.values()),
+                )
+                self._db.executemany(
+                    "INSERT INTO transition (target, address, protocol, at, old, new, kind, client)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (t.target, t.address, t.protocol.value, t.at, t.old, t.new, t.kind.value, t.client)
+                        for t in transitions
+                    ],
                 )
                 for target in {t.target for t in transitions}:
                     self._db.execute(
@@ -210,19 +336,21 @@ class ResultStore:
             log.warning("state file %s writable again: wrote %d kept transitions", self.path, len(transitions))
         self.writable = True
         self._unwritten_rows.clear()
+        self._unwritten_client_rows.clear()
         self._unwritten_transitions.clear()
 
     def transitions(self, limit: int = 20) -> dict[str, tuple[Transition, ...]]:
         """The most recent transitions of every target that has some, newest first, in one query."""
         rows = self._db.execute(
-            "SELECT target, address, protocol, at, old, new, kind FROM ("
+            "SELECT target, address, protocol, at, old, new, kind, client FROM ("
             " SELECT *, ROW_NUMBER() OVER (PARTITION BY target ORDER BY id DESC) AS n FROM transition"
             ") WHERE n <= ? ORDER BY target, id DESC",
             (limit,),
         ).fetchall()
         found: dict[str, list[Transition]] = {}
-        for target, a, p, at, o, n, kind in rows:
-            found.setdefault(target, []).append(Transition(target, a, Protocol(p), at, o, n, TransitionKind(kind)))
+        for target, a, p, at, o, n, kind, client in rows:
+            transition = Transition(target, a, Protocol(p), at, o, n, TransitionKind(kind), client)
+            found.setdefault(target, []).append(transition)
         return {target: tuple(each) for target, each in found.items()}
 
     def status(self, name: str, transitions: tuple[Transition, ...] = ()) -> TargetStatus:
@@ -234,7 +362,10 @@ class ResultStore:
             last_success_at=record.last_success_at,
             errors=dict(record.errors),
             transitions=transitions,
+            clients=current_clients(record.target, self._known_clients.get(name, {}), record.addresses),
             retries=record.retries,
+            deep=record.deep,
+            deep_states=dict(self._deep.get(name, {})),
         )
 
     def snapshot(self, with_transitions: int = 0) -> list[TargetStatus]:

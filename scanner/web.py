@@ -15,9 +15,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from scanner.config import Expectation
-from scanner.policy import evaluate, verdict, wanted
+from scanner.deep_results import deep_to_dict
+from scanner.policy import deadlines, evaluate, has_policy, verdict, wanted
 from scanner.protocols import ALL_PROTOCOLS, Protocol
-from scanner.report import sweep_to_dict
+from scanner.report import deep_scan_to_dict, sweep_to_dict
 from scanner.results import ProtocolResult, ProtocolState
 from scanner.status import ProtocolStatus, TargetStatus, Transition, TransitionKind
 from scanner.store import ResultStore
@@ -167,15 +168,33 @@ def target_to_dict(status: TargetStatus) -> dict[str, Any]:
             }
             for address, statuses in status.addresses.items()
         },
+        "clients": {
+            address: {
+                client: {
+                    "compatible": s.state is ProtocolState.ACCEPTED,
+                    "last_change": s.last_change,
+                    "changes": s.changes,
+                }
+                for client, s in by_client.items()
+            }
+            for address, by_client in status.clients.items()
+        },
         "last_success_at": status.last_success_at,
         "errors_total": {r.value: n for r, n in status.errors.items()},
         "last_sweep": None if status.last_sweep is None else sweep_to_dict(status.last_sweep),
+        "deep_scan": None
+        if status.deep is None
+        else {
+            **deep_scan_to_dict(status.deep),
+            "addresses": {a.address: deep_to_dict(a) for a in status.deep.addresses},
+        },
         "transitions": [
             {
                 "address": t.address,
                 "protocol": t.protocol.value,
                 "at": t.at,
                 "kind": t.kind.value,
+                "client": t.client or None,
                 "from": t.old,
                 "to": t.new,
             }
@@ -217,7 +236,7 @@ td.changed {{ outline: 3px solid #d32f2f; outline-offset: -3px; font-weight: bol
 policy wants, red where it violates it, pale where there is no policy; yellow means the last sweep hit an error and
 the state shown is the one before it. Outlined cells changed within the last hour.</p>
 <div class="scroll"><table id="matrix"><thead><tr><th>Target</th><th>Address</th>{proto_headers}<th>HTTP</th>
-<th>Policy</th><th>Last sweep</th><th>Last change</th><th>Error</th></tr></thead><tbody>
+<th>Policy</th><th>Clients</th><th>Last sweep</th><th>Last change</th><th>Error</th></tr></thead><tbody>
 {rows}
 </tbody></table></div>
 <h2>Policy violations</h2>
@@ -240,7 +259,7 @@ def _rows(status: TargetStatus, now: float) -> list[str]:
     latest = {} if sweep is None else {a.address: a for a in sweep.addresses}
     addresses = list(status.addresses) or [""]
     expect = status.target.expect
-    judged = None if sweep is None or expect.empty else verdict(sweep)
+    judged = None if sweep is None or not has_policy(status.target, sweep.started_at) else verdict(sweep)
     policy = "-" if judged is None else ("met" if judged.met else "VIOLATED")
     policy_css = ' class="violating"' if judged is not None and not judged.met else ""
     labels = " ".join(f"{k}={v}" for k, v in status.target.labels)
@@ -279,10 +298,22 @@ def _rows(status: TargetStatus, now: float) -> list[str]:
             f'<tr data-target="{name}" data-address="{html.escape(address)}"><td>{name}{label_div}</td>'
             f"<td>{html.escape(address or '-')}</td>{''.join(cells)}"
             f"<td{http_css}>{html.escape(http or '-')}</td><td{policy_css}>{policy}</td>"
+            f"{_clients_cell(status, address)}"
             f"<td>{_when(sweep.started_at if sweep else None)}</td>"
             f'<td>{_when(last_change)}</td><td class="err">{html.escape(error)}</td></tr>'
         )
     return rows
+
+
+def _clients_cell(status: TargetStatus, address: str) -> str:
+    """Which of the target's client profiles cannot connect to the address (red), or "all N" that can."""
+    by_client = status.clients.get(address, {})
+    if not by_client:
+        return "<td>-</td>"
+    cannot = [name for name, s in by_client.items() if s.state is not ProtocolState.ACCEPTED]
+    if not cannot:
+        return f'<td class="clients-ok">all {len(by_client)}</td>'
+    return f'<td class="violating clients">cannot: {html.escape(", ".join(cannot))}</td>'
 
 
 def _judged(expect: Expectation, protocol: Protocol, determined: ProtocolStatus) -> str:
@@ -298,6 +329,8 @@ def _transition_cells(t: Transition) -> str:
     """From and To: a handshake flip coloured by state, an HTTP status change by the statuses (red from 400)."""
     if t.kind is TransitionKind.HTTP:
         cells = [(f"HTTP {code}", "http-bad" if int(code) >= 400 else "http-ok") for code in (t.old, t.new)]
+    elif t.kind in (TransitionKind.CIPHER, TransitionKind.CERTIFICATE):  # a suite ("" when absent), a fingerprint
+        cells = [(t.old or "-", "neutral"), (t.new or "-", "neutral")]
     else:
         cells = [(t.old, t.old), (t.new, t.new)]
     return "".join(f'<td class="{css}" data-kind="{t.kind.value}">{html.escape(text)}</td>' for text, css in cells)
@@ -312,13 +345,20 @@ async def status_page(request: web.Request) -> web.Response:
     violations = [
         f"<li><b>{html.escape(s.target.name)}</b>: {html.escape(v)}</li>"
         for s in snapshot
-        if s.last_sweep is not None and not s.target.expect.empty
+        if s.last_sweep is not None and has_policy(s.target, s.last_sweep.started_at)
         for v in verdict(s.last_sweep).violations
+    ] + [
+        f"<li><b>{html.escape(s.target.name)}</b>: deadline {html.escape(dated.name)} "
+        f"({_when(dated.start)}) would be violated: {html.escape('; '.join(would.violations))}</li>"
+        for s in snapshot
+        if s.last_sweep is not None
+        for dated, would in deadlines(s.last_sweep)
+        if dated.start > s.last_sweep.started_at and not would.met
     ]
     body = _PAGE.format(
         count=len(snapshot),
         proto_headers="".join(f"<th>{p.value}</th>" for p in ALL_PROTOCOLS),
-        rows="\n".join(rows) or '<tr><td colspan="13">No targets yet.</td></tr>',
+        rows="\n".join(rows) or '<tr><td colspan="14">No targets yet.</td></tr>',
         violations="\n".join(violations) or "<li>None.</li>",
         transitions="\n".join(
             f"<tr><td>{_when(t.at)}</td><td>{html.escape(t.target)}</td><td>{html.escape(t.address or '-')}</td>"

@@ -47,8 +47,11 @@ def require_binary(name: str, package: str) -> str:
 
 
 def write_config(path: Path, targets: Sequence[dict[str, Any]], **defaults: Any) -> Path:
-    """Write a scanner config with `defaults` (interval 1s, timeout 2s unless given) and these targets."""
-    document = {"defaults": {"interval": "1s", "timeout": "2s", **defaults}, "targets": list(targets)}
+    """Write a scanner config with `defaults` (interval 1s, timeout 2s, no deep scans unless given) and these targets."""
+    document = {
+        "defaults": {"interval": "1s", "timeout": "2s", "deep_interval": 0, **defaults},
+        "targets": list(targets),
+    }
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
 

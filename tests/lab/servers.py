@@ -713,8 +713,10 @@ class NginxServer:
     verify_client: bool = False
     client_ca: Path | None = None
     legacy_403: bool = False
+    legacy_403_body: str | None = None  # with legacy_403: the 403's body (nginx's own page when None)
     listen: str = "127.0.0.1"
     cert: CertPaths | None = None
+    directives: Sequence[str] = ()  # more ssl_* lines for the block, e.g. "ssl_ecdh_curve X25519:prime256v1"
 
     @property
     def endpoint(self) -> Endpoint:
@@ -849,13 +851,15 @@ class NginxLab(Managed):
             f"        ssl_certificate_key {cert.key};",
             f"        ssl_protocols {protocols};",
             f'        ssl_ciphers "{server.ciphers}";',
+            *(f"        {directive};" for directive in server.directives),
         ]
         if server.verify_client:
             if server.client_ca is None:
                 raise ValueError(f"server {server.name}: verify_client needs client_ca")
             lines += ["        ssl_verify_client on;", f"        ssl_client_certificate {server.client_ca};"]
         if server.legacy_403:
-            lines.append('        if ($ssl_protocol ~ "^TLSv1(\\.1)?$") { return 403; }')
+            answer = "403" if server.legacy_403_body is None else f'403 "{server.legacy_403_body}\\n"'
+            lines.append(f'        if ($ssl_protocol ~ "^TLSv1(\\.1)?$") {{ return {answer}; }}')
         lines += ['        location / { return 200 "ok\\n"; }', "    }"]
         return lines
 

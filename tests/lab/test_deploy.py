@@ -27,6 +27,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from scanner import metrics as scanner_metrics
 from scanner.cli import DEFAULT_LISTEN_ADDRESS, DEFAULT_STATE_FILE, build_parser, misused
 from scanner.config import load_config
 from scanner.protocols import Protocol
@@ -44,30 +45,8 @@ K8S = DEPLOY / "kubernetes"
 UNIT = DEPLOY / "systemd" / "tls-scanner.service"
 
 # Every family the daemon exports (scanner/metrics.py), the per-address/shard/range/probe ones included.
-FAMILIES = {
-    "tls_scanner_protocol_accepted",
-    "tls_scanner_protocol_changes_total",
-    "tls_scanner_protocol_last_change_timestamp_seconds",
-    "tls_scanner_protocol_error",
-    "tls_scanner_http_status_code",
-    "tls_scanner_protocol_accepted_addresses",
-    "tls_scanner_addresses",
-    "tls_scanner_scan_success",
-    "tls_scanner_last_scan_timestamp_seconds",
-    "tls_scanner_last_success_timestamp_seconds",
-    "tls_scanner_scan_duration_seconds",
-    "tls_scanner_scan_interval_seconds",
-    "tls_scanner_scan_errors_total",
-    "tls_scanner_expectation_met",
-    "tls_scanner_range_endpoints",
-    "tls_scanner_targets",
-    "tls_scanner_shard_info",
-    "tls_scanner_probe_success",
-    "tls_scanner_probe_duration_seconds",
-    "tls_scanner_build_info",
-    "tls_scanner_config_last_reload_successful",
-    "tls_scanner_config_last_reload_success_timestamp_seconds",
-}
+# Every family the scanner defines (what rules and panels may query).
+FAMILIES = {family.name for family in vars(scanner_metrics).values() if isinstance(family, scanner_metrics.Family)}
 # Families added by the network-wide change; a live query that only they can answer may come back empty from a
 # daemon that does not export them (tests/lab/test_dashboard.py checks the daemon's own output before allowing that).
 NEWER_FAMILIES = {
@@ -252,6 +231,7 @@ def test_prometheusrule_carries_the_same_rule_groups() -> None:
 EXPECTED_RECEIVER = {
     "TLSScannerDown": "oncall",
     "TLSProtocolBrownoutStarted": "brownout-flips",
+    "TLSCipherSuiteRemoved": "brownout-flips",
     "TLSProtocolRefused": "brownouts",
     "TLSHTTPBrownout": "brownouts",
     "TLSProtocolBrownoutEnded": "brownouts-info",

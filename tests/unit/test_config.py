@@ -27,7 +27,7 @@ INVALID = CONFIGS / "invalid"
 KNOWN = "SSLv2, SSLv3, TLSv1.0, TLSv1.1, TLSv1.2, TLSv1.3"
 TARGET_KEYS = (
     "host, port, name, sni, address, interval, timeout, protocols, expect, http, labels, "
-    "addresses, starttls, client_cert, https_proxy, confirm_sweeps"
+    "addresses, starttls, client_cert, https_proxy, confirm_sweeps, clients, deep_interval, ca_file"
 )
 HINT = "use e.g. 500ms, 3s, 5m, 1h"
 P = Protocol
@@ -41,16 +41,16 @@ INVALID_FILES = {
     "unknown_key_top.yaml": (
         2,
         'unknown key "target" at top level (allowed: concurrency, defaults, targets, resolver, '
-        "max_range_endpoints, probe, politeness)",
+        "max_range_endpoints, probe, politeness, clients)",
     ),
     "unknown_key_defaults.yaml": (
         3,
         'unknown key "port" in defaults (allowed: interval, timeout, protocols, expect, http, labels, '
-        "addresses, starttls, client_cert, https_proxy, confirm_sweeps)",
+        "addresses, starttls, client_cert, https_proxy, confirm_sweeps, clients, deep_interval, ca_file)",
     ),
     "unknown_key_target.yaml": (3, f'unknown key "timout" in target (allowed: {TARGET_KEYS})'),
     "unknown_key_expect.yaml": (5, 'unknown key "allow" in expect (allowed: accept, reject, http_ok)'),
-    "unknown_key_http.yaml": (3, 'unknown key "url" in http (allowed: path, method, host)'),
+    "unknown_key_http.yaml": (3, 'unknown key "url" in http (allowed: path, method, host, match)'),
     "targets_not_list.yaml": (2, "targets: expected a list, got mapping"),
     "port_not_number.yaml": (3, 'port: expected an integer 1-65535, got "abc"'),
     "port_zero.yaml": (3, "port: expected an integer 1-65535, got 0"),
@@ -79,7 +79,8 @@ INVALID_FILES = {
     "reserved_label.yaml": (
         4,
         'label name "target" is reserved for the scanner\'s own labels '
-        "(target, protocol, reason, address, name, host, port)",
+        "(target, protocol, reason, address, name, host, port, client, policy, cipher, profile, subject, issuer, "
+        "serial, fingerprint_sha256, key, error)",
     ),
     "dunder_label.yaml": (3, 'label name "__name__" is reserved: names starting with "__" are for Prometheus'),
     "label_not_string.yaml": (4, 'label "tier": expected a string value, got 1 (quote it)'),
@@ -201,7 +202,7 @@ INVALID_INLINE = {
     "expect_not_mapping": (
         "defaults:\n  expect: [TLSv1.2]\ntargets: [python.org]\n",
         2,
-        "expect: expected a mapping with accept, reject, http_ok, got list",
+        'expect: each policy in the list must be a mapping (accept, reject, http_ok, from, name), got "TLSv1.2"',
     ),
     "http_ok_reject_overlap": (
         "defaults:\n  http: true\n  expect:\n    http_ok: [TLSv1.0]\n    reject: [TLSv1.0]\ntargets: [python.org]\n",
@@ -460,6 +461,37 @@ INVALID_INLINE = {
         "targets:\n  - network: 192.0.2.0/30\n    confirm_sweeps: 99\n",
         3,
         "confirm_sweeps: expected an integer 1-10, got 99",
+    ),
+    # deep_interval: a duration up to 1 day, or 0 (off); ca_file: a readable PEM file.
+    "deep_interval_negative": (
+        "defaults:\n  deep_interval: -1h\ntargets: [python.org]\n",
+        2,
+        'deep_interval: bad duration "-1h": must be greater than 0',
+    ),
+    "deep_interval_too_long": (
+        "targets:\n  - host: python.org\n    deep_interval: 25h\n",
+        3,
+        'deep_interval: bad duration "25h": must be at most 1 day (24h)',
+    ),
+    "deep_interval_list": (
+        "defaults:\n  deep_interval: [6h]\ntargets: [python.org]\n",
+        2,
+        "deep_interval: expected a duration such as 500ms, 3s, 5m, 1h, got list",
+    ),
+    "ca_file_missing": (
+        "targets:\n  - host: python.org\n    ca_file: /nonexistent/ca.pem\n",
+        3,
+        'ca_file: cannot read "/nonexistent/ca.pem"',
+    ),
+    "ca_file_not_pem": (
+        "defaults:\n  ca_file: /etc/passwd\ntargets: [python.org]\n",
+        2,
+        'ca_file: no PEM certificate in "/etc/passwd"',
+    ),
+    "ca_file_not_string": (
+        "defaults:\n  ca_file: [a]\ntargets: [python.org]\n",
+        2,
+        "ca_file: expected a string, got list",
     ),
     # Scalars PyYAML itself chokes on.
     "escape_past_unicode": ('targets:\n  - "\\UFFFFFFFF"\n', 2, "invalid YAML: escape beyond U+10FFFF"),
@@ -919,3 +951,76 @@ targets:
 def test_probe_open_to_everything(tmp_path: Path, allow: str, is_open: bool) -> None:
     config = _load(tmp_path, f"probe: {{allow: {allow}}}\ntargets: [python.org]\n")
     assert config.probe.open_to_everything is is_open
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("0", 0.0), ("0s", 0.0), ("30m", 1800.0), ("24h", 86400.0)])
+def test_deep_interval(tmp_path: Path, value: str, seconds: float) -> None:
+    config = _load(tmp_path, f"defaults:\n  deep_interval: {value}\ntargets:\n  - python.org\n  - host: a.example\n")
+    assert [t.deep_interval for t in config.targets] == [seconds, seconds]
+    assert _target(tmp_path, "targets: [python.org]\n").deep_interval == 6 * 3600
+
+
+def test_ca_file(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", encoding="ascii")
+    config = _load(
+        tmp_path, f"defaults:\n  ca_file: {ca}\ntargets:\n  - python.org\n  - host: b.example\n    ca_file: {ca}\n"
+    )
+    assert [t.ca_file for t in config.targets] == [str(ca), str(ca)]
+    assert _target(tmp_path, "targets: [python.org]\n").ca_file is None
+
+
+def test_clients_expect_list_and_http_match(tmp_path: Path) -> None:
+    config = _load(
+        tmp_path,
+        "clients:\n"
+        "  pos-terminal: {protocols: [TLSv1.0], ciphers: [TLS_RSA_WITH_AES_128_CBC_SHA], sni: false}\n"
+        "defaults:\n  clients: [pos-terminal, java8]\n"
+        "targets:\n"
+        "  - host: python.org\n"
+        "    http: {match: 'Brownout of Legacy TLS'}\n"
+        "    expect:\n"
+        "      - {accept: [TLSv1.2]}\n"
+        "      - {reject: [TLSv1.0], from: 2018-06-30, name: pypi-2018}\n"
+        "  - {host: b.example, clients: all}\n",
+    )
+    first, second = config.targets
+    assert [c.name for c in first.clients] == ["pos-terminal", "java8"]
+    assert first.clients[0].sni is False and first.clients[0].protocols == (Protocol.TLSv1_0,)
+    assert first.expect.accept == frozenset({Protocol.TLSv1_2})
+    (dated,) = first.deadlines
+    assert (dated.name, dated.start, dated.expect.reject) == ("pypi-2018", 1530316800.0, frozenset({Protocol.TLSv1_0}))
+    assert first.http is not None and first.http.match == "Brownout of Legacy TLS"
+    assert "macos-system-python2.7" in [c.name for c in second.clients] and "pos-terminal" in [
+        c.name for c in second.clients
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("targets:\n  - {host: a.example, clients: [nokia3310]}\n", 2, 'clients: unknown client profile "nokia3310"'),
+        (
+            "clients:\n  x: {protocols: [TLSv1.0]}\ntargets: [a.example]\n",
+            2,
+            'clients.x: missing required key "ciphers"',
+        ),
+        (
+            "clients:\n  x: {protocols: [TLSv1.0], ciphers: [AES128-SHA]}\ntargets: [a.example]\n",
+            2,
+            'clients.x.ciphers: "AES128-SHA" is not an IANA cipher suite name (TLS_...)',
+        ),
+        (
+            "targets:\n  - host: a.example\n    expect:\n      - {reject: [TLSv1.0], from: soon}\n",
+            4,
+            'expect.from: expected an ISO 8601 date such as 2018-06-30, got "soon"',
+        ),
+        ("targets:\n  - {host: a.example, http: {match: '('}}\n", 2, "http.match: not a regular expression"),
+    ],
+)
+def test_clients_and_deadline_errors(tmp_path: Path, text: str, line: int, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.line == line and info.value.message.startswith(message), info.value

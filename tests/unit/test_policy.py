@@ -31,3 +31,17 @@ def test_evaluate(states: dict[Protocol, object], http: dict[Protocol, int], vio
     verdict = evaluate(POLICY, sweep(target(expect=POLICY), states, http=http).protocols)  # type: ignore[arg-type]
     assert list(verdict.violations) == violations
     assert verdict.met is (not violations)
+
+
+def test_a_dated_policy_is_enforced_from_its_date_and_reported_before() -> None:
+    from dataclasses import replace
+
+    from scanner.config import DatedPolicy
+    from scanner.policy import deadlines, has_policy, verdict
+
+    dated = DatedPolicy("pypi-2018", Expectation(reject=frozenset({T10})), start=2000.0)
+    t = replace(target(), deadlines=(dated,))
+    before, after = sweep(t, {T10: A, T12: A}, at=1000.0), sweep(t, {T10: A, T12: A}, at=3000.0)
+    assert verdict(before).met and not has_policy(t, 1000.0)
+    assert verdict(after).violations == ("pypi-2018: TLSv1.0 expected rejected, is accepted",)
+    assert [(d.name, v.met) for d, v in deadlines(before)] == [("pypi-2018", False)]
