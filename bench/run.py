@@ -70,7 +70,7 @@ _SSLYZE_RESULT_KEYS = {
     Protocol.TLSv1_2: "tls_1_2_cipher_suites",
     Protocol.TLSv1_3: "tls_1_3_cipher_suites",
 }
-_SYN_LINE = re.compile(r"IP 127\.0\.0\.1\.(\d+) > 127\.0\.0\.1\.(\d+): Flags \[S\], seq (\d+)")
+_SYN_LINE = re.compile(r"IP 127\.[\d.]+\.(\d+) > (127\.\d+\.\d+\.\d+)\.(\d+): Flags \[S\], seq (\d+)")
 
 
 # --- helpers ------------------------------------------------------------------------------------------------------
@@ -81,24 +81,38 @@ class Lab:
     """The servers of one benchmark and what each should accept."""
 
     servers: list[NginxServer]
-    profile: dict[int, str]  # port -> profile name
+    profile: dict[int, str]  # port -> profile name (one address, distinct ports)
     spare_port: int  # free when drawn, and distinct from the servers' ports: for the daemon's web server
 
     def expected(self, port: int) -> dict[str, str]:
-        accepted = PROFILES[self.profile[port]]
-        return {p.value: "accepted" if p in accepted else "rejected" for p in ALL_PROTOCOLS}
+        return _expected(self.profile[port])
+
+    def expected_for(self, name: str) -> dict[str, str]:
+        """What the server block called `name` (`s<i>-<profile>`) accepts."""
+        return _expected(name.split("-", 1)[1])
 
 
-def make_lab(n: int) -> Lab:
-    """N server blocks on free loopback ports, profiles cycled in order."""
+def _expected(profile: str) -> dict[str, str]:
+    accepted = PROFILES[profile]
+    return {p.value: "accepted" if p in accepted else "rejected" for p in ALL_PROTOCOLS}
+
+
+def make_lab(n: int, address_base: str | None = None) -> Lab:
+    """N server blocks on free loopback ports, profiles cycled in order; with address_base, each on its own loopback
+    address from there instead, port 443 (as on the Internet: per-address politeness caps apply per target)."""
     names = list(PROFILES)
     servers, profile = [], {}
     *ports, spare = free_ports(n + 1)  # one draw: ports drawn in separate calls may repeat
+    addresses = wan.endpoint_addresses(n, address_base) if address_base else None
     for i, port in enumerate(ports):
         name = names[i % len(names)]
         protocols = [p.value for p in PROFILES[name]]
-        servers.append(NginxServer(name=f"s{i}-{name}", port=port, ssl_protocols=protocols))
-        profile[port] = name
+        if addresses:
+            server = NginxServer(name=f"s{i}-{name}", port=443, ssl_protocols=protocols, listen=addresses[i])
+        else:
+            server = NginxServer(name=f"s{i}-{name}", port=port, ssl_protocols=protocols)
+        servers.append(server)
+        profile[server.port] = name
     return Lab(servers, profile, spare)
 
 
@@ -106,7 +120,7 @@ def write_config(path: Path, lab: Lab, *, timeout: str = "5s", interval: str = "
     """A scanner config with one target per server block (all protocols, no expectations)."""
     lines = ["defaults:", f"  timeout: {timeout}", f"  interval: {interval}", "targets:"]
     for server in lab.servers:
-        lines += [f"  - name: {server.name}", f"    host: {HOST}", f"    port: {server.port}"]
+        lines += [f"  - name: {server.name}", f"    host: {server.listen}", f"    port: {server.port}"]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -147,7 +161,7 @@ def run_measured(cmd: Sequence[str], timeout: float, stdout: Path, stderr: Path,
 
 
 class SynCounter:
-    """Counts TCP connection attempts (SYN without ACK) to 127.0.0.1 with tcpdump on lo, per destination port."""
+    """Counts TCP connection attempts (SYN without ACK) to 127.0.0.0/8 with tcpdump on lo, per destination port."""
 
     def __init__(self, workdir: Path) -> None:
         self.available = shutil.which("tcpdump") is not None
@@ -160,7 +174,7 @@ class SynCounter:
         if not self.available:
             return self
         cmd = ["tcpdump", "-i", "lo", "-nn", "-l", "-B", "32768"]
-        cmd.append(f"tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and dst host {HOST}")
+        cmd.append("tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn and dst net 127.0.0.0/8")
         with self._out.open("wb") as out, self._err.open("wb") as err:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         try:
@@ -197,8 +211,9 @@ class SynCounter:
         for line in self._out.read_text(errors="replace").splitlines():
             match = _SYN_LINE.search(line)
             if match:
-                seen.add((int(match.group(1)), int(match.group(2)), int(match.group(3))))
-        return Counter(dport for _, dport, _ in seen)
+                sport, daddr, dport, seq = match.groups()
+                seen.add((int(sport), daddr, int(dport), int(seq)))
+        return Counter(dport for _, _, dport, _ in seen)
 
 
 def stats(values: Sequence[float]) -> dict[str, float]:
@@ -234,11 +249,11 @@ def _start_nginx(lab: Lab, workers: int) -> NginxLab:
 
 
 @contextlib.contextmanager
-def nginx_lab(n: int, workers: int) -> Iterator[tuple[Lab, NginxLab]]:
+def nginx_lab(n: int, workers: int, address_base: str | None = None) -> Iterator[tuple[Lab, NginxLab]]:
     """N server blocks in one nginx; new ports are drawn when one was taken between drawing and binding."""
     started = time.monotonic()
     for attempt in range(1, 4):
-        lab = make_lab(n)
+        lab = make_lab(n, address_base)
         try:
             server = _start_nginx(lab, workers)
         except NginxError as exc:
@@ -519,11 +534,14 @@ def _last_scans(body: bytes) -> dict[str, float]:
 
 def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
     n = args.targets
-    print(f"\n=== B. daemon: {n} targets, interval 60s, default concurrency ===")
+    where = f"distinct addresses from {args.address_base}:443" if args.distinct_addresses else f"ports on {HOST}"
+    print(f"\n=== B. daemon: {n} targets ({where}), interval 60s, default concurrency ===")
     result: dict[str, Any] = {"targets": n}
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tls-bench-daemon-")))
-        lab, server = stack.enter_context(nginx_lab(n, args.nginx_workers))
+        base = args.address_base if args.distinct_addresses else None
+        lab, server = stack.enter_context(nginx_lab(n, args.nginx_workers, base))
+        result["distinct_addresses"] = lab.servers[0].listen != HOST
         nginx_workers = _children(server.master_pid)
         config = work / "endpoints.yaml"
         write_config(config, lab, timeout="5s", interval="60s")
@@ -601,14 +619,14 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
             rss_max_sampled_mb=max(rss_samples or [0.0]),
         )
         sweeps = [t["last_sweep"] for t in targets if t["last_sweep"]]
-        ports = {s.port for s in lab.servers}
+        ports = {s.port for s in lab.servers}  # {443} with distinct addresses
         syn = Counter({p: c for p, c in syn_at_round_end.items() if p in ports})
         json_conns = [s["connections"] for s in sweeps]
         starts = [s["started_at"] for s in sweeps]
         ends = [s["started_at"] + s["duration_seconds"] for s in sweeps]
         mismatches = []
         for s in sweeps:
-            want = lab.expected(s["port"])
+            want = lab.expected_for(s["name"])
             bad = {p: s["protocols"].get(p) for p, v in want.items() if s["protocols"].get(p) != v}
             if bad:
                 mismatches.append(f"{s['name']}: {bad}")
@@ -772,11 +790,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--peer-root", type=Path, default=None, help="web, wan: another tree to measure side by side (e.g. HEAD)"
     )
+    parser.add_argument(
+        "--compare", action="append", default=[], metavar="LABEL=DIR", help="wan: more trees, run by run alongside"
+    )
     parser.add_argument("--rtt-ms", type=float, default=100.0, help="wan: round-trip time of the delay proxy")
     parser.add_argument("--subset", type=int, default=20, help="wan: endpoints for the sslyze/sslscan ratio")
     parser.add_argument("--concurrency", type=int, default=None, help="wan: `concurrency:` in the config")
-    parser.add_argument("--address-base", default="127.2.0.1", help="wan: first endpoint address (loopback)")
+    parser.add_argument("--address-base", default="127.2.0.1", help="wan, daemon: first endpoint address")
     parser.add_argument("--no-tcp-rtt", action="store_true", help="wan: do not charge the TCP handshake's RTT")
+    parser.add_argument(
+        "--distinct-addresses",
+        action="store_true",
+        help="daemon: each server block on its own loopback address from --address-base (port 443), not on ports",
+    )
     parser.add_argument("--no-peers", action="store_true", help="wan: skip the sslyze CLI and sslscan")
     parser.add_argument("--profile", type=Path, default=None, help="wan: py-spy the first full run into this file")
     parser.add_argument(
@@ -810,6 +836,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["web"] = bench_web(args)
     if args.which == "wan":
         roots = {"this": SCANNER_ROOT} | ({"peer": args.peer_root.resolve()} if args.peer_root else {})
+        for spec in args.compare:
+            label, _, root = spec.partition("=")
+            roots[label] = Path(root).resolve()
         results["wan"] = wan.bench_wan(args, run_measured, dict(PROFILES), nginx_servers, roots)
     results["total_s"] = time.monotonic() - started
     results["load_after"] = _busy()

@@ -383,6 +383,13 @@ def _print_wan(r: dict[str, Any]) -> None:
             f"JSON) (target <= {TARGET_CPU_MS_PER_HANDSHAKE:.0f} ms) "
             f"{'PASS' if cpu_ms <= TARGET_CPU_MS_PER_HANDSHAKE else 'FAIL'}"
         )
+        per_target = statistics.median(s["connections"] / max(1, s["targets"]) for s in full)
+        rate = 1000 / cpu_ms if cpu_ms else 0.0
+        r[f"{label}_summary"]["one_core_handshakes_per_s"] = rate
+        print(
+            f"  [{label}] one core sustains ~{rate:.0f} handshakes/s at this CPU cost (start-up included): "
+            f"~{60 * rate / per_target:,.0f} targets a minute at {per_target:.1f} handshakes per target"
+        )
         print(f"  [{label}] answers: {'all complete and as configured' if clean else 'ERRORS/MISMATCHES'}")
         for s in full + subset:
             for line in s["mismatches"][:3]:

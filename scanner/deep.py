@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import math
 import threading
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -14,6 +17,7 @@ from typing import TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 
 # From the modules that define them: sslyze's __init__ re-exports them without __all__, which mypy --strict refuses.
 from sslyze.connection_helpers.opportunistic_tls_helpers import ProtocolWithOpportunisticTlsEnum
@@ -22,6 +26,7 @@ from sslyze.mozilla_tls_profile.tls_config_checker import (
     MozillaTlsConfiguration,
     ServerNotCompliantWithTlsConfiguration,
     ServerScanResultIncomplete,
+    TlsConfigurationAsJson,
     TlsConfigurationEnum,
     check_server_against_tls_configuration,
 )
@@ -44,6 +49,9 @@ from scanner.deep_results import CertificateInfo, DeepAddressResult, DeepResult,
 from scanner.protocols import Protocol
 
 DEFAULT_CONNECTIONS = 4  # per address: the deep tier's small share, beside the fast sweep's
+# A deep scan that has not ended by then is reported as an error; its thread cannot be stopped and ends on its own
+# (sslyze gives each connection the target's timeout), but it no longer holds the tier's slot.
+DEEP_SCAN_TIMEOUT = 600.0
 
 _CIPHER_COMMANDS = {
     Protocol.SSLv2: ScanCommand.SSL_2_0_CIPHER_SUITES,
@@ -78,6 +86,9 @@ _STARTTLS = {
 
 _T = TypeVar("_T")
 
+# A root in sslyze's own trust stores has a negative serial: cryptography warns on each load, and nobody can act on it.
+warnings.filterwarnings("ignore", "Parsed a serial number which wasn't positive", CryptographyDeprecationWarning)
+
 
 async def deep_scan(
     target: TargetConfig, addresses: Sequence[str], connections: int = DEFAULT_CONNECTIONS
@@ -90,7 +101,11 @@ async def deep_scan(
     if not addresses:
         return DeepResult(target, started, 0.0, error="no address to scan (the name did not resolve)")
     try:
-        found = await _in_thread(lambda: scan_addresses(target, addresses, connections))
+        found = await asyncio.wait_for(
+            _in_thread(lambda: scan_addresses(target, addresses, connections)), DEEP_SCAN_TIMEOUT
+        )
+    except TimeoutError:
+        return DeepResult(target, started, time.monotonic() - clock, error=f"timed out after {DEEP_SCAN_TIMEOUT:.0f}s")
     except Exception as exc:  # a bug or an sslyze failure must not stop the daemon's deep loop
         return DeepResult(target, started, time.monotonic() - clock, error=f"deep scan failed: {_describe(exc)}")
     return DeepResult(target, started, time.monotonic() - clock, addresses=found)
@@ -103,11 +118,11 @@ async def _in_thread(work: Callable[[], _T]) -> _T:
 
     def run() -> None:
         try:
-            value = work()
+            value, error = work(), None
         except BaseException as exc:  # handed to the awaiting task
-            loop.call_soon_threadsafe(_settle, future, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, future, value, None)
+            value, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (shutdown): nobody waits any more
+            loop.call_soon_threadsafe(_settle, future, value, error)
 
     threading.Thread(target=run, name="deep scan", daemon=True).start()
     return await future
@@ -185,7 +200,7 @@ def address_result(scan: ServerScanResult) -> DeepAddressResult:
     compliance: dict[MozillaProfile, tuple[str, ...]] = {}
     for profile, name in _PROFILES.items():
         try:
-            check_server_against_tls_configuration(scan, MozillaTlsConfiguration.get(name))
+            check_server_against_tls_configuration(scan, _profile(name))
         except ServerNotCompliantWithTlsConfiguration as exc:
             compliance[profile] = tuple(f"{key}: {text}" for key, text in sorted(exc.issues.items()))
         except ServerScanResultIncomplete:
@@ -200,6 +215,12 @@ def address_result(scan: ServerScanResult) -> DeepAddressResult:
         compliance=compliance,
         error="; ".join(errors) or None,
     )
+
+
+@functools.cache
+def _profile(name: TlsConfigurationEnum) -> TlsConfigurationAsJson:
+    """Mozilla's profile as sslyze ships it (parsed once: it is read from JSON through pydantic)."""
+    return MozillaTlsConfiguration.get(name)
 
 
 def _certificate(deployment: CertificateDeploymentAnalysisResult) -> CertificateInfo:

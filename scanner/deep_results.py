@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +71,19 @@ class DeepResult:
         return self.started_at + self.duration_seconds
 
 
+def strictest_profile(addresses: Sequence[DeepAddressResult]) -> str:
+    """The strictest Mozilla profile every address meets, `none`, or `-` when it could not be checked."""
+    if not addresses:
+        return "-"
+    for profile in (MozillaProfile.MODERN, MozillaProfile.INTERMEDIATE, MozillaProfile.OLD):
+        verdicts = [a.compliant(profile) for a in addresses]
+        if None in verdicts:
+            return "-"
+        if all(verdicts):
+            return profile.value
+    return "none"
+
+
 def deep_to_dict(result: DeepAddressResult) -> dict[str, Any]:
     """One address's deep answers as JSON-able data (`--once --deep --format json`, the web API)."""
     cert = result.certificate
@@ -95,6 +108,19 @@ def deep_to_dict(result: DeepAddressResult) -> dict[str, Any]:
         },
         "error": result.error,
     }
+
+
+def deep_from_dict(address: str, data: Mapping[str, Any]) -> DeepAddressResult:
+    """The inverse of deep_to_dict (the state file keeps the last deep scan as that JSON)."""
+    cert = data.get("certificate")
+    return DeepAddressResult(
+        address,
+        certificate=None if cert is None else CertificateInfo(**cert),
+        cipher_suites={Protocol(p): tuple(suites) for p, suites in data.get("cipher_suites", {}).items()},
+        groups=tuple(data.get("groups", ())),
+        compliance={MozillaProfile(p): tuple(v["reasons"]) for p, v in data.get("mozilla", {}).items()},
+        error=data.get("error"),
+    )
 
 
 @dataclass(frozen=True)

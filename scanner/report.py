@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from scanner.deep_results import DeepResult, MozillaProfile, deep_to_dict
+from scanner.deep_results import DeepResult, deep_to_dict, strictest_profile
 from scanner.policy import deadlines, has_policy, verdict
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.results import AddressResult, ProtocolResult, ProtocolState, SweepResult
@@ -149,19 +149,6 @@ def _expiry(result: DeepResult | None, now: float) -> str:
     return text if all(c.valid for c in certs) else f"{text}!"
 
 
-def _mozilla(result: DeepResult | None) -> str:
-    """The strictest Mozilla profile every address meets, `none`, or `-` when it could not be checked."""
-    if result is None or not result.addresses:
-        return "-"
-    for profile in (MozillaProfile.MODERN, MozillaProfile.INTERMEDIATE, MozillaProfile.OLD):
-        verdicts = [a.compliant(profile) for a in result.addresses]
-        if None in verdicts:
-            return "-"
-        if all(verdicts):
-            return profile.value
-    return "none"
-
-
 def render_table(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] | None = None) -> str:
     """One row per target, one column per protocol, then the errors and policy violations below.
 
@@ -199,7 +186,7 @@ def render_table(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] |
         rows.append([sweep.target.name, address, *cells, http or "-", policy])
         if deep is not None:
             scanned = deep.get(sweep.target.name)
-            rows[-1] += [_expiry(scanned, now), _mozilla(scanned)]
+            rows[-1] += [_expiry(scanned, now), strictest_profile(scanned.addresses if scanned else ())]
             notes.extend(_deep_notes(sweep.target.name, scanned))
         if sweep.dns_error:
             notes.append(f"{sweep.target.name}: dns error: {sweep.dns_error}")

@@ -173,8 +173,8 @@ class Scheduler:
             if addresses is None:  # not swept yet: the deep scan needs the addresses the sweep found
                 delay = min(entry.target.interval, 5.0)
             else:
-                if due is None or due - loop.time() > interval:  # the first, or a reload shortened the interval
-                    due = loop.time() + self.rng.uniform(0, interval)
+                if due is None or due - loop.time() > interval * (1 + JITTER):  # the first, or a shorter interval
+                    due = loop.time() + self._first_deep_delay(entry.target)
                 delay = due - loop.time()
             if delay > 0:
                 try:
@@ -196,6 +196,14 @@ class Scheduler:
                     continue
             due = started + interval * (1.0 + self.rng.uniform(-JITTER, JITTER))
             self._report_deep(entry, result, transitions)
+
+    def _first_deep_delay(self, target: TargetConfig) -> float:
+        """Keep the cadence of a deep scan kept from before a restart; otherwise at random within deep_interval."""
+        last = self.store.last_deep_at(target.name)
+        wait = None if last is None else last + target.deep_interval - time.time()
+        if wait is not None and 0 <= wait <= target.deep_interval:
+            return wait
+        return self.rng.uniform(0, target.deep_interval)
 
     def _report_deep(self, entry: _Entry, result: DeepResult, transitions: list[Transition]) -> None:
         """Log each suite added or removed and each certificate replaced; a deep scan's errors when they change."""

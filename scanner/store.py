@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import sqlite3
@@ -12,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from scanner.config import TargetConfig
-from scanner.deep_results import DeepResult, DeepState, deep_changes
+from scanner.deep_results import DeepResult, DeepState, deep_changes, deep_from_dict, deep_to_dict
 from scanner.errors import StateFileError
 from scanner.protocols import Protocol
 from scanner.results import ErrorReason, ProtocolState, SweepResult
@@ -78,6 +79,13 @@ CREATE TABLE IF NOT EXISTS deep_state (
     changes INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (target, address, item)
 );
+CREATE TABLE IF NOT EXISTS deep_scan (
+    target TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    duration REAL NOT NULL,
+    error TEXT,
+    addresses TEXT NOT NULL  -- JSON: [[address, what --once --deep puts under "deep"], ...]
+);
 """
 _CERTIFICATE_ITEM = "certificate"
 # Format 2 -> 3: HTTP status changes are kept like handshake flips.
@@ -131,6 +139,13 @@ class ResultStore:
         self._load()
         self._load_clients()
         self._load_deep()
+        # target -> its last deep scan as read from the file, until the target is configured
+        self._saved_deep: dict[str, tuple[float, float, str | None, str]] = {
+            target: (float(started), float(duration), error, addresses)
+            for target, started, duration, error, addresses in self._db.execute(
+                "SELECT target, started_at, duration, error, addresses FROM deep_scan"
+            )
+        }
 
     def _load_clients(self) -> None:
         for target, address, client, state, last_change, changes in self._db.execute(
@@ -182,6 +197,21 @@ class ResultStore:
             state = DeepState(suites.get(key, {}), fingerprints.get(key), counts.get(key, {}))
             self._deep.setdefault(key[0], {})[key[1]] = state
 
+    def _restored_deep(self, target: TargetConfig) -> DeepResult | None:
+        """The target's last deep scan from the state file (its metrics stay across a restart)."""
+        started, duration, error, addresses = self._saved_deep.pop(target.name)
+        try:
+            found = tuple(deep_from_dict(address, data) for address, data in json.loads(addresses))
+        except (ValueError, TypeError, KeyError):
+            log.warning("state file: ignoring the unreadable last deep scan of %s", target.name)
+            return None
+        return DeepResult(target, started, duration, found, error)
+
+    def last_deep_at(self, name: str) -> float | None:
+        """When the target's last deep scan ended (kept across restarts), None before any."""
+        record = self._records.get(name)
+        return None if record is None or record.deep is None else record.deep.ended_at
+
     def record_deep(self, result: DeepResult) -> list[Transition]:
         """Take in one deep scan: keep it, find suites added or removed and certificates replaced, persist them."""
         name = result.target.name
@@ -219,6 +249,17 @@ class ResultStore:
                     "INSERT OR REPLACE INTO deep_state (target, address, item, value, changes) VALUES (?, ?, ?, ?, ?)",
                     rows,
                 )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO deep_scan (target, started_at, duration, error, addresses)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        result.started_at,
+                        result.duration_seconds,
+                        result.error,
+                        json.dumps([[a.address, deep_to_dict(a)] for a in result.addresses]),
+                    ),
+                )
         except sqlite3.Error as exc:  # the in-memory state goes on; the next deep scan writes it again
             self.write_errors += 1
             log.error("cannot write the deep scan of %s to the state file %s: %s", name, self.path, exc)
@@ -236,6 +277,8 @@ class ResultStore:
         for target in targets:
             record = self._records.get(target.name) or _Record(target)
             record.target = target
+            if record.deep is None and target.name in self._saved_deep:
+                record.deep = self._restored_deep(target)
             records[target.name] = record
         self._records = records
         self.generation += 1

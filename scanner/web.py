@@ -15,7 +15,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from scanner.config import Expectation
-from scanner.deep_results import deep_to_dict
+from scanner.deep_results import deep_to_dict, strictest_profile
 from scanner.policy import deadlines, evaluate, has_policy, verdict, wanted
 from scanner.protocols import ALL_PROTOCOLS, Protocol
 from scanner.report import deep_scan_to_dict, sweep_to_dict
@@ -243,6 +243,7 @@ the state shown is the one before it. Outlined cells changed within the last hou
 <ul id="violations">
 {violations}
 </ul>
+{deep}
 <h2>Recent transitions</h2>
 <div class="scroll"><table id="transitions"><thead><tr><th>When</th><th>Target</th><th>Address</th><th>Protocol</th>
 <th>From</th><th>To</th></tr></thead>
@@ -336,6 +337,33 @@ def _transition_cells(t: Transition) -> str:
     return "".join(f'<td class="{css}" data-kind="{t.kind.value}">{html.escape(text)}</td>' for text, css in cells)
 
 
+def _deep_section(snapshot: list[TargetStatus], now: float) -> str:
+    """The deep tier's table (targets with a deep scan): certificate expiry and validity, Mozilla, suites."""
+    rows = []
+    for status in snapshot:
+        deep = status.deep
+        for each in [] if deep is None else deep.addresses:
+            cert = each.certificate
+            days = None if cert is None else (cert.chain_not_after - now) / 86400
+            expiry = "-" if cert is None else f"{_when(cert.chain_not_after)} ({days:.0f} d)"
+            valid = "-" if cert is None else ("yes" if cert.valid else f"no: {cert.error}")
+            suites = " ".join(f"{p.value}:{len(s)}" for p, s in each.cipher_suites.items() if s) or "-"
+            rows.append(
+                f"<tr><td>{html.escape(status.target.name)}</td><td>{html.escape(each.address or '-')}</td>"
+                f"<td>{html.escape(expiry)}</td>"
+                f'<td class="{"err" if cert is not None and not cert.valid else ""}">{html.escape(valid)}</td>'
+                f"<td>{html.escape(strictest_profile([each]))}</td>"
+                f"<td>{html.escape(suites)}</td><td>{html.escape(each.error or '')}</td></tr>"
+            )
+    if not rows:
+        return ""
+    return (
+        '<h2>Certificates and cipher suites</h2>\n<div class="scroll"><table id="deep"><thead><tr><th>Target</th>'
+        "<th>Address</th><th>Chain expires</th><th>Valid</th><th>Mozilla</th><th>Suites per version</th>"
+        "<th>Error</th></tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table></div>"
+    )
+
+
 async def status_page(request: web.Request) -> web.Response:
     snapshot = request.app[STATE].store.snapshot(with_transitions=RECENT_TRANSITIONS)
     snapshot = [s for s in snapshot if not (s.last_sweep is not None and s.last_sweep.closed)]
@@ -360,6 +388,7 @@ async def status_page(request: web.Request) -> web.Response:
         proto_headers="".join(f"<th>{p.value}</th>" for p in ALL_PROTOCOLS),
         rows="\n".join(rows) or '<tr><td colspan="14">No targets yet.</td></tr>',
         violations="\n".join(violations) or "<li>None.</li>",
+        deep=_deep_section(snapshot, now),
         transitions="\n".join(
             f"<tr><td>{_when(t.at)}</td><td>{html.escape(t.target)}</td><td>{html.escape(t.address or '-')}</td>"
             f"<td>{t.protocol.value}</td>{_transition_cells(t)}</tr>"

@@ -25,6 +25,7 @@ import yaml
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
+from scanner.config import compose_yaml
 from scanner.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ def load_web_config(path: str) -> WebConfig:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ConfigError(path, line, f"not UTF-8 (byte 0x{data[exc.start]:02x})") from None
-    root = _compose(path, text)
+    root = compose_yaml(path, text)
     try:
         return _build(path, root)
     except _Invalid as exc:
@@ -459,26 +460,6 @@ def _set_headers(response: web.StreamResponse, headers: tuple[tuple[str, str], .
         return
     for name, value in headers:
         response.headers[name] = value
-
-
-def _compose(path: str, text: str) -> yaml.Node | None:
-    """Parse into a node tree, turning YAML errors into ConfigError at the problem's line."""
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        message = exc.problem or exc.context or "syntax error"
-        if exc.context and exc.problem and not exc.context.startswith("while "):
-            message = f"{exc.context}, {exc.problem}"
-        raise ConfigError(path, line, f"invalid YAML: {message}") from None
-    except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        raise ConfigError(path, line, f"invalid YAML: unacceptable character #x{exc.character:04x}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, 1, f"invalid YAML: {exc}") from None
-    except RecursionError:
-        raise ConfigError(path, 1, "invalid YAML: nested too deeply") from None
 
 
 def _build(path: str, root: yaml.Node | None) -> WebConfig:

@@ -47,7 +47,7 @@ def require_binary(name: str, package: str) -> str:
 
 
 def write_config(path: Path, targets: Sequence[dict[str, Any]], **defaults: Any) -> Path:
-    """Write a scanner config with `defaults` (interval 1s, timeout 2s, no deep scans unless given) and these targets."""
+    """Write a scanner config with `defaults` (interval 1s, timeout 2s, deep_interval 0 unless given) and targets."""
     document = {
         "defaults": {"interval": "1s", "timeout": "2s", "deep_interval": 0, **defaults},
         "targets": list(targets),

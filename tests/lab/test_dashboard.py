@@ -251,12 +251,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         NginxServer("legacy-403", legacy, NGINX_ALL, legacy_403=True),
         NginxServer("modern", modern, NGINX_MODERN),
     ]
-    targets = [
+    targets: list[dict[str, Any]] = [
         {"name": "web", "host": "127.0.0.1", "port": web, "http": True, "expect": {"reject": ["SSLv2", "SSLv3"]}},
         {"name": "legacy-403", "host": "127.0.0.1", "port": legacy, "http": True, "expect": {"http_ok": ["TLSv1.0"]}},
         {"name": "down", "host": "127.0.0.1", "port": down},
         {"network": "127.0.0.1/32", "ports": [modern, range_closed]},
     ]
+    targets[0]["deep_interval"] = "2s"  # web is deep-scanned too: the deep tier's panels need its series
     config = write_config(tmp / "scanner.yaml", targets)
     shard = ["--shard", "0/1"] if "--shard" in build_parser().format_usage() else []
     with contextlib.ExitStack() as cleanup:
@@ -314,6 +315,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Recording rules run in their own group, and /probe answers every 5 s: wait until both caught up too.
         after = before.replace("== 1", "== 0")
         until(lambda: answered(after) is not None, 30, "the recording rules to see web rejecting TLSv1.0")
+        deep = 'count(tls_scanner_cipher_suite_accepted{job="tls-scanner",target="web"})'
+        until(lambda: answered(deep), 60, "Prometheus to scrape web's deep scan")
         # The daemon's own output says which families exist; /probe answers a sweep's families only.
         status, body = daemon.get("/metrics")
         assert status == 200, body

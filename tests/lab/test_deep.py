@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scanner.config import TargetConfig
 from scanner.deep import deep_scan
 from scanner.protocols import Protocol
-from tests.lab.daemon import Daemon, Scrape, write_config
+from tests.lab.daemon import Daemon, Scrape, require_binary, write_config
 from tests.lab.servers import CertPaths, NginxLabFactory, NginxServer, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,6 +150,13 @@ def test_certificates_not_after_and_validity(nginx_lab: NginxLabFactory, pki: Pk
     nginx_lab([NginxServer(name, ports[name], ["TLSv1.2", "TLSv1.3"], cert=leaves[name][0]) for name in leaves])
     proc = _once(_config(tmp_path / "config.yaml", ports, pki.ca_file), "prometheus")
     assert proc.returncode == 0, proc.stderr
+    promtool = subprocess.run(
+        [require_binary("promtool", "prometheus"), "check", "metrics"],
+        input=proc.stdout,
+        capture_output=True,
+        text=True,
+    )
+    assert promtool.returncode == 0, promtool.stdout + promtool.stderr
     samples = {
         (s.name, s.labels.get("target")): s
         for family in text_string_to_metric_families(proc.stdout)
@@ -281,8 +288,11 @@ def test_daemon_sees_a_cipher_removed_and_a_certificate_replaced(
     kinds = {(t["kind"], t["protocol"], t["from"], t["to"]) for t in entry["transitions"]}
     assert ("cipher", "TLSv1.2", RSA_CBC, "") in kinds
     assert any(kind == "certificate" for kind, *_ in kinds)
+    assert entry["deep_scan"]["success"] is True
+    assert entry["deep_scan"]["addresses"]["127.0.0.1"]["cipher_suites"]["TLSv1.2"] == [GCM]
     status, page = d.get("/")
     assert status == 200 and RSA_CBC in page
+    assert 'id="deep"' in page and "TLSv1.2:1" in page and ">yes<" in page
 
     # The cipher sets and their change counts survive a restart.
     d.stop()
@@ -322,5 +332,25 @@ def test_a_brownout_is_seen_in_time_while_deep_scans_run_on_200_targets(
         "the brownout within interval + 2 s",
     )
     assert time.monotonic() - reloaded <= 3.0
-    ended = [s.value for s in scrape.find("tls_scanner_deep_scan_timestamp_seconds")]
-    assert any(at >= reloaded_at for at in ended), "no deep scan ran while the brownout was being seen"
+    assert scrape.value("tls_scanner_protocol_accepted", target="web", protocol="TLSv1.2") == 1
+    # Deep scans ended before the reload and end after it: with 200 due and one at a time, one was always in flight.
+    d.wait_metrics(
+        lambda s: any(x.value >= reloaded_at for x in s.find("tls_scanner_deep_scan_timestamp_seconds")),
+        15,
+        "a deep scan ending after the reload",
+    )
+
+
+@pytest.mark.parametrize("mode", [[], ["--check-config"]])
+def test_deep_only_applies_with_once(mode: list[str], tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("targets: [127.0.0.1]\n", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "scanner", *mode, "--deep", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert (proc.returncode, proc.stderr) == (2, "tls-scanner: --deep only applies with --once\n")

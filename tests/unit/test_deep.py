@@ -87,6 +87,9 @@ def test_store_keeps_the_deep_state_across_restarts(tmp_path: Path) -> None:
     store.close()
     store = ResultStore(path)
     store.set_targets([target("web")])
+    # The last deep scan itself is back, so its metrics do not vanish until the next one.
+    assert store.status("web").deep == scanned((GCM, RSA_CBC))
+    assert store.last_deep_at("web") == 1002.0
     transitions = store.record_deep(scanned((GCM,), fingerprint="bb", at=2000.0))
     assert [(t.kind, t.protocol, t.old, t.new) for t in transitions] == [
         (TransitionKind.CIPHER, T12, RSA_CBC, ""),
@@ -154,3 +157,14 @@ def test_once_outputs_carry_the_deep_scan() -> None:
     assert table[1].split()[-2].endswith("d")
     assert "tls_scanner_cipher_suite_accepted{" in render_sweeps([swept], deep=deep)
     assert "deep" not in json.loads(render_json([swept]))["targets"][0]["addresses"][0]
+
+
+def test_table_notes_an_invalid_certificate_and_a_deep_scan_error() -> None:
+    swept = sweep(target("web"), {T12: A}, more={"127.0.0.2": {T12: A}})
+    bad = DeepAddressResult("127.0.0.1", certificate=cert(not_after=0.0, valid=False), compliance=MODERN)
+    down = DeepAddressResult("127.0.0.2", error="cannot connect: timed out")
+    table = render_table([swept], {"web": DeepResult(target("web"), 1000.0, 1.0, (bad, down))})
+    row = table.splitlines()[1].split()
+    assert row[-2:] == ["EXPIRED!", "-"]
+    assert "web 127.0.0.1: certificate not valid: validation failed: cert expired" in table
+    assert "web 127.0.0.2: deep scan error: cannot connect: timed out" in table
