@@ -254,8 +254,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     targets: list[dict[str, Any]] = [
         {"name": "web", "host": "127.0.0.1", "port": web, "http": True, "expect": {"reject": ["SSLv2", "SSLv3"]}},
         {"name": "legacy-403", "host": "127.0.0.1", "port": legacy, "http": True, "expect": {"http_ok": ["TLSv1.0"]}},
-        {"name": "down", "host": "127.0.0.1", "port": down},
+        {
+            "name": "down",
+            "host": "127.0.0.1",
+            "port": down,
+            "expect": [{"reject": ["TLSv1.0"], "from": "2099-01-01", "name": "retire-tls10"}],
+        },
         {"network": "127.0.0.1/32", "ports": [modern, range_closed]},
+    ]
+    # The client and deadline panels need series for every selection.
+    targets[0]["clients"] = ["macos-system-python2.7", "java8"]
+    targets[0]["expect"] = [
+        {"reject": ["SSLv2", "SSLv3"]},
+        {"reject": ["TLSv1.0", "TLSv1.1"], "from": "2099-01-01", "name": "retire-legacy"},
     ]
     targets[0]["deep_interval"] = "2s"  # web is deep-scanned too: the deep tier's panels need its series
     config = write_config(tmp / "scanner.yaml", targets)
