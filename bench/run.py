@@ -116,9 +116,13 @@ def make_lab(n: int, address_base: str | None = None) -> Lab:
     return Lab(servers, profile, spare)
 
 
-def write_config(path: Path, lab: Lab, *, timeout: str = "5s", interval: str = "60s") -> None:
+def write_config(
+    path: Path, lab: Lab, *, timeout: str = "5s", interval: str = "60s", deep_interval: str | None = None
+) -> None:
     """A scanner config with one target per server block (all protocols, no expectations)."""
-    lines = ["defaults:", f"  timeout: {timeout}", f"  interval: {interval}", "targets:"]
+    lines = ["defaults:", f"  timeout: {timeout}", f"  interval: {interval}"]
+    lines += [f"  deep_interval: {deep_interval}"] if deep_interval is not None else []
+    lines.append("targets:")
     for server in lab.servers:
         lines += [f"  - name: {server.name}", f"    host: {server.listen}", f"    port: {server.port}"]
     path.write_text("\n".join(lines) + "\n")
@@ -475,6 +479,14 @@ def _cpu_seconds(pids: Sequence[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _main_thread_cpu(pid: int) -> float:
+    """User + system CPU time of pid's main thread (the event loop; the handshake threads are the rest)."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -544,7 +556,7 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
         result["distinct_addresses"] = lab.servers[0].listen != HOST
         nginx_workers = _children(server.master_pid)
         config = work / "endpoints.yaml"
-        write_config(config, lab, timeout="5s", interval="60s")
+        write_config(config, lab, timeout="5s", interval="60s", deep_interval=args.deep_interval)
         state_file = work / "state.db"
         port = lab.spare_port
         base = f"http://{HOST}:{port}"
@@ -568,6 +580,7 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
         result["http_up_s"] = time.monotonic() - started
         result["rss_at_http_up_mb"] = _proc_status(proc.pid).get("VmRSS")
         cpu_start = _cpu_seconds([proc.pid]), _cpu_seconds(nginx_workers)
+        loop_start = _main_thread_cpu(proc.pid)
 
         # Detect the end of the first round from the state file (out of the daemon's process, so the daemon's
         # event loop is not loaded by a /metrics render every 0.5s), then read the exact times from /metrics.
@@ -582,6 +595,7 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
                 break
             time.sleep(0.5)
         cpu_end = _cpu_seconds([proc.pid]), _cpu_seconds(nginx_workers)
+        result["cpu_event_loop_thread_s"] = _main_thread_cpu(proc.pid) - loop_start
         syn_at_round_end = counter.per_port()  # before any second-round sweep (tcpdump writes line by line)
         result["cpu_during_round_s"] = {"scanner": cpu_end[0] - cpu_start[0], "nginx": cpu_end[1] - cpu_start[1]}
         result["cpu_window_s"] = time.monotonic() - started - result["http_up_s"]
@@ -719,7 +733,8 @@ def _print_daemon(r: dict[str, Any], n: int) -> None:
     cpu, window = r["cpu_during_round_s"], r["cpu_window_s"]
     print(
         f"  CPU in the round       scanner {cpu['scanner']:.1f}s, nginx {cpu['nginx']:.1f}s over {window:.1f}s wall "
-        f"({(cpu['scanner'] + cpu['nginx']) / window:.2f} of {os.cpu_count()} cores busy)"
+        f"({(cpu['scanner'] + cpu['nginx']) / window:.2f} of {os.cpu_count()} cores busy); of the scanner's, the "
+        f"event-loop thread {r['cpu_event_loop_thread_s']:.1f}s, the handshake threads the rest"
     )
     # Extrapolation: same machine, same concurrency, throughput-bound, so handshakes scale linearly with targets; the
     # scheduler also spreads a first round over targets/200 s.
@@ -802,6 +817,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--distinct-addresses",
         action="store_true",
         help="daemon: each server block on its own loopback address from --address-base (port 443), not on ports",
+    )
+    parser.add_argument(
+        "--deep-interval", default=None, help="daemon: `deep_interval:` in the config's defaults (0: no deep tier)"
     )
     parser.add_argument("--no-peers", action="store_true", help="wan: skip the sslyze CLI and sslscan")
     parser.add_argument("--profile", type=Path, default=None, help="wan: py-spy the first full run into this file")

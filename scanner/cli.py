@@ -23,6 +23,7 @@ from scanner.results import SweepResult
 from scanner.targets import ALL, Shard, expand
 
 DEFAULT_CONFIG = "config/endpoints.yaml"
+MIN_TARGETS_IN_FLIGHT = 32  # --once: a rate-limited address must not hold up a short list's other targets
 DEFAULT_FORMAT = "table"
 DEFAULT_LISTEN_ADDRESS = ":9913"
 DEFAULT_STATE_FILE = "tls-scanner.db"
@@ -251,11 +252,15 @@ async def deep_all(sweeps: Sequence[SweepResult]) -> dict[str, DeepResult]:
 async def sweep_all(config: Config, targets: Sequence[TargetConfig], progress: TextIO | None) -> list[SweepResult]:
     """One round over every target, at most `concurrency` handshakes in flight, results in config order."""
     prober = Prober(config.concurrency, config.politeness, config.resolver)
+    # A sweep's deadline counts its wait for handshake slots: start only as many targets as the slots can serve
+    # in a wave or two, so a long list finishes late rather than timing out at its tail.
+    in_flight = asyncio.Semaphore(max(MIN_TARGETS_IN_FLIGHT, config.concurrency // 2))
     done = 0
 
     async def one(target: TargetConfig) -> SweepResult:
         nonlocal done
-        result = await prober.sweep(target)
+        async with in_flight:
+            result = await prober.sweep(target)
         done += 1
         if progress is not None:
             progress.write(f"\rscanned {done}/{len(targets)} targets")

@@ -6,10 +6,14 @@ results as plain values from scanner.results.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.util
 import re
 import socket
+import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -17,31 +21,52 @@ from typing import NamedTuple
 from nassl import _nassl
 from nassl.ephemeral_key_info import OpenSslEcNidEnum
 from nassl.ssl_client import ClientCertificateRequested, OpenSslVerifyEnum, OpenSslVersionEnum, SslClient
-from sslyze.connection_helpers.http_response_parser import HttpResponseParser
-from sslyze.connection_helpers.opportunistic_tls_helpers import ProtocolWithOpportunisticTlsEnum
-from sslyze.connection_helpers.tls_connection import SslConnection
-from sslyze.errors import (
-    ConnectionToServerFailed,
-    ConnectionToServerTimedOut,
-    HttpProxyRejectedConnection,
-    ServerRejectedConnection,
-    ServerRejectedTlsHandshake,
-    ServerTlsConfigurationNotSupported,
-    TlsHandshakeTimedOut,
-)
-from sslyze.server_connectivity import TlsVersionEnum
-from sslyze.server_setting import (
-    ClientAuthenticationCredentials,
-    HttpProxySettings,
-    ServerNetworkConfiguration,
-    ServerNetworkLocation,
-)
 
 from scanner.clients import ClientProfile
 from scanner.config import HttpCheck, StartTls, TargetConfig
 from scanner.endpoint import bracket, join_host_port
 from scanner.protocols import Protocol
 from scanner.results import ErrorReason, Evidence, ProtocolResult, ProtocolState
+
+
+@contextlib.contextmanager
+def _sslyze_submodules_only() -> Iterator[None]:
+    """Import sslyze's connection submodules without running its package `__init__`, which imports every plugin
+    (pydantic, cryptography; ~0.15 s of every start). A bare placeholder stands for the package meanwhile and is
+    removed after: a later `import sslyze` (the deep tier) then runs the real `__init__`, which reuses the submodules
+    already loaded, so every class stays the same object."""
+    if "sslyze" in sys.modules:
+        yield
+        return
+    spec = importlib.util.find_spec("sslyze")
+    assert spec is not None
+    sys.modules["sslyze"] = importlib.util.module_from_spec(spec)
+    try:
+        yield
+    finally:
+        del sys.modules["sslyze"]
+
+
+with _sslyze_submodules_only():
+    from sslyze.connection_helpers.http_response_parser import HttpResponseParser
+    from sslyze.connection_helpers.opportunistic_tls_helpers import ProtocolWithOpportunisticTlsEnum
+    from sslyze.connection_helpers.tls_connection import SslConnection
+    from sslyze.errors import (
+        ConnectionToServerFailed,
+        ConnectionToServerTimedOut,
+        HttpProxyRejectedConnection,
+        ServerRejectedConnection,
+        ServerRejectedTlsHandshake,
+        ServerTlsConfigurationNotSupported,
+        TlsHandshakeTimedOut,
+    )
+    from sslyze.server_connectivity import TlsVersionEnum
+    from sslyze.server_setting import (
+        ClientAuthenticationCredentials,
+        HttpProxySettings,
+        ServerNetworkConfiguration,
+        ServerNetworkLocation,
+    )
 
 _SSLYZE_VERSION = {
     Protocol.SSLv2: TlsVersionEnum.SSL_2_0,

@@ -36,6 +36,7 @@ class _Entry:
     removed: bool = False
     failing: frozenset[tuple[str, ErrorReason]] = frozenset()  # (address, reason) of the errors last logged
     deep_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    deep_woken: bool = False  # the deep loop was told of the target's first addresses
     deep_error: str | None = None  # the deep scan error last logged
 
 
@@ -154,6 +155,9 @@ class Scheduler:
                 else:
                     log.warning("%s %s changed: %s -> %s", t.target, t.protocol.value, t.old, t.new)
             self._report(entry, sweep)
+            if sweep.addresses and not entry.deep_woken:
+                entry.deep_woken = True
+                entry.deep_wake.set()  # its deep loop waits for the addresses of the first sweep
 
     async def _run_deep(self, entry: _Entry) -> None:
         """Deep-scan the target every deep_interval, the first time at random within its first deep_interval.
@@ -171,7 +175,8 @@ class Scheduler:
                 await entry.deep_wake.wait()  # off until a reload turns it on
                 continue
             if addresses is None:  # not swept yet: the deep scan needs the addresses the sweep found
-                delay = min(entry.target.interval, 5.0)
+                await entry.deep_wake.wait()  # set by the target's first sweep (or a reload)
+                continue
             else:
                 if due is None or due - loop.time() > interval * (1 + JITTER):  # the first, or a shorter interval
                     due = loop.time() + self._first_deep_delay(entry.target)
