@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.utils import CryptographyDeprecationWarning
 
 # From the modules that define them: sslyze's __init__ re-exports them without __all__, which mypy --strict refuses.
-from sslyze.connection_helpers.opportunistic_tls_helpers import ProtocolWithOpportunisticTlsEnum
 from sslyze.mozilla_tls_profile.tls_config_checker import (
     SCAN_COMMANDS_NEEDED_BY_MOZILLA_CHECKER,
     MozillaTlsConfiguration,
@@ -44,8 +43,9 @@ from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum
 from sslyze.scanner.scanner import Scanner
 from sslyze.server_setting import ServerNetworkConfiguration, ServerNetworkLocation
 
-from scanner.config import StartTls, TargetConfig
+from scanner.config import TargetConfig
 from scanner.deep_results import CertificateInfo, DeepAddressResult, DeepResult, MozillaProfile
+from scanner.handshake import STARTTLS
 from scanner.protocols import Protocol
 
 DEFAULT_CONNECTIONS = 4  # per address: the deep tier's small share, beside the fast sweep's
@@ -72,16 +72,6 @@ _PROFILES = {
     MozillaProfile.OLD: TlsConfigurationEnum.MOZILLA_OLD,
     MozillaProfile.INTERMEDIATE: TlsConfigurationEnum.MOZILLA_INTERMEDIATE,
     MozillaProfile.MODERN: TlsConfigurationEnum.MOZILLA_MODERN,
-}
-_STARTTLS = {
-    StartTls.SMTP: ProtocolWithOpportunisticTlsEnum.SMTP,
-    StartTls.IMAP: ProtocolWithOpportunisticTlsEnum.IMAP,
-    StartTls.POP3: ProtocolWithOpportunisticTlsEnum.POP3,
-    StartTls.FTP: ProtocolWithOpportunisticTlsEnum.FTP,
-    StartTls.XMPP: ProtocolWithOpportunisticTlsEnum.XMPP,
-    StartTls.LDAP: ProtocolWithOpportunisticTlsEnum.LDAP,
-    StartTls.POSTGRES: ProtocolWithOpportunisticTlsEnum.POSTGRES,
-    StartTls.RDP: ProtocolWithOpportunisticTlsEnum.RDP,
 }
 
 _T = TypeVar("_T")
@@ -146,7 +136,7 @@ def scan_addresses(target: TargetConfig, addresses: Sequence[str], connections: 
         )
     network = ServerNetworkConfiguration(
         tls_server_name_indication=target.sni or target.host,
-        tls_opportunistic_encryption=None if target.starttls is None else _STARTTLS[target.starttls],
+        tls_opportunistic_encryption=None if target.starttls is None else STARTTLS[target.starttls],
         network_timeout=max(1, math.ceil(target.timeout)),
         network_max_retries=2,
     )

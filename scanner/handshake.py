@@ -265,7 +265,7 @@ class Peer:
         target = self.target
         network = ServerNetworkConfiguration(
             tls_server_name_indication=target.sni or target.host,
-            tls_opportunistic_encryption=_STARTTLS[target.starttls] if target.starttls else None,
+            tls_opportunistic_encryption=STARTTLS[target.starttls] if target.starttls else None,
             tls_client_auth_credentials=self.credentials,
             network_timeout=timeout,  # type: ignore[arg-type]  # sockets take float seconds
             network_max_retries=1,
@@ -419,7 +419,7 @@ def credentials(target: TargetConfig) -> ClientAuthenticationCredentials | None:
     )
 
 
-_STARTTLS = {
+STARTTLS = {
     StartTls.SMTP: ProtocolWithOpportunisticTlsEnum.SMTP,
     StartTls.IMAP: ProtocolWithOpportunisticTlsEnum.IMAP,
     StartTls.POP3: ProtocolWithOpportunisticTlsEnum.POP3,

@@ -207,6 +207,13 @@ class ResultStore:
             return None
         return DeepResult(target, started, duration, found, error)
 
+    def _record(self, target: TargetConfig) -> _Record:
+        """The target's record, made on its first result (a target recorded before set_targets, in tests)."""
+        record = self._records.get(target.name)
+        if record is None:
+            record = self._records[target.name] = _Record(target)
+        return record
+
     def last_deep_at(self, name: str) -> float | None:
         """When the target's last deep scan ended (kept across restarts), None before any."""
         record = self._records.get(name)
@@ -215,9 +222,7 @@ class ResultStore:
     def record_deep(self, result: DeepResult) -> list[Transition]:
         """Take in one deep scan: keep it, find suites added or removed and certificates replaced, persist them."""
         name = result.target.name
-        record = self._records.get(name)
-        if record is None:
-            record = self._records[name] = _Record(result.target)
+        record = self._record(result.target)
         record.deep = result
         record.deep_scans += 1
         self.generation += 1
@@ -303,9 +308,7 @@ class ResultStore:
     def record(self, sweep: SweepResult) -> list[Transition]:
         """Take in one sweep: update the determined states, count flips, and persist them."""
         name = sweep.target.name
-        record = self._records.get(name)
-        if record is None:
-            record = self._records[name] = _Record(sweep.target)
+        record = self._record(sweep.target)
         record.last_sweep = sweep
         record.sweeps += 1
         self.generation += 1
