@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -11,10 +12,11 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Self, TypeVar
+from urllib.parse import quote
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -44,6 +46,49 @@ def require_binary(name: str, package: str) -> str:
     if path is not None:
         return path
     missing(name, f"{name} not installed (Debian package {package}; tests/run.sh installs it)")
+
+
+@contextlib.contextmanager
+def prometheus_server(directory: Path, config: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A real Prometheus with `config` (prometheus.yml text) on a free loopback port: (process, port); stopped at
+    the end, by pid."""
+    binary = require_binary("prometheus", "prometheus")
+    (port,) = free_ports(1)
+    (directory / "prometheus.yml").write_text(config)
+    args = [
+        binary,
+        f"--config.file={directory / 'prometheus.yml'}",
+        f"--storage.tsdb.path={directory / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    with (directory / "prometheus.log").open("wb") as log:
+        process = subprocess.Popen(args, cwd=directory, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        yield process, port
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def prometheus_query(port: int, query: str) -> dict[str, Any] | None:
+    """The answer of Prometheus' instant query API, or None when it does not answer 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", f"/api/v1/query?query={quote(query)}")
+        response = conn.getresponse()
+        if response.status != 200:
+            return None
+        result: dict[str, Any] = json.loads(response.read())
+        return result
+    except (OSError, ValueError):
+        return None
+    finally:
+        conn.close()
 
 
 def write_config(path: Path, targets: Sequence[dict[str, Any]], **defaults: Any) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import socket
 import ssl
 import struct
@@ -20,29 +21,18 @@ from tests.lab.servers import LEGACY_CIPHERS, CertPaths, Endpoint, Managed, TLSS
 _IO_TIMEOUT = 5.0
 
 
-class ConnectProxy(Managed):
-    """A threaded HTTP CONNECT proxy on 127.0.0.1 that only ever tunnels to 127.0.0.1.
+class _Acceptor(Managed):
+    """A TCP listener on 127.0.0.1 whose acceptor thread hands each connection to `_accepted`."""
 
-    `requests` lists the authority of every CONNECT (as sent, e.g. "127.0.0.1:8443" or "localhost:8443");
-    anything whose host is not the literal 127.0.0.1 (or everything, with refuse_all) gets 403.
-    """
-
-    def __init__(self, *, refuse_all: bool = False) -> None:
-        self.refuse_all = refuse_all
-        self.requests: list[str] = []
-        self.tunnels = 0
-        self._lock = threading.Lock()
+    def __init__(self, name: str, backlog: int) -> None:
         self._stopping = threading.Event()
-        self._sockets: set[socket.socket] = set()
-        self._threads: set[threading.Thread] = set()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(128)
+        self._listener.listen(backlog)
         self._listener.settimeout(0.05)
         self.endpoint = Endpoint("127.0.0.1", self._listener.getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.endpoint.port}"
-        self._acceptor = threading.Thread(target=self._accept_loop, name="connect-proxy", daemon=True)
+        self._acceptor = threading.Thread(target=self._accept_loop, name=name, daemon=True)
 
     def start(self) -> Self:
         self._acceptor.start()
@@ -52,6 +42,43 @@ class ConnectProxy(Managed):
         self._stopping.set()
         self._acceptor.join(timeout=5)
         self._listener.close()
+        self._close_connections()
+
+    def _close_connections(self) -> None:
+        """End what the accepted connections started (called by stop, after the listener is closed)."""
+
+    def _accepted(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._accepted(conn)
+
+
+class ConnectProxy(_Acceptor):
+    """A threaded HTTP CONNECT proxy on 127.0.0.1 that only ever tunnels to 127.0.0.1.
+
+    `requests` lists the authority of every CONNECT (as sent, e.g. "127.0.0.1:8443" or "localhost:8443");
+    anything whose host is not the literal 127.0.0.1 (or everything, with refuse_all) gets 403.
+    """
+
+    def __init__(self, *, refuse_all: bool = False) -> None:
+        super().__init__("connect-proxy", backlog=128)
+        self.refuse_all = refuse_all
+        self.requests: list[str] = []
+        self.tunnels = 0
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self.url = f"http://127.0.0.1:{self.endpoint.port}"
+
+    def _close_connections(self) -> None:
         with self._lock:
             sockets, threads = list(self._sockets), list(self._threads)
         for sock in sockets:
@@ -70,17 +97,10 @@ class ConnectProxy(Managed):
         with self._lock:
             self._sockets.add(sock)
 
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(_IO_TIMEOUT)
-            self._track(conn)
-            self._spawn(self._serve, conn)
+    def _accepted(self, conn: socket.socket) -> None:
+        conn.settimeout(_IO_TIMEOUT)
+        self._track(conn)
+        self._spawn(self._serve, conn)
 
     def _serve(self, conn: socket.socket) -> None:
         upstream: socket.socket | None = None
@@ -218,56 +238,33 @@ def smtp_server(tls_context: ssl.SSLContext | None) -> Iterator[Endpoint]:
         mail_log.setLevel(level)
 
 
-class FlakyForwarder(Managed):
+class FlakyForwarder(_Acceptor):
     """A TCP forwarder on 127.0.0.1 to `target` that resets a fraction of connections right after accept (a flaky
     load balancer); `resets` counts them. Seeded, so a run is repeatable."""
 
     def __init__(self, target: Endpoint, reset_fraction: float, seed: int = 1) -> None:
-        import random
-
+        super().__init__("flaky-forwarder", backlog=256)
         self.target = target
         self.reset_fraction = reset_fraction
         self.resets = 0
         self.forwarded = 0
         self._random = random.Random(seed)
-        self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(256)
-        self._listener.settimeout(0.05)
-        self.endpoint = Endpoint("127.0.0.1", self._listener.getsockname()[1])
-        self._acceptor = threading.Thread(target=self._accept_loop, name="flaky-forwarder", daemon=True)
 
-    def start(self) -> Self:
-        self._acceptor.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._acceptor.join(timeout=5)
-        self._listener.close()
+    def _close_connections(self) -> None:
         for thread in self._threads:
             thread.join(timeout=5)
 
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if self._random.random() < self.reset_fraction:
-                self.resets += 1
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                conn.close()  # RST at once
-                continue
-            self.forwarded += 1
-            thread = threading.Thread(target=self._forward, args=(conn,), daemon=True)
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-            thread.start()
+    def _accepted(self, conn: socket.socket) -> None:
+        if self._random.random() < self.reset_fraction:
+            self.resets += 1
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # RST at once
+            return
+        self.forwarded += 1
+        thread = threading.Thread(target=self._forward, args=(conn,), daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
 
     def _forward(self, client: socket.socket) -> None:
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
 import sqlite3
@@ -19,7 +18,17 @@ import pytest
 
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
-from tests.lab.daemon import Daemon, Scrape, established_connections, require_binary, run_once, until, write_config
+from tests.lab.daemon import (
+    Daemon,
+    Scrape,
+    established_connections,
+    prometheus_query,
+    prometheus_server,
+    require_binary,
+    run_once,
+    until,
+    write_config,
+)
 from tests.lab.servers import LabStack, NginxLabFactory, NginxServer, free_ports, tarpit
 
 ACCEPTED = "tls_scanner_protocol_accepted"
@@ -434,24 +443,8 @@ def test_sigterm_during_a_hung_sweep_exits_cleanly(lab: LabStack, daemon: Daemon
 # --- 8 ----------------------------------------------------------------------------------------------------------
 
 
-def _query(port: int, query: str) -> dict[str, Any] | None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", f"/api/v1/query?query={quote(query)}")
-        response = conn.getresponse()
-        if response.status != 200:
-            return None
-        result: dict[str, Any] = json.loads(response.read())
-        return result
-    except OSError:
-        return None
-    finally:
-        conn.close()
-
-
 def test_real_prometheus_scrapes_the_matrix(lab: LabStack, daemon: DaemonFactory, tmp_path: Path) -> None:
     """A real Prometheus scraping the daemon every second sees one series per target and protocol, right values."""
-    prometheus = require_binary("prometheus", "prometheus")
     servers = {
         "modern": ({P.TLSv1_2, P.TLSv1_3}, lab.tls_server({P.TLSv1_2, P.TLSv1_3})),
         "legacy": ({P.TLSv1_0, P.TLSv1_1, P.TLSv1_2}, lab.tls_server({P.TLSv1_0, P.TLSv1_1, P.TLSv1_2})),
@@ -462,27 +455,17 @@ def test_real_prometheus_scrapes_the_matrix(lab: LabStack, daemon: DaemonFactory
         d.wait_sweep(name, timeout=10)
     want = {(name, p.value): float(p in versions) for name, (versions, _) in servers.items() for p in ALL_PROTOCOLS}
 
-    (port,) = free_ports(1)
-    (tmp_path / "prometheus.yml").write_text(
+    config = (
         "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\n"
         "scrape_configs:\n"
         f"  - job_name: tls-scanner\n    static_configs: [{{targets: ['127.0.0.1:{d.port}']}}]\n"
     )
-    args = [
-        prometheus,
-        f"--config.file={tmp_path / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
-    ]
-    with (tmp_path / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen(args, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    try:
+    with prometheus_server(tmp_path, config) as (process, port):
 
         def matrix() -> dict[tuple[str, str], float] | None:
             if process.poll() is not None:
                 raise AssertionError(f"prometheus exited: {(tmp_path / 'prometheus.log').read_text()[-2000:]}")
-            answer = _query(port, ACCEPTED)
+            answer = prometheus_query(port, ACCEPTED)
             if answer is None or answer["status"] != "success" or not answer["data"]["result"]:
                 return None
             assert answer["data"]["resultType"] == "vector"
@@ -497,15 +480,8 @@ def test_real_prometheus_scrapes_the_matrix(lab: LabStack, daemon: DaemonFactory
         got = until(matrix, 30, "Prometheus to return tls_scanner_protocol_accepted")
         assert got.pop(("count", "")) == len(want)
         assert got == want
-        up = _query(port, "up")
+        up = prometheus_query(port, "up")
         assert up is not None and [float(s["value"][1]) for s in up["data"]["result"]] == [1.0]
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 # --- 9 ----------------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import signal
 import socket
@@ -13,13 +12,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import bcrypt
 import pytest
 
 from scanner.protocols import Protocol
-from tests.lab.daemon import REPO, Daemon, require_binary, until, write_config
+from tests.lab.daemon import REPO, Daemon, prometheus_query, prometheus_server, until, write_config
 from tests.lab.servers import CertPaths, LabCerts, LabStack, free_ports
 
 PASSWORD = "s3cret"
@@ -143,8 +141,6 @@ def test_bad_web_config_exits_2_with_file_and_line(tmp_path: Path) -> None:
 def test_real_prometheus_scrapes_over_https_with_basic_auth(
     secured: Daemon, tmp_certs: LabCerts, tmp_path: Path
 ) -> None:
-    prometheus = require_binary("prometheus", "prometheus")
-    (port,) = free_ports(1)
     scrape = {
         "job_name": "tls-scanner",
         "scheme": "https",
@@ -152,40 +148,15 @@ def test_real_prometheus_scrapes_over_https_with_basic_auth(
         "tls_config": {"ca_file": str(tmp_certs.ca.paths.cert), "server_name": "localhost"},
         "static_configs": [{"targets": [f"127.0.0.1:{secured.port}"]}],
     }
-    (tmp_path / "prometheus.yml").write_text(
-        json.dumps({"global": {"scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [scrape]})
-    )
-    args = [
-        prometheus,
-        f"--config.file={tmp_path / 'prometheus.yml'}",
-        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
-    ]
-    with (tmp_path / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen(args, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    try:
+    config = json.dumps({"global": {"scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [scrape]})
+    with prometheus_server(tmp_path, config) as (process, port):
 
         def up_and_scanned() -> bool:
             assert process.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
-            query = quote('up == 1 and on() count(tls_scanner_protocol_accepted{target="web"}) > 0')
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", f"/api/v1/query?query={query}")
-                answer = json.loads(conn.getresponse().read())
-                conn.close()
-            except (OSError, ValueError):
-                return False
-            return answer.get("status") == "success" and bool(answer["data"]["result"])
+            answer = prometheus_query(port, 'up == 1 and on() count(tls_scanner_protocol_accepted{target="web"}) > 0')
+            return answer is not None and answer.get("status") == "success" and bool(answer["data"]["result"])
 
         until(up_and_scanned, 30, "Prometheus to scrape the daemon over HTTPS with basic auth (up == 1)")
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 @pytest.fixture

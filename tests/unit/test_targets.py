@@ -57,14 +57,14 @@ def test_find_configured_by_name_host_port_and_range(tmp_path: Path) -> None:
     [
         ((), "127.0.0.1", None, "only configured targets may be probed (see probe.allow)"),
         (("127.0.0.0/8",), "127.0.0.9", ["127.0.0.9"], None),
-        (("127.0.0.0/8",), "10.0.0.1", ["10.0.0.1"], "10.0.0.1 is outside probe.allow"),
+        (("127.0.0.0/16",), "127.9.0.1", ["127.9.0.1"], "127.9.0.1 is outside probe.allow"),
         (("*.lab.test",), "a.lab.test", None, None),
         (("*.lab.test",), "a.other.test", None, "a.other.test matches no name in probe.allow"),
         (
-            ("127.0.0.0/8",),
+            ("127.0.0.0/16",),
             "a.lab.test",
-            ["127.0.0.1", "10.1.1.1"],
-            "a.lab.test resolves to 10.1.1.1, outside probe.allow",
+            ["127.0.0.1", "127.9.1.1"],
+            "a.lab.test resolves to 127.9.1.1, outside probe.allow",
         ),
         (("*.lab.test",), "127.0.0.1", ["127.0.0.1"], "127.0.0.1: no network in probe.allow"),
     ],
