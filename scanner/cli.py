@@ -17,7 +17,7 @@ from scanner.deep_results import DeepResult
 from scanner.errors import ConfigError, StateFileError
 from scanner.logs import setup_logging
 from scanner.policy import verdict
-from scanner.probe import Prober
+from scanner.pool import Sweeper, make_sweeper, worker_count
 from scanner.report import render_json, render_table
 from scanner.results import SweepResult
 from scanner.targets import ALL, Shard, expand
@@ -30,6 +30,7 @@ DEFAULT_STATE_FILE = "tls-scanner.db"
 CONFIG_FROM_STDIN = "-"  # --config - reads the config from standard input
 COMMAND_LINE = "<command line>"  # the name errors give the HOST[:PORT] arguments
 ONCE_DEEP_CONCURRENCY = 4  # deep scans at once in `--once --deep`
+ONCE_MIN_TARGETS_PER_WORKER = 50  # `--once` with `workers: auto` sweeps fewer targets than this in its own process
 
 # Flags that mean something in one mode only, by argparse dest; given in another mode they are refused (exit 2)
 # rather than ignored. Their argparse default is None, so that "given" can be told from "defaulted".
@@ -216,8 +217,7 @@ def run_once(
 ) -> int:
     """Sweep every target once (with `deep`, deep-scan it too), print the report, and return the exit code."""
     targets = expand(config, shard)
-    sweeps = asyncio.run(sweep_all(config, targets, progress if progress.isatty() else None))
-    deep_results = asyncio.run(deep_all(sweeps)) if deep else None
+    sweeps, deep_results = asyncio.run(scan_round(config, targets, progress if progress.isatty() else None, deep))
     if output_format == "json":
         out.write(render_json(sweeps, deep_results))
     elif output_format == "prometheus":
@@ -235,23 +235,40 @@ def run_once(
     return ExitCode.OK
 
 
-async def deep_all(sweeps: Sequence[SweepResult]) -> dict[str, DeepResult]:
-    """Deep-scan each swept target (not those with deep_interval 0) on the addresses its sweep found, a few at once."""
-    from scanner.deep import deep_scan  # sslyze's scan commands: only --deep needs them loaded
+async def scan_round(
+    config: Config, targets: Sequence[TargetConfig], progress: TextIO | None, deep: bool
+) -> tuple[list[SweepResult], dict[str, DeepResult] | None]:
+    """One round over every target; with `deep`, then a deep scan of each swept target (not deep_interval 0)."""
+    sweeper = make_sweeper(once_workers(config, len(targets)), config.concurrency, config.politeness, config.resolver)
+    try:
+        sweeps = await sweep_all(sweeper, config, targets, progress)
+        return sweeps, (await deep_all(sweeper, sweeps) if deep else None)
+    finally:
+        await sweeper.shutdown()
 
+
+def once_workers(config: Config, targets: int) -> int:
+    """Worker processes for `--once`: as for the daemon, but none for a short list, which one process sweeps
+    before the workers would have started."""
+    return worker_count(config.workers) if config.workers is not None or targets >= ONCE_MIN_TARGETS_PER_WORKER else 0
+
+
+async def deep_all(sweeper: Sweeper, sweeps: Sequence[SweepResult]) -> dict[str, DeepResult]:
+    """Deep-scan each swept target (not those with deep_interval 0) on the addresses its sweep found, a few at once."""
     slots = asyncio.Semaphore(ONCE_DEEP_CONCURRENCY)
 
     async def one(sweep: SweepResult) -> tuple[str, DeepResult]:
         async with slots:
-            return sweep.target.name, await deep_scan(sweep.target, [a.address for a in sweep.addresses])
+            return sweep.target.name, await sweeper.deep(sweep.target, [a.address for a in sweep.addresses])
 
     chosen = [s for s in sweeps if not s.closed and s.target.deep_interval > 0]
     return dict(await asyncio.gather(*(one(s) for s in chosen)))
 
 
-async def sweep_all(config: Config, targets: Sequence[TargetConfig], progress: TextIO | None) -> list[SweepResult]:
+async def sweep_all(
+    sweeper: Sweeper, config: Config, targets: Sequence[TargetConfig], progress: TextIO | None
+) -> list[SweepResult]:
     """One round over every target, at most `concurrency` handshakes in flight, results in config order."""
-    prober = Prober(config.concurrency, config.politeness, config.resolver)
     # A sweep's deadline counts its wait for handshake slots: start only as many targets as the slots can serve
     # in a wave or two, so a long list finishes late rather than timing out at its tail.
     in_flight = asyncio.Semaphore(max(MIN_TARGETS_IN_FLIGHT, config.concurrency // 2))
@@ -260,7 +277,7 @@ async def sweep_all(config: Config, targets: Sequence[TargetConfig], progress: T
     async def one(target: TargetConfig) -> SweepResult:
         nonlocal done
         async with in_flight:
-            result = await prober.sweep(target)
+            result = await sweeper.sweep(target)
         done += 1
         if progress is not None:
             progress.write(f"\rscanned {done}/{len(targets)} targets")
@@ -270,6 +287,5 @@ async def sweep_all(config: Config, targets: Sequence[TargetConfig], progress: T
     try:
         return list(await asyncio.gather(*(one(t) for t in targets)))
     finally:
-        prober.close()
         if progress is not None:
             progress.write("\n")

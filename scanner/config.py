@@ -29,6 +29,7 @@ from scanner.protocols import ALL_PROTOCOLS, Protocol
 # slot ~0.25 s, so 256 keep ~1,000 handshakes a second going, about what one core's CPU allows; more only adds
 # threads (bench/run.py wan: 500 endpoints take 6.0 s with errors at 64, 3.7 s at 256, no faster at 384).
 DEFAULT_CONCURRENCY = 256
+MAX_WORKERS = 64
 DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_RANGE_ENDPOINTS = 65536  # a /16 on one port
@@ -187,6 +188,7 @@ class Config:
     path: str
     targets: tuple[TargetConfig, ...]
     concurrency: int = DEFAULT_CONCURRENCY
+    workers: int | None = None  # worker processes for the handshakes; None: auto (scanner.pool.worker_count)
     ranges: tuple[RangeConfig, ...] = ()
     max_range_endpoints: int = DEFAULT_MAX_RANGE_ENDPOINTS
     resolver: Resolver | None = None
@@ -229,7 +231,17 @@ _NULL = "tag:yaml.org,2002:null"
 _MERGE = "tag:yaml.org,2002:merge"
 _KINDS = {_BOOL: "boolean", "tag:yaml.org,2002:timestamp": "timestamp", "tag:yaml.org,2002:binary": "binary"}
 
-_TOP_KEYS = ("concurrency", "defaults", "targets", "resolver", "max_range_endpoints", "probe", "politeness", "clients")
+_TOP_KEYS = (
+    "concurrency",
+    "workers",
+    "defaults",
+    "targets",
+    "resolver",
+    "max_range_endpoints",
+    "probe",
+    "politeness",
+    "clients",
+)
 # The client profiles a config can name: the built-in ones and its own `clients:`, while it is being parsed.
 _PROFILES: contextvars.ContextVar[Mapping[str, ClientProfile]] = contextvars.ContextVar("profiles")
 _RESOLVER_KEYS = ("nameservers", "timeout")
@@ -544,6 +556,7 @@ def _build_with_profiles(name: str, pairs: _Pairs) -> Config:
         if value is None or value < 1:
             raise _Invalid(node, f"concurrency: expected an integer >= 1, got {_describe(node)}")
         concurrency = value
+    workers = _workers(pairs["workers"][1]) if "workers" in pairs else None
     defaults: _Layer = {}
     if "defaults" in pairs:
         node = pairs["defaults"][1]
@@ -596,12 +609,22 @@ def _build_with_profiles(name: str, pairs: _Pairs) -> Config:
         path=name,
         targets=tuple(targets),
         concurrency=concurrency,
+        workers=workers,
         ranges=tuple(ranges),
         max_range_endpoints=max_range_endpoints,
         resolver=_resolver(pairs["resolver"][1]) if "resolver" in pairs else None,
         probe=_probe_settings(pairs["probe"][1]) if "probe" in pairs else ProbeSettings(),
         politeness=_politeness(pairs["politeness"][1]) if "politeness" in pairs else Politeness(),
     )
+
+
+def _workers(node: yaml.Node) -> int | None:
+    if isinstance(node, yaml.ScalarNode) and node.tag == _STR and node.value == "auto":
+        return None
+    value = _int(node)
+    if value is None or not 0 <= value <= MAX_WORKERS:
+        raise _Invalid(node, f'workers: expected "auto" or an integer 0-{MAX_WORKERS}, got {_describe(node)}')
+    return value
 
 
 def _positive_int(node: yaml.Node, key: str) -> int:

@@ -7,10 +7,12 @@ sample, which took prometheus_client's generic path over a second.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.metadata
+import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from prometheus_client.utils import floatToGoString
@@ -27,7 +29,7 @@ from scanner.targets import Shard
 _FROM_SWEEP = "(from the last sweep, not measured at scrape time)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # each family is one object: hashed by identity, fast as a dict key
 class Family:
     """One metric family: its name as exposed, its type and its help text."""
 
@@ -165,21 +167,43 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+_COMMON_NUMBERS = {0.0: "0.0", 1.0: "1.0"}  # most samples: spare floatToGoString
+
+
 def _number(value: float) -> str:
-    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+    text = _COMMON_NUMBERS.get(value)
+    return text if text is not None else str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
+def _pairs(labels: Mapping[str, str]) -> str:
+    """`a="1",b="2"`: the label pairs sorted by name, as prometheus_client writes them."""
+    return ",".join(f'{key}="{_escape(labels[key])}"' for key in sorted(labels))
 
 
 def sample(family: Family, labels: dict[str, str], value: float) -> str:
-    """One exposition line, labels sorted as prometheus_client writes them."""
+    """One exposition line."""
     if not labels:
         return f"{family.name} {_number(value)}\n"
-    pairs = ",".join(f'{key}="{_escape(labels[key])}"' for key in sorted(labels))
-    return f"{family.name}{{{pairs}}} {_number(value)}\n"
+    return f"{family.name}{{{_pairs(labels)}}} {_number(value)}\n"
+
+
+class _Labels:
+    """A target's labels plus each set of extra ones, written out once however many of its lines use them."""
+
+    def __init__(self, labels: Mapping[str, str]) -> None:
+        self._base = dict(labels)
+        self._texts: dict[tuple[tuple[str, str], ...], str] = {}
+
+    def __call__(self, *extra: tuple[str, str]) -> str:
+        text = self._texts.get(extra)
+        if text is None:
+            text = self._texts[extra] = _pairs({**self._base, **dict(extra)})
+        return text
 
 
 @dataclass(frozen=True)
 class _TargetLines:
-    lines: dict[Family, list[str]]
+    lines: dict[Family, bytes]  # every line of the family, UTF-8
     range_state: str | None  # "open" / "closed" for range endpoints that were swept
 
 
@@ -197,40 +221,42 @@ def _expose(
     shard: Shard | None,
     reload: SafeConfig | None,
     store: ResultStore | None = None,
-) -> str:
-    """The whole text exposition from each target's lines, plus the scanner's own state."""
-    per_family: dict[Family, list[str]] = {family: [] for family in TARGET_FAMILIES}
+) -> Iterator[bytes]:
+    """The whole text exposition, a family at a time, from each target's lines, plus the scanner's own state."""
     ranges: dict[str, Counter[str]] = {}
     for target, entry in targets:
-        for family, lines in entry.lines.items():
-            per_family[family].extend(lines)
         if target.range is not None:
             counts = ranges.setdefault(target.range, Counter())
             if entry.range_state is not None:
                 counts[entry.range_state] += 1
-    out = [family.header() + "".join(per_family[family]) for family in TARGET_FAMILIES]
-    out.append(
+    for family in TARGET_FAMILIES:
+        yield family.header().encode() + b"".join([entry.lines.get(family, b"") for _, entry in targets])
+    own = [
         RANGES.header()
         + "".join(
             sample(RANGES, {"range": r, "state": state}, counts[state])
             for r, counts in ranges.items()
             for state in ("open", "closed")
         )
-    )
-    out.append(TARGETS.header() + sample(TARGETS, {}, len(targets)))
+    ]
+    own.append(TARGETS.header() + sample(TARGETS, {}, len(targets)))
     version = {"version": __version__, "sslyze_version": _sslyze_version()}
-    out.append(BUILD_INFO.header() + sample(BUILD_INFO, version, 1))
+    own.append(BUILD_INFO.header() + sample(BUILD_INFO, version, 1))
     if shard is not None:
         labels = {"index": str(shard.index), "count": str(shard.count)}
-        out.append(SHARD_INFO.header() + sample(SHARD_INFO, labels, 1))
+        own.append(SHARD_INFO.header() + sample(SHARD_INFO, labels, 1))
     if store is not None and store.path is not None:
-        out.append(STATE_WRITABLE.header() + sample(STATE_WRITABLE, {}, float(store.writable)))
-        out.append(STATE_WRITE_ERRORS.header() + sample(STATE_WRITE_ERRORS, {}, store.write_errors))
+        own.append(STATE_WRITABLE.header() + sample(STATE_WRITABLE, {}, float(store.writable)))
+        own.append(STATE_WRITE_ERRORS.header() + sample(STATE_WRITE_ERRORS, {}, store.write_errors))
     if reload is not None:
-        out.append(PROBE_OPEN.header() + sample(PROBE_OPEN, {}, float(reload.config.probe.open_to_everything)))
-        out.append(RELOAD_OK.header() + sample(RELOAD_OK, {}, float(reload.reload_successful)))
-        out.append(RELOAD_AT.header() + sample(RELOAD_AT, {}, reload.last_success_at))
-    return "".join(out)
+        own.append(PROBE_OPEN.header() + sample(PROBE_OPEN, {}, float(reload.config.probe.open_to_everything)))
+        own.append(RELOAD_OK.header() + sample(RELOAD_OK, {}, float(reload.reload_successful)))
+        own.append(RELOAD_AT.header() + sample(RELOAD_AT, {}, reload.last_success_at))
+    yield "".join(own).encode()
+
+
+# Between slices of this long, a render hands the event loop back (health checks, sweeps' results).
+RENDER_SLICE_SECONDS = 0.01
 
 
 class ScannerMetrics:
@@ -241,34 +267,58 @@ class ScannerMetrics:
         self.reload = reload
         self.shard = shard
         # name -> (what the lines were built from: the target's config and sweep count, the lines)
-        self._cache: dict[str, tuple[tuple[object, ...], _TargetLines]] = {}
-        self._text: tuple[object, str] | None = None  # (what it was rendered from, the whole text)
+        self._cache: dict[str, tuple[tuple[TargetConfig, int], _TargetLines]] = {}
 
     def render(self) -> str:
-        """The text exposition of the store, plus the scanner's own state; the same text until either changes."""
-        reload = None if self.reload is None else (self.reload.config, self.reload.reload_successful)
-        key = (self.store.generation, self.store.write_errors, reload)
-        if self._text is None or self._text[0] != key:
-            names = self.store.names()
-            targets = [(self.store.target(name), self._lines(name)) for name in names]
-            self._cache = {name: self._cache[name] for name in names}
-            self._text = (key, _expose(targets, self.shard, self.reload, self.store))
-        return self._text[1]
+        """The text exposition of the store, plus the scanner's own state."""
+        parts: list[bytes] = []
+        for _ in self._render(parts):
+            pass
+        return b"".join(parts).decode()
 
-    def _lines(self, name: str) -> _TargetLines:
-        key = (self.store.target(name), self.store.version(name))
-        cached = self._cache.get(name)
-        if cached is None or cached[0] != key:
-            cached = self._cache[name] = (key, _build(self.store.status(name)))
-        return cached[1]
+    async def render_bytes(self) -> bytes:
+        """render(), encoded, giving the event loop a turn every RENDER_SLICE_SECONDS of the work.
+
+        Not kept after: at 10,000 targets the text is 40 MB, and sweeps change it within the second anyway.
+        """
+        parts: list[bytes] = []
+        for _ in self._render(parts):
+            await asyncio.sleep(0)
+        return b"".join(parts)
+
+    def _render(self, parts: list[bytes]) -> Iterator[None]:
+        """Append the exposition to `parts`, building the lines of targets swept since the last render; yields
+        between slices of the work."""
+        pause = time.monotonic() + RENDER_SLICE_SECONDS
+        names = self.store.names()
+        self._cache = {name: self._cache[name] for name in names if name in self._cache}
+        for name in names:
+            entry = (self.store.target(name), self.store.version(name))
+            cached = self._cache.get(name)
+            if cached is None or cached[0] != entry:
+                self._cache[name] = (entry, _build(self.store.status(name)))
+                if time.monotonic() > pause:
+                    yield
+                    pause = time.monotonic() + RENDER_SLICE_SECONDS
+        # A target swept during the pauses is taken as built: the next render rebuilds it.
+        built = [self._cache[name] for name in names if name in self._cache]
+        for part in _expose([(entry[0], lines) for (entry, lines) in built], self.shard, self.reload, self.store):
+            parts.append(part)
+            if time.monotonic() > pause:
+                yield
+                pause = time.monotonic() + RENDER_SLICE_SECONDS
 
 
 def _build(status: TargetStatus) -> _TargetLines:
     """Every line one target contributes, by family."""
     lines: dict[Family, list[str]] = {}
+    at = _Labels({"target": status.target.name, **dict(status.target.labels)})
 
-    def add(family: Family, labels: dict[str, str], value: float) -> None:
-        lines.setdefault(family, []).append(sample(family, labels, value))
+    def add(family: Family, labels: str, value: float) -> None:
+        lines.setdefault(family, []).append(f"{family.name}{{{labels}}} {_number(value)}\n")
+
+    def done() -> _TargetLines:
+        return _TargetLines({f: "".join(found).encode() for f, found in lines.items()}, range_state)
 
     target = status.target
     sweep = status.last_sweep
@@ -276,92 +326,89 @@ def _build(status: TargetStatus) -> _TargetLines:
     if target.range is not None and sweep is not None:
         range_state = "closed" if sweep.closed else "open"
         if sweep.closed:
-            return _TargetLines(lines, range_state)  # counted, not reported one by one
-    labels = {"target": target.name, **dict(target.labels)}
-    add(INTERVAL, labels, target.interval)
+            return done()  # counted, not reported one by one
+    add(INTERVAL, at(), target.interval)
     for address, statuses in status.addresses.items():
         for protocol, state in statuses.items():
-            at = {**labels, "address": address, "protocol": protocol.value}
-            add(ACCEPTED, at, 1.0 if state.state is ProtocolState.ACCEPTED else 0.0)
-            add(CHANGES, at, state.changes)
-            add(LAST_CHANGE, at, state.last_change)
+            labels = at(("address", address), ("protocol", protocol.value))
+            add(ACCEPTED, labels, 1.0 if state.state is ProtocolState.ACCEPTED else 0.0)
+            add(CHANGES, labels, state.changes)
+            add(LAST_CHANGE, labels, state.last_change)
             if state.http_last_change is not None:
-                add(HTTP_CHANGES, at, state.http_changes)
-                add(HTTP_LAST_CHANGE, at, state.http_last_change)
+                add(HTTP_CHANGES, labels, state.http_changes)
+                add(HTTP_LAST_CHANGE, labels, state.http_last_change)
     for address, by_client in status.clients.items():
         for client, state in by_client.items():
-            at = {**labels, "address": address, "client": client}
-            add(CLIENT_COMPATIBLE, at, 1.0 if state.state is ProtocolState.ACCEPTED else 0.0)
-            add(CLIENT_CHANGES, at, state.changes)
-            add(CLIENT_LAST_CHANGE, at, state.last_change)
+            labels = at(("address", address), ("client", client))
+            add(CLIENT_COMPATIBLE, labels, 1.0 if state.state is ProtocolState.ACCEPTED else 0.0)
+            add(CLIENT_CHANGES, labels, state.changes)
+            add(CLIENT_LAST_CHANGE, labels, state.last_change)
     for reason in ErrorReason:
-        add(ERRORS, {**labels, "reason": reason.value}, status.errors.get(reason, 0))
-    add(RETRIES, labels, status.retries)
+        add(ERRORS, at(("reason", reason.value)), status.errors.get(reason, 0))
+    add(RETRIES, at(), status.retries)
     if status.deep is not None:
-        _deep_lines(status, labels, add)
+        _deep_lines(status, at, add)
     if sweep is None:
-        return _TargetLines(lines, range_state)
+        return done()
     for result in sweep.addresses:
         for protocol, outcome in result.protocols.items():
-            at = {**labels, "address": result.address, "protocol": protocol.value}
-            add(PROTOCOL_ERROR, at, float(outcome.state is ProtocolState.ERROR))
+            labels = at(("address", result.address), ("protocol", protocol.value))
+            add(PROTOCOL_ERROR, labels, float(outcome.state is ProtocolState.ERROR))
             if outcome.http_status is not None:
-                add(HTTP_STATUS, at, outcome.http_status)
+                add(HTTP_STATUS, labels, outcome.http_status)
             if outcome.http_match is not None:
-                add(HTTP_MATCH, at, float(outcome.http_match))
+                add(HTTP_MATCH, labels, float(outcome.http_match))
     for protocol in target.protocols:
-        add(ACCEPTED_ADDRESSES, {**labels, "protocol": protocol.value}, sweep.accepted_addresses(protocol))
-    add(ADDRESSES, labels, len(sweep.addresses))
-    add(SUCCESS, labels, float(sweep.complete))
-    add(LAST_SCAN, labels, ended_at(sweep))
-    add(DURATION, labels, sweep.duration_seconds)
+        add(ACCEPTED_ADDRESSES, at(("protocol", protocol.value)), sweep.accepted_addresses(protocol))
+    add(ADDRESSES, at(), len(sweep.addresses))
+    add(SUCCESS, at(), float(sweep.complete))
+    add(LAST_SCAN, at(), ended_at(sweep))
+    add(DURATION, at(), sweep.duration_seconds)
     if status.last_success_at is not None:
-        add(LAST_SUCCESS, labels, status.last_success_at)
+        add(LAST_SUCCESS, at(), status.last_success_at)
     if has_policy(target, sweep.started_at):
-        add(EXPECTATION, labels, float(verdict(sweep).met))
+        add(EXPECTATION, at(), float(verdict(sweep).met))
     for dated, judged in deadlines(sweep):
-        add(DEADLINE, {**labels, "policy": dated.name}, dated.start)
-        add(DEADLINE_MET, {**labels, "policy": dated.name}, float(judged.met))
-    return _TargetLines(lines, range_state)
+        add(DEADLINE, at(("policy", dated.name)), dated.start)
+        add(DEADLINE_MET, at(("policy", dated.name)), float(judged.met))
+    return done()
 
 
-def _deep_lines(
-    status: TargetStatus, labels: dict[str, str], add: Callable[[Family, dict[str, str], float], None]
-) -> None:
+def _deep_lines(status: TargetStatus, at: _Labels, add: Callable[[Family, str, float], None]) -> None:
     """The deep tier's lines of one target: per address its certificate, suites, profiles; per target when and how."""
     deep = status.deep
     assert deep is not None
-    add(DEEP_TIMESTAMP, labels, deep.ended_at)
-    add(DEEP_SUCCESS, labels, float(deep.success))
+    add(DEEP_TIMESTAMP, at(), deep.ended_at)
+    add(DEEP_SUCCESS, at(), float(deep.success))
     for result in deep.addresses:
-        at = {**labels, "address": result.address}
+        address = ("address", result.address)
         cert = result.certificate
         if cert is not None:
-            add(CERT_NOT_AFTER, at, cert.not_after)
-            add(CHAIN_NOT_AFTER, at, cert.chain_not_after)
-            add(CERT_VALID, at, float(cert.valid))
-            info = {
-                "subject": cert.subject,
-                "issuer": cert.issuer,
-                "serial": cert.serial,
-                "fingerprint_sha256": cert.fingerprint_sha256,
-                "key": cert.key,
-                "error": (cert.error or "")[:200],  # a bounded label: the start of the validation error says why
-            }
-            add(CERT_INFO, {**at, **info}, 1)
+            add(CERT_NOT_AFTER, at(address), cert.not_after)
+            add(CHAIN_NOT_AFTER, at(address), cert.chain_not_after)
+            add(CERT_VALID, at(address), float(cert.valid))
+            info = (
+                ("subject", cert.subject),
+                ("issuer", cert.issuer),
+                ("serial", cert.serial),
+                ("fingerprint_sha256", cert.fingerprint_sha256),
+                ("key", cert.key),
+                ("error", (cert.error or "")[:200]),  # a bounded label: the start of the validation error says why
+            )
+            add(CERT_INFO, at(address, *info), 1)
         state = status.deep_states.get(result.address)
         # The suites last enumerated per version: a version this scan could not enumerate keeps its series (an
         # outage is not a cipher-level brownout, and TLSCipherSuiteRemoved reads vanished series as one).
         known = state.cipher_suites if state is not None else result.cipher_suites
         for protocol, suites in known.items():
             for suite in sorted(suites):
-                add(CIPHER_ACCEPTED, {**at, "protocol": protocol.value, "cipher": suite}, 1)
+                add(CIPHER_ACCEPTED, at(address, ("protocol", protocol.value), ("cipher", suite)), 1)
         if state is not None:
             for protocol, count in state.changes.items():
                 if state.cipher_suites.get(protocol) or count:  # versions that never had a suite add no series
-                    add(CIPHER_CHANGES, {**at, "protocol": protocol.value}, count)
+                    add(CIPHER_CHANGES, at(address, ("protocol", protocol.value)), count)
         for profile, reasons in result.compliance.items():
-            add(MOZILLA, {**at, "profile": profile.value}, float(not reasons))
+            add(MOZILLA, at(address, ("profile", profile.value)), float(not reasons))
 
 
 def render_sweeps(
@@ -373,7 +420,7 @@ def render_sweeps(
     def status(sweep: SweepResult) -> TargetStatus:
         return replace(sweep_status(sweep), deep=deep.get(sweep.target.name), deep_states=_first_states(deep, sweep))
 
-    return _expose([(s.target, _build(status(s))) for s in sweeps], shard, None)
+    return b"".join(_expose([(s.target, _build(status(s))) for s in sweeps], shard, None)).decode()
 
 
 def _first_states(deep: Mapping[str, DeepResult], sweep: SweepResult) -> dict[str, DeepState]:

@@ -6,23 +6,18 @@ Asyncio on top; the blocking handshakes (scanner.handshake, the sslyze adapter) 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
 
 from scanner.clients import ClientProfile
 from scanner.config import HttpCheck, Politeness, Resolver, TargetConfig
-from scanner.errors import ResolveError
+from scanner.deep_results import DeepResult
 from scanner.handshake import Attempt, Peer, classify, client_attempt, credentials, first_attempt, next_attempt
+from scanner.locate import DEADLINE_GRACE_SECONDS, Located, locate
 from scanner.politeness import AddressGate
 from scanner.protocols import Protocol
-from scanner.resolve import resolve
 from scanner.results import AddressResult, ErrorReason, Evidence, ProtocolResult, ProtocolState, SweepResult
-
-# Past its timeout a target gets this long before its hung connections are torn down.
-DEADLINE_GRACE_SECONDS = 0.8
 
 
 class Prober:
@@ -42,52 +37,48 @@ class Prober:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def stop(self) -> None:
+        self.stopping = True
+
+    async def shutdown(self) -> None:
+        self.close()
+
+    async def deep(self, target: TargetConfig, addresses: Sequence[str]) -> DeepResult:
+        """A deep scan of `target` (sslyze's scan commands, loaded on first use: the fast tier never needs them)."""
+        from scanner.deep import deep_scan
+
+        return await deep_scan(target, addresses)
+
     async def sweep(self, target: TargetConfig, addresses: list[str] | None = None) -> SweepResult:
         """Resolve the target once (unless `addresses` are given), then try each protocol on each address.
 
         Never raises for a misbehaving server: every failure is in the result.
         """
-        started_at = time.time()
-        clock = time.monotonic()
+        return await self.sweep_located(target, await locate(target, addresses, self.resolver))
 
-        dns_error: str | None = None
-
-        def done(results: tuple[AddressResult, ...] = (), error: str | None = None, **kw: Any) -> SweepResult:
-            reason = kw.pop("reason", None)
-            elapsed = time.monotonic() - clock
-            return SweepResult(target, started_at, elapsed, results, error, reason, dns_error=dns_error, **kw)
-
-        if target.https_proxy is not None:
-            addresses = [""]  # the proxy resolves and connects
-        elif addresses is None:
-            if target.address is not None:
-                addresses = [target.address]
-            else:
-                try:
-                    resolved = await resolve(target.host, target.addresses, self.resolver, target.timeout)
-                except ResolveError as exc:
-                    return done(error=f"cannot resolve {target.host}: {exc}", reason=ErrorReason.DNS)
-                addresses = resolved.addresses
-                if resolved.failed:
-                    dns_error = f"cannot resolve {target.host} fully: {'; '.join(resolved.failed)}"
+    async def sweep_located(self, target: TargetConfig, located: Located) -> SweepResult:
+        """The sweep of `target` on the addresses `located` found (it started when they were looked for)."""
+        if located.error is not None:
+            return located.failed(target)
         try:
             client = credentials(target)
         except Exception as exc:
-            return done(error=f"client certificate unusable: {exc}", reason=ErrorReason.OTHER)
+            return located.result(target, error=f"client certificate unusable: {exc}", error_reason=ErrorReason.OTHER)
         # One deadline for the whole sweep, on the loop's clock: waiting for a slot counts against it, and at the
         # deadline the loop tears down what is left without waiting for any handshake thread.
         deadline = asyncio.get_running_loop().time() + target.timeout + DEADLINE_GRACE_SECONDS
+        addresses = located.addresses
         if target.range is not None:
             opened = await self._tcp_open(addresses[0], target, deadline)
             if opened is not None:
-                return done(error=opened.detail, reason=opened.reason, closed=True)
+                return located.result(target, error=opened.detail, error_reason=opened.reason, closed=True)
         results = await asyncio.gather(*(self._sweep_address(Peer(target, a, client), deadline) for a in addresses))
         error, reason = None, None
         if all(r.error is not None for r in results):
             error, reason = results[0].error, results[0].error_reason
             if len(results) > 1:
                 error = f"all {len(results)} addresses failed: {error}"
-        return done(tuple(results), error, reason=reason)
+        return located.result(target, addresses=tuple(results), error=error, error_reason=reason)
 
     async def _sweep_address(self, peer: Peer, deadline: float) -> AddressResult:
         target, address = peer.target, peer.address

@@ -11,9 +11,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from scanner.config import TargetConfig
-from scanner.deep import deep_scan
 from scanner.deep_results import DeepResult
-from scanner.probe import Prober
+from scanner.pool import Sweeper
 from scanner.results import ErrorReason, ProtocolState, SweepResult
 from scanner.status import Transition, TransitionKind
 from scanner.store import ResultStore
@@ -45,16 +44,16 @@ class Scheduler:
 
     def __init__(
         self,
-        prober: Prober,
+        prober: Sweeper,
         store: ResultStore,
         rng: random.Random | None = None,
-        deep: DeepScan = deep_scan,
+        deep: DeepScan | None = None,
         deep_concurrency: int = DEEP_CONCURRENCY,
     ) -> None:
         self.prober = prober
         self.store = store
         self.rng = rng or random.Random()
-        self.deep = deep
+        self.deep = deep or prober.deep
         self._deep_slots = asyncio.Semaphore(deep_concurrency)
         self._deep_tasks: set[asyncio.Task[None]] = set()
         self._entries: dict[str, _Entry] = {}

@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from scanner.config import AddressMode, Config, SafeConfig, TargetConfig, is_ip
 from scanner.endpoint import join_host_port, parse_host_port, parse_port, split_host_port
 from scanner.errors import ConfigError, ResolveError
+from scanner.locate import DEADLINE_GRACE_SECONDS
 from scanner.metrics import ScannerMetrics, render_probe
-from scanner.probe import DEADLINE_GRACE_SECONDS, Prober
+from scanner.pool import make_sweeper, worker_count
 from scanner.resolve import resolve
 from scanner.scheduler import Scheduler
 from scanner.store import ResultStore
@@ -53,7 +54,8 @@ class Service:
         self.web = WebGuard(web_config or WebConfig(path=""))
         self.shard = shard
         self.store = ResultStore(state_file)
-        self.prober = Prober(config.concurrency, config.politeness, config.resolver)
+        self.workers = worker_count(config.workers)
+        self.prober = make_sweeper(self.workers, config.concurrency, config.politeness, config.resolver)
         self.scheduler = Scheduler(self.prober, self.store)
         self.metrics = ScannerMetrics(self.store, self.safe_config, shard)
         self.process_registry = CollectorRegistry(auto_describe=False)
@@ -74,7 +76,8 @@ class Service:
         targets = self.targets
         self.store.set_targets(targets)
         self.scheduler.apply(targets)
-        log.info("scanning %d targets from %s", len(targets), self.config.path)
+        where = f"{self.workers} worker processes" if self.workers else "this process"
+        log.info("scanning %d targets from %s, handshakes in %s", len(targets), self.config.path, where)
 
     def reload(self) -> str | None:
         """Re-read the config and the web config; a bad one changes nothing. Returns the errors, or None."""
@@ -100,7 +103,7 @@ class Service:
         except ConfigError as exc:
             log.error("config reload failed, keeping the old config: %s", exc)
             return str(exc)
-        for key in ("concurrency", "politeness"):
+        for key in ("concurrency", "workers", "politeness"):
             if getattr(config, key) != getattr(old, key):
                 log.warning("%s changes take effect on restart", key)
         if config.probe.max_concurrent != old.probe.max_concurrent:
@@ -153,9 +156,9 @@ class Service:
         return 200, render_probe(sweep)
 
     async def stop_scanning(self) -> None:
-        self.prober.stopping = True
+        self.prober.stop()
         await self.scheduler.stop()
-        self.prober.close()
+        await self.prober.shutdown()
 
 
 def _warn_if_open(config: Config) -> None:
@@ -202,9 +205,13 @@ async def _serve(
         for sock in sockets:
             sock.close()
         raise
+
+    async def exposition() -> bytes:
+        return await service.metrics.render_bytes() + generate_latest(service.process_registry)
+
     state = WebState(
         store=service.store,
-        metrics=lambda: service.metrics.render() + generate_latest(service.process_registry).decode(),
+        metrics=exposition,
         reload=service.reload,
         ready=lambda: service.scheduler.running,
         probe=service.probe,

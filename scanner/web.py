@@ -39,7 +39,7 @@ class WebState:
     """What the handlers read; owned by the service."""
 
     store: ResultStore
-    metrics: Callable[[], str]  # the whole /metrics text
+    metrics: Callable[[], Awaitable[bytes]]  # the whole /metrics exposition
     reload: Callable[[], str | None]  # returns the error, or None when the new config applied
     ready: Callable[[], bool]
     probe: Callable[[str, float | None], Awaitable[tuple[int, str]]]  # (target, scrape timeout) -> (status, body)
@@ -48,7 +48,7 @@ class WebState:
 class ScrapeQueue:
     """One /metrics render at a time: scrapes queue for their turn (yielding to /-/healthy); past `limit`, 503."""
 
-    def __init__(self, render: Callable[[], str], limit: int = MAX_QUEUED_SCRAPES) -> None:
+    def __init__(self, render: Callable[[], Awaitable[bytes]], limit: int = MAX_QUEUED_SCRAPES) -> None:
         self._render = render
         self._limit = limit
         self._turn = asyncio.Semaphore(1)
@@ -62,7 +62,7 @@ class ScrapeQueue:
         try:
             async with self._turn:
                 await asyncio.sleep(0)  # requests that arrived first (health checks) go before this render
-                return self._render().encode()
+                return await self._render()
         finally:
             self._queued -= 1
 

@@ -286,15 +286,27 @@ def run_scanner(*args: str, timeout: float = 60.0) -> subprocess.CompletedProces
     )
 
 
+def worker_pids(pid: int) -> list[int]:
+    """The child processes of pid (the daemon's handshake workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
 def established_connections(pid: int, port: int) -> int:
-    """TCP connections of process pid, ESTABLISHED to remote port `port` on 127.0.0.1 or ::1."""
+    """TCP connections of process pid and its workers, ESTABLISHED to remote port `port` on 127.0.0.1 or ::1."""
     inodes: set[str] = set()
-    with contextlib.suppress(OSError):
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                link = os.readlink(fd)
-                if link.startswith("socket:["):
-                    inodes.add(link[8:-1])
+    for owner in (pid, *worker_pids(pid)):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{owner}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
     count = 0
     for table in ("tcp", "tcp6"):
         with contextlib.suppress(OSError):

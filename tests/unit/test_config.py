@@ -40,7 +40,7 @@ INVALID_FILES = {
     ),
     "unknown_key_top.yaml": (
         2,
-        'unknown key "target" at top level (allowed: concurrency, defaults, targets, resolver, '
+        'unknown key "target" at top level (allowed: concurrency, workers, defaults, targets, resolver, '
         "max_range_endpoints, probe, politeness, clients)",
     ),
     "unknown_key_defaults.yaml": (
@@ -102,6 +102,26 @@ INVALID_INLINE = {
         'concurrency: expected an integer >= 1, got "8"',
     ),
     "defaults_list": ("defaults: []\ntargets: [python.org]\n", 1, "defaults: expected a mapping, got list"),
+    "workers_negative": (
+        "targets: [python.org]\nworkers: -1\n",
+        2,
+        'workers: expected "auto" or an integer 0-64, got -1',
+    ),
+    "workers_too_many": (
+        "targets: [python.org]\nworkers: 65\n",
+        2,
+        'workers: expected "auto" or an integer 0-64, got 65',
+    ),
+    "workers_word": (
+        "workers: two\ntargets: [python.org]\n",
+        1,
+        'workers: expected "auto" or an integer 0-64, got "two"',
+    ),
+    "workers_bool": (
+        "workers: yes\ntargets: [python.org]\n",
+        1,
+        'workers: expected "auto" or an integer 0-64, got boolean yes',
+    ),
     "targets_null": ("targets:\n", 1, "targets: at least one target is required"),
     "targets_string": ("targets: python.org\n", 1, 'targets: expected a list, got "python.org"'),
     "target_int": (
@@ -531,6 +551,15 @@ def test_invalid_inline(tmp_path: Path, case: str) -> None:
     error = _error(path)
     assert (error.line, error.message) == (line, message)
     assert str(error) == f"{path}:{line}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("line", "workers"), [("", None), ("workers: auto\n", None), ("workers: 0\n", 0), ("workers: 3\n", 3)]
+)
+def test_workers(tmp_path: Path, line: str, workers: int | None) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(line + "targets: [python.org]\n")
+    assert load_config(path).workers == workers
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -1,0 +1,319 @@
+"""Sweeps in worker processes: each runs its own event loop, handshake threads and sslyze; this process keeps the
+schedule, the store and HTTP.
+
+One interpreter holds the GIL for every handshake's Python work; past ~1,000 handshakes a second that is the wall,
+and a /metrics render or a health check waits behind it. The workers are `python -m scanner.worker` children
+speaking length-prefixed pickles over their stdin and stdout (our own processes, nothing else writes there).
+Names are resolved here, and a sweep goes to the worker its lowest address hashes to, so the per-address
+politeness caps hold for targets that share addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import os
+import pickle
+import struct
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+from scanner.config import Politeness, Resolver, TargetConfig
+from scanner.deep_results import DeepResult
+from scanner.locate import Located, locate
+from scanner.results import ErrorReason, SweepResult
+
+log = logging.getLogger(__name__)
+
+AUTO_MAX_WORKERS = 8  # `workers: auto` never starts more, whatever the CPU count
+_HEADER = struct.Struct(">I")
+STOP_WAIT_SECONDS = 5.0  # for a worker to exit once its stdin is closed, before it is killed
+RESTART_DELAY_SECONDS = 1.0  # before a worker that died is started again
+
+
+class Sweeper(Protocol):
+    """What runs sweeps and deep scans: the in-process Prober or the WorkerPool."""
+
+    resolver: Resolver | None
+
+    async def sweep(self, target: TargetConfig, addresses: list[str] | None = None) -> SweepResult: ...
+
+    async def deep(self, target: TargetConfig, addresses: Sequence[str]) -> DeepResult: ...
+
+    def stop(self) -> None:
+        """Shutting down: handshakes not yet started end as errors instead."""
+
+    async def shutdown(self) -> None:
+        """Release the threads and processes; sweeps still running end as errors."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a container's limit)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    return cpus
+
+
+def worker_count(configured: int | None) -> int:
+    """`workers:` as configured, or for `auto` (None) one per usable CPU up to AUTO_MAX_WORKERS, and none (sweeps
+    in this process) on a single CPU, where a worker would only add memory."""
+    if configured is not None:
+        return configured
+    cpus = available_cpus()
+    return 0 if cpus < 2 else min(cpus, AUTO_MAX_WORKERS)
+
+
+def make_sweeper(workers: int, concurrency: int, politeness: Politeness, resolver: Resolver | None) -> Sweeper:
+    """A WorkerPool of `workers` processes, or with 0 the Prober in this process (only then is sslyze loaded here)."""
+    if workers == 0:
+        from scanner.probe import Prober
+
+        return Prober(concurrency, politeness, resolver)
+    return WorkerPool(workers, concurrency, politeness, resolver)
+
+
+# --- the messages, pickled both ways -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The first message a worker reads."""
+
+    concurrency: int
+    politeness: Politeness
+    log_level: int
+    json_logs: bool
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    id: int
+    target: TargetConfig
+    located: Located
+
+
+@dataclass(frozen=True)
+class DeepRequest:
+    id: int
+    target: TargetConfig
+    addresses: tuple[str, ...]
+    started_at: float  # unix time
+
+
+@dataclass(frozen=True)
+class Cancel:
+    id: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Shutting down: handshakes not yet started end as errors."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    id: int
+    result: SweepResult | DeepResult | None
+    error: str | None = None  # the sweep raised (a bug, logged by the worker): result is None
+
+
+def frame(message: object) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+async def read_frame(reader: asyncio.StreamReader) -> object | None:
+    """The next message, or None at the end of the stream."""
+    try:
+        size = _HEADER.unpack(await reader.readexactly(_HEADER.size))[0]
+        message: object = pickle.loads(await reader.readexactly(size))
+    except asyncio.IncompleteReadError:
+        return None
+    return message
+
+
+# --- the pool ----------------------------------------------------------------------------------------------------
+
+
+class WorkerError(Exception):
+    """A sweep raised inside a worker (its traceback is in the worker's log)."""
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[SweepResult | DeepResult]
+    request: SweepRequest | DeepRequest
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    pending: dict[int, _Pending] = field(default_factory=dict)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    reader: asyncio.Task[None] | None = None
+
+
+class WorkerPool:
+    """Sweeps and deep scans in `count` worker processes, `concurrency` handshakes in flight across them."""
+
+    def __init__(self, count: int, concurrency: int, politeness: Politeness, resolver: Resolver | None) -> None:
+        if count < 1:
+            raise ValueError("a worker pool needs at least one worker")
+        self.resolver = resolver
+        self.settings = Settings(
+            concurrency=max(1, math.ceil(concurrency / count)),
+            politeness=politeness,
+            log_level=logging.getLogger().getEffectiveLevel(),
+            json_logs=any(type(h.formatter).__name__ == "JsonFormatter" for h in logging.getLogger().handlers),
+        )
+        self._workers = [_Worker(i) for i in range(count)]
+        self._ids = itertools.count()
+        self._stopping = False
+        self._closing = False
+        self._starting: asyncio.Task[None] | None = None
+
+    def stop(self) -> None:
+        self._stopping = True
+        for worker in self._workers:
+            self._send(worker, Stop())
+
+    async def sweep(self, target: TargetConfig, addresses: list[str] | None = None) -> SweepResult:
+        located = await locate(target, addresses, self.resolver)
+        if located.error is not None:
+            return located.failed(target)
+        request = SweepRequest(next(self._ids), target, located)
+        result = await self._ask(located.route or target.host, request)
+        assert isinstance(result, SweepResult)
+        # The configured target, not the worker's copy of it: one TargetConfig per target stays in memory.
+        return replace(result, target=target)
+
+    async def deep(self, target: TargetConfig, addresses: Sequence[str]) -> DeepResult:
+        request = DeepRequest(next(self._ids), target, tuple(addresses), time.time())
+        result = await self._ask(min(addresses, default="") or target.host, request)
+        assert isinstance(result, DeepResult)
+        return replace(result, target=target)
+
+    async def _ask(self, route: str, request: SweepRequest | DeepRequest) -> SweepResult | DeepResult:
+        if self._starting is None:
+            self._starting = asyncio.create_task(self._start_all())
+        worker = self._workers[zlib.crc32(route.encode()) % len(self._workers)]
+        await worker.started.wait()
+        if self._closing or worker.process is None:
+            return _failed(request, "the worker processes are stopping")
+        future: asyncio.Future[SweepResult | DeepResult] = asyncio.get_running_loop().create_future()
+        worker.pending[request.id] = _Pending(future, request)
+        self._send(worker, request)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if worker.pending.pop(request.id, None) is not None:
+                self._send(worker, Cancel(request.id))
+            raise
+
+    async def _start_all(self) -> None:
+        await asyncio.gather(*(self._start(worker) for worker in self._workers))
+
+    async def _start(self, worker: _Worker) -> None:
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        # glibc gives each of the handshake threads' OpenSSL allocations its own arena (up to 8 per core), and the
+        # freed memory stays resident in each; two arenas hold it to a fraction at no measurable cost.
+        env.setdefault("MALLOC_ARENA_MAX", "2")
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "scanner.worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+            )
+        except OSError as exc:
+            log.error("cannot start worker process %d: %s", worker.index, exc)
+            worker.process = None
+        else:
+            self._send(worker, self.settings)
+            if self._stopping:
+                self._send(worker, Stop())
+            worker.reader = asyncio.create_task(self._read(worker), name=f"worker {worker.index} replies")
+        worker.started.set()
+
+    def _send(self, worker: _Worker, message: object) -> None:
+        process = worker.process
+        if process is None or process.stdin is None or process.stdin.is_closing():
+            return
+        process.stdin.write(frame(message))
+
+    async def _read(self, worker: _Worker) -> None:
+        process = worker.process
+        assert process is not None and process.stdout is not None
+        while True:
+            try:
+                reply = await read_frame(process.stdout)
+            except Exception:  # a garbled stream: this worker cannot be trusted any more
+                log.exception("worker process %d sent a reply that cannot be read; stopping it", worker.index)
+                process.kill()
+                break
+            if not isinstance(reply, Reply):
+                break
+            pending = worker.pending.pop(reply.id, None)
+            if pending is None or pending.future.done():
+                continue  # cancelled meanwhile
+            if reply.result is not None:
+                pending.future.set_result(reply.result)
+            else:
+                pending.future.set_exception(WorkerError(reply.error or "unknown error"))
+        code = await process.wait()
+        for pending in worker.pending.values():
+            if not pending.future.done():
+                pending.future.set_result(_failed(pending.request, f"worker process exited with code {code}"))
+        worker.pending.clear()
+        if self._closing:
+            return
+        log.error("worker process %d exited with code %s; starting it again", worker.index, code)
+        worker.started.clear()
+        worker.process = None
+        await asyncio.sleep(RESTART_DELAY_SECONDS)
+        if not self._closing:
+            await self._start(worker)
+
+    async def shutdown(self) -> None:
+        """Close each worker's stdin (it finishes and exits), kill any still there after STOP_WAIT_SECONDS."""
+        self._closing = True
+        if self._starting is not None:
+            await self._starting
+        for worker in self._workers:
+            if worker.process is not None and worker.process.stdin is not None:
+                worker.process.stdin.close()
+        for worker in self._workers:
+            process = worker.process
+            if process is None:
+                continue
+            try:
+                await asyncio.wait_for(process.wait(), STOP_WAIT_SECONDS)
+            except TimeoutError:
+                log.warning("worker process %d did not exit; killing it", worker.index)
+                process.kill()
+                await process.wait()
+            if worker.reader is not None:
+                await worker.reader
+
+
+def _failed(request: SweepRequest | DeepRequest, why: str) -> SweepResult | DeepResult:
+    """The error result of a request its worker could not answer: never a verdict on the target."""
+    if isinstance(request, SweepRequest):
+        return request.located.result(request.target, error=why, error_reason=ErrorReason.OTHER)
+    return DeepResult(request.target, request.started_at, time.time() - request.started_at, error=why)

@@ -1,0 +1,81 @@
+"""A worker process of the pool (scanner.pool): sweeps and deep scans on its own event loop and handshake threads.
+
+Started by the daemon or `--once` as `python -m scanner.worker`; reads requests on stdin and writes replies on
+stdout (length-prefixed pickles), logs to stderr. It exits when its stdin closes, so it never outlives its parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from scanner.logs import setup_logging
+from scanner.pool import Cancel, DeepRequest, Reply, Settings, Stop, SweepRequest, frame, read_frame
+from scanner.probe import Prober
+
+log = logging.getLogger(__name__)
+
+
+def main() -> None:
+    # The parent decides when this process stops (by closing stdin): a Ctrl-C or a SIGTERM sent to the whole
+    # process group (systemd's default) must not cut sweeps short behind its back.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    # Replies get a private copy of stdout; anything else printing to fd 1 (a library, a stray print) goes to stderr
+    # instead of corrupting the stream.
+    replies = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    asyncio.run(_serve(replies))
+
+
+async def _serve(replies: object) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, replies)
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    settings = await read_frame(reader)
+    if not isinstance(settings, Settings):
+        return  # the parent went away before it said anything
+    setup_logging(logging.getLevelName(settings.log_level), "json" if settings.json_logs else "text")
+    prober = Prober(settings.concurrency, settings.politeness)
+    tasks: dict[int, asyncio.Task[None]] = {}
+
+    async def answer(request: SweepRequest | DeepRequest) -> None:
+        try:
+            if isinstance(request, SweepRequest):
+                reply = Reply(request.id, await prober.sweep_located(request.target, request.located))
+            else:
+                reply = Reply(request.id, await prober.deep(request.target, request.addresses))
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # a bug: logged here with its traceback, reported to the parent as an error
+            log.exception("sweep of %s failed", request.target.name)
+            reply = Reply(request.id, None, f"{type(exc).__name__}: {exc}")
+        finally:
+            tasks.pop(request.id, None)
+        writer.write(frame(reply))
+
+    while (message := await read_frame(reader)) is not None:
+        if isinstance(message, SweepRequest | DeepRequest):
+            tasks[message.id] = asyncio.create_task(answer(message))
+        elif isinstance(message, Cancel):
+            task = tasks.pop(message.id, None)
+            if task is not None:
+                task.cancel()
+        elif isinstance(message, Stop):
+            prober.stop()
+    # stdin closed: the parent is stopping (or gone). What is still running ends now.
+    prober.stop()
+    for task in list(tasks.values()):
+        task.cancel()
+    await asyncio.gather(*tasks.values(), return_exceptions=True)
+    prober.close()
+    transport.close()
+
+
+if __name__ == "__main__":
+    main()

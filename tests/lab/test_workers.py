@@ -1,0 +1,139 @@
+"""Worker processes (`workers:`): the same answers as one process, a worker's death is an error and never a
+verdict, and no worker outlives the daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from scanner.protocols import Protocol as P
+from tests.lab.daemon import Daemon, established_connections, run_once, until, worker_pids
+from tests.lab.servers import LabStack, tarpit
+
+DaemonFactory = Callable[..., Daemon]
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonFactory]:
+    started: list[Daemon] = []
+
+    def start(config: Path) -> Daemon:
+        d = Daemon(config, tmp_path / "state.db", tmp_path / f"daemon-{len(started)}.log", "--log-level", "debug")
+        started.append(d)
+        return d.start()
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+def write(path: Path, workers: int | str, targets: list[dict[str, Any]], **defaults: Any) -> Path:
+    document = {
+        "workers": workers,
+        "defaults": {"interval": "1s", "timeout": "2s", "deep_interval": 0, **defaults},
+        "targets": targets,
+    }
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes (its parent has not reaped it yet).
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+
+
+def test_workers_give_the_same_matrix_as_one_process(lab: LabStack, tmp_path: Path) -> None:
+    """`--once` over servers with different version sets: `workers: 2` answers exactly as `workers: 0`."""
+    sets = [{P.TLSv1_2, P.TLSv1_3}, {P.TLSv1_0, P.TLSv1_1, P.TLSv1_2}, {P.TLSv1_3}, {P.TLSv1_2}]
+    servers = [lab.tls_server(versions) for versions in sets]
+    targets = [{"name": f"s{i}", "host": "127.0.0.1", "port": s.port} for i, s in enumerate(servers)]
+    answers = {}
+    for workers in (0, 2):
+        run = run_once(write(tmp_path / f"w{workers}.yaml", workers, targets), "--format", "json")
+        assert run.returncode == 0, run.stderr
+        answers[workers] = {t["name"]: t["protocols"] for t in json.loads(run.stdout)["targets"]}
+    assert answers[2] == answers[0]
+    for i, versions in enumerate(sets):
+        assert {p for p, state in answers[2][f"s{i}"].items() if state == "accepted"} == {p.value for p in versions}
+
+
+def test_a_killed_worker_is_an_error_not_a_rejection_and_is_replaced(
+    lab: LabStack, daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """SIGKILL every worker while a tarpit holds a sweep: that sweep is an error, the TLS server's versions never
+    flip, new workers are started and sweeping goes on."""
+    pit = lab.peer(tarpit)
+    good = lab.tls_server({P.TLSv1_2, P.TLSv1_3})
+    targets = [
+        {"name": "pit", "host": "127.0.0.1", "port": pit.port},
+        {"name": "good", "host": "127.0.0.1", "port": good.port},
+    ]
+    d = daemon(write(tmp_path / "c.yaml", 2, targets, timeout="5s"))
+    d.wait_sweep("good")
+    until(lambda: established_connections(d.pid, pit.port) > 0, 10, "a worker to hang on the tarpit")
+    before = worker_pids(d.pid)
+    assert len(before) == 2
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+    scrape = d.wait_sweep("pit", after=killed_at - 5, timeout=15)
+    assert scrape.value("tls_scanner_scan_success", target="pit") == 0.0
+    assert scrape.value("tls_scanner_protocol_accepted", target="pit", protocol="TLSv1.2", address="127.0.0.1") is None
+    until(lambda: len([p for p in worker_pids(d.pid) if p not in before]) == 2, 10, "two new workers")
+    scrape = d.wait_sweep("good", after=time.time(), timeout=15)
+    for protocol in ("TLSv1.2", "TLSv1.3"):
+        labels = {"target": "good", "protocol": protocol, "address": "127.0.0.1"}
+        assert scrape.value("tls_scanner_protocol_accepted", **labels) == 1.0
+        assert scrape.value("tls_scanner_protocol_changes_total", **labels) == 0.0
+    for protocol in ("TLSv1.0", "SSLv3"):
+        labels = {"target": "good", "protocol": protocol, "address": "127.0.0.1"}
+        assert scrape.value("tls_scanner_protocol_changes_total", **labels) == 0.0
+    log = d.log_text()
+    assert "exited with code -9; starting it again" in log
+    assert "Traceback" not in log
+
+
+def test_no_worker_outlives_the_daemon(lab: LabStack, daemon: DaemonFactory, tmp_path: Path) -> None:
+    """SIGTERM: exit 0 with every worker gone; SIGKILL of the daemon: its workers see their stdin close and exit."""
+    server = lab.tls_server({P.TLSv1_2, P.TLSv1_3})
+    config = write(tmp_path / "c.yaml", 2, [{"name": "t", "host": "127.0.0.1", "port": server.port}])
+    first = daemon(config)
+    first.wait_sweep("t")
+    workers = worker_pids(first.pid)
+    assert len(workers) == 2
+    first.send(signal.SIGTERM)
+    assert first.wait(10) == 0, first.log_text()[-2000:]
+    until(lambda: not any(alive(pid) for pid in workers), 5, "the workers to exit after SIGTERM")
+
+    second = daemon(config)
+    second.wait_sweep("t")
+    workers = worker_pids(second.pid)
+    assert len(workers) == 2
+    second.send(signal.SIGKILL)
+    second.wait(5)
+    until(lambda: not any(alive(pid) for pid in workers), 5, "the workers to exit after the daemon's SIGKILL")
+
+
+def test_ctrl_c_to_the_process_group_stops_cleanly(lab: LabStack, daemon: DaemonFactory, tmp_path: Path) -> None:
+    """SIGINT to the whole group (a terminal's Ctrl-C): the workers ignore it, the daemon stops them itself."""
+    server = lab.tls_server({P.TLSv1_2, P.TLSv1_3})
+    d = daemon(write(tmp_path / "c.yaml", 2, [{"name": "t", "host": "127.0.0.1", "port": server.port}]))
+    d.wait_sweep("t")
+    workers = worker_pids(d.pid)
+    for pid in (*workers, d.pid):
+        os.kill(pid, signal.SIGINT)
+    assert d.wait(10) == 0, d.log_text()[-2000:]
+    assert "Traceback" not in d.log_text()
+    until(lambda: not any(alive(pid) for pid in workers), 5, "the workers to exit")
