@@ -118,10 +118,17 @@ def make_lab(n: int, address_base: str | None = None) -> Lab:
 
 
 def write_config(
-    path: Path, lab: Lab, *, timeout: str = "5s", interval: str = "60s", deep_interval: str | None = None
+    path: Path,
+    lab: Lab,
+    *,
+    timeout: str = "5s",
+    interval: str = "60s",
+    deep_interval: str | None = None,
+    workers: str | None = None,
 ) -> None:
     """A scanner config with one target per server block (all protocols, no expectations)."""
-    lines = ["defaults:", f"  timeout: {timeout}", f"  interval: {interval}"]
+    lines = [f"workers: {workers}"] if workers is not None else []
+    lines += ["defaults:", f"  timeout: {timeout}", f"  interval: {interval}"]
     lines += [f"  deep_interval: {deep_interval}"] if deep_interval is not None else []
     lines.append("targets:")
     for server in lab.servers:
@@ -499,34 +506,48 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-class HealthPoller:
-    """GET /-/healthy every `every` seconds on a fresh connection (as a kubelet does), from a thread, recording each
-    latency: the longest shows how long a scrape or a burst of sweeps held the daemon's event loop."""
+_POLLER = """
+import sys, time, urllib.request
+url, every, out = sys.argv[1], float(sys.argv[2]), open(sys.argv[3], "w", buffering=1)
+while True:
+    sent = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            response.read()
+        out.write(f"{sent} {time.monotonic() - sent}\\n")
+    except OSError:
+        pass
+    time.sleep(max(0.0, every - (time.monotonic() - sent)))
+"""
 
-    def __init__(self, base: str, every: float = 0.02) -> None:
-        self.base = base
-        self.every = every
-        self.latencies: list[tuple[float, float]] = []  # (monotonic time sent, seconds)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+
+class HealthPoller:
+    """GET /-/healthy every `every` seconds on a fresh connection (as a kubelet does), from a process of its own (so
+    the bench's own work cannot delay it), recording each latency: the longest shows how long a scrape or a burst of
+    sweeps held the daemon's event loop."""
+
+    def __init__(self, base: str, workdir: Path, every: float = 0.02) -> None:
+        self._out = workdir / "healthy.txt"
+        self._cmd = [sys.executable, "-c", _POLLER, base + "/-/healthy", str(every), str(self._out)]
+        self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> HealthPoller:
-        self._thread.start()
+        self._proc = subprocess.Popen(self._cmd, stdin=subprocess.DEVNULL)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            sent = time.monotonic()
-            with contextlib.suppress(OSError):
-                self.latencies.append((sent, _get(self.base + "/-/healthy", 5)[0]))
-            self._stop.wait(max(0.0, self.every - (time.monotonic() - sent)))
+        if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGTERM)
+            self._proc.wait(5)
 
     def since(self, start: float, end: float = float("inf")) -> list[float]:
-        return [latency for sent, latency in self.latencies if start <= sent < end]
+        found = []
+        for line in self._out.read_text().splitlines() if self._out.exists() else []:
+            with contextlib.suppress(ValueError):
+                sent, latency = map(float, line.split())
+                if start <= sent < end:
+                    found.append(latency)
+        return found
 
 
 def _keep_log(path: Path, name: str) -> None:
@@ -603,7 +624,7 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
         result["distinct_addresses"] = lab.servers[0].listen != HOST
         nginx_workers = _children(server.master_pid)
         config = work / "endpoints.yaml"
-        write_config(config, lab, timeout="5s", interval="60s", deep_interval=args.deep_interval)
+        write_config(config, lab, timeout="5s", interval="60s", deep_interval=args.deep_interval, workers=args.workers)
         state_file = work / "state.db"
         port = lab.spare_port
         base = f"http://{HOST}:{port}"
@@ -627,7 +648,7 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
         wait_for(healthy, 60, interval=0.05, what="daemon /-/healthy")
         result["http_up_s"] = time.monotonic() - started
         result["rss_at_http_up_mb"] = _tree_memory(proc.pid)["rss"]
-        health = stack.enter_context(HealthPoller(base))
+        health = stack.enter_context(HealthPoller(base, work))
         round_start = time.monotonic()
 
         def scanner_cpu() -> float:
@@ -893,6 +914,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--deep-interval", default=None, help="daemon: `deep_interval:` in the config's defaults (0: no deep tier)"
     )
+    parser.add_argument("--workers", default=None, help="daemon: `workers:` in the config (default: not set, auto)")
     parser.add_argument("--no-peers", action="store_true", help="wan: skip the sslyze CLI and sslscan")
     parser.add_argument("--profile", type=Path, default=None, help="wan: py-spy the first full run into this file")
     parser.add_argument(

@@ -19,7 +19,7 @@ class MozillaProfile(enum.StrEnum):
     MODERN = "modern"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CertificateInfo:
     """The leaf certificate an address serves, and whether its chain validates for the target's name."""
 
@@ -34,7 +34,7 @@ class CertificateInfo:
     error: str | None = None  # why validation failed; set when not valid
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeepAddressResult:
     """One address's deep answers; an error leaves the parts it prevented empty."""
 
@@ -51,7 +51,7 @@ class DeepAddressResult:
         return None if reasons is None else not reasons
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeepResult:
     """One deep scan of one target: every address it resolved to, plus a target-level error if any."""
 
@@ -123,7 +123,7 @@ def deep_from_dict(address: str, data: Mapping[str, Any]) -> DeepAddressResult:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeepState:
     """What the last deep scans established about one address, kept to detect changes between scans."""
 
@@ -132,7 +132,7 @@ class DeepState:
     changes: Mapping[Protocol, int] = field(default_factory=dict)  # suites that appeared or disappeared, per version
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeepChange:
     """A cipher suite appearing or disappearing on a version, or the certificate being replaced."""
 

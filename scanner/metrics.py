@@ -11,6 +11,7 @@ import asyncio
 import functools
 import importlib.metadata
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -203,7 +204,9 @@ class _Labels:
 
 @dataclass(frozen=True)
 class _TargetLines:
-    lines: dict[Family, bytes]  # every line of the family, UTF-8
+    # Per family in TARGET_FAMILIES order, its lines (UTF-8), b"" for none: a tuple of bytes is not even walked by the
+    # garbage collector, which matters with 10,000 of them.
+    lines: tuple[bytes, ...]
     range_state: str | None  # "open" / "closed" for range endpoints that were swept
 
 
@@ -229,8 +232,8 @@ def _expose(
             counts = ranges.setdefault(target.range, Counter())
             if entry.range_state is not None:
                 counts[entry.range_state] += 1
-    for family in TARGET_FAMILIES:
-        yield family.header().encode() + b"".join([entry.lines.get(family, b"") for _, entry in targets])
+    for index, family in enumerate(TARGET_FAMILIES):
+        yield family.header().encode() + b"".join([entry.lines[index] for _, entry in targets])
     own = [
         RANGES.header()
         + "".join(
@@ -259,15 +262,30 @@ def _expose(
 RENDER_SLICE_SECONDS = 0.01
 
 
+class Exposition(list[bytes]):
+    """One render of /metrics in parts (a family each), sent part by part: at 10,000 targets it is 40 MB, and
+    joining it would copy that again. A list subclass so the scrapes that come while it is current share it."""
+
+
 class ScannerMetrics:
     """Renders every tls_scanner_* family from the store; removed targets vanish with the config."""
 
-    def __init__(self, store: ResultStore, reload: SafeConfig | None = None, shard: Shard | None = None) -> None:
+    def __init__(
+        self,
+        store: ResultStore,
+        reload: SafeConfig | None = None,
+        shard: Shard | None = None,
+        also: Callable[[], bytes] | None = None,
+    ) -> None:
         self.store = store
         self.reload = reload
         self.shard = shard
+        self.also = also  # more text after ours (the process collector's)
         # name -> (what the lines were built from: the target's config and sweep count, the lines)
         self._cache: dict[str, tuple[tuple[TargetConfig, int], _TargetLines]] = {}
+        # The last render while some scrape still holds it, and what it was rendered from: kept no longer, so the
+        # 40 MB are not held between scrapes.
+        self._last: tuple[tuple[object, ...], weakref.ref[Exposition]] | None = None
 
     def render(self) -> str:
         """The text exposition of the store, plus the scanner's own state."""
@@ -276,15 +294,23 @@ class ScannerMetrics:
             pass
         return b"".join(parts).decode()
 
-    async def render_bytes(self) -> bytes:
-        """render(), encoded, giving the event loop a turn every RENDER_SLICE_SECONDS of the work.
-
-        Not kept after: at 10,000 targets the text is 40 MB, and sweeps change it within the second anyway.
-        """
-        parts: list[bytes] = []
+    async def exposition(self) -> Exposition:
+        """render(), encoded and in parts, giving the event loop a turn every RENDER_SLICE_SECONDS of the work."""
+        key = self._key()
+        last = self._last[1]() if self._last is not None and self._last[0] == key else None
+        if last is not None:
+            return last
+        parts = Exposition()
         for _ in self._render(parts):
             await asyncio.sleep(0)
-        return b"".join(parts)
+        if self.also is not None:
+            parts.append(self.also())
+        self._last = (key, weakref.ref(parts))
+        return parts
+
+    def _key(self) -> tuple[object, ...]:
+        reload = None if self.reload is None else (self.reload.config, self.reload.reload_successful)
+        return (self.store.generation, self.store.write_errors, reload)
 
     def _render(self, parts: list[bytes]) -> Iterator[None]:
         """Append the exposition to `parts`, building the lines of targets swept since the last render; yields
@@ -318,7 +344,7 @@ def _build(status: TargetStatus) -> _TargetLines:
         lines.setdefault(family, []).append(f"{family.name}{{{labels}}} {_number(value)}\n")
 
     def done() -> _TargetLines:
-        return _TargetLines({f: "".join(found).encode() for f, found in lines.items()}, range_state)
+        return _TargetLines(tuple("".join(lines.get(f, ())).encode() for f in TARGET_FAMILIES), range_state)
 
     target = status.target
     sweep = status.last_sweep

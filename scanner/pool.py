@@ -201,17 +201,22 @@ class WorkerPool:
 
     async def deep(self, target: TargetConfig, addresses: Sequence[str]) -> DeepResult:
         request = DeepRequest(next(self._ids), target, tuple(addresses), time.time())
-        result = await self._ask(min(addresses, default="") or target.host, request)
+        # Always the first worker: the deep tier runs one scan at a time, and only that worker loads all of sslyze.
+        result = await self._ask(None, request)
         assert isinstance(result, DeepResult)
         return replace(result, target=target)
 
-    async def _ask(self, route: str, request: SweepRequest | DeepRequest) -> SweepResult | DeepResult:
+    async def _ask(self, route: str | None, request: SweepRequest | DeepRequest) -> SweepResult | DeepResult:
+        """Send the request to the worker `route` hashes to (None: the first) and wait for its reply."""
         if self._starting is None:
             self._starting = asyncio.create_task(self._start_all())
-        worker = self._workers[zlib.crc32(route.encode()) % len(self._workers)]
+        index = 0 if route is None else zlib.crc32(route.encode()) % len(self._workers)
+        worker = self._workers[index]
         await worker.started.wait()
-        if self._closing or worker.process is None:
+        if self._closing:
             return _failed(request, "the worker processes are stopping")
+        if worker.process is None:
+            return _failed(request, f"worker process {index} could not be started")
         future: asyncio.Future[SweepResult | DeepResult] = asyncio.get_running_loop().create_future()
         worker.pending[request.id] = _Pending(future, request)
         self._send(worker, request)

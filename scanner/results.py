@@ -37,7 +37,7 @@ class Evidence(enum.StrEnum):
     NOT_TLS = "not-tls"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProtocolResult:
     """The answer for one protocol version in one sweep."""
 
@@ -54,7 +54,7 @@ class ProtocolResult:
     retries: int = 0  # of those, hellos sent again because a refusal came without an alert
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AddressResult:
     """One address of a target: a state per configured protocol, plus an address-level error if any."""
 
@@ -71,7 +71,7 @@ class AddressResult:
         return self.error is None and all(r.state is not ProtocolState.ERROR for r in self.protocols.values())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SweepResult:
     """One sweep of one target: every address it resolved to, plus a target-level error if any."""
 

@@ -16,7 +16,7 @@ from scanner.protocols import Protocol
 from scanner.results import ErrorReason, Evidence, ProtocolResult, ProtocolState, SweepResult
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProtocolStatus:
     """The latest determined state of one protocol on one address, and the HTTP status answered over it."""
 
@@ -39,7 +39,7 @@ class TransitionKind(enum.StrEnum):
     CLIENT = "client"  # a client profile can (accepted) or cannot (rejected) connect any more
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transition:
     """A protocol flipping between accepted and rejected on one address of a target, or its HTTP status changing."""
 
@@ -59,7 +59,7 @@ ClientStatuses = Mapping[
 ]  # address -> client profile -> status (accepted: can connect)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TargetStatus:
     """Everything the collector, the web pages and the reports need about one target."""
 

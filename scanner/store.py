@@ -103,7 +103,7 @@ _STATE_COLUMNS = "target, address, protocol, state, last_change, changes, http_s
 _StateRow = tuple[str, str, str, str, float, int, int | None, float | None, int]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Record:
     """What the store holds about one configured target besides its determined states."""
 
@@ -287,6 +287,9 @@ class ResultStore:
             records[target.name] = record
         self._records = records
         self.generation += 1
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._records
 
     def names(self) -> list[str]:
         """The configured targets' names, in config order."""

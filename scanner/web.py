@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from scanner.config import Expectation
 from scanner.deep_results import deep_to_dict, strictest_profile
+from scanner.metrics import RENDER_SLICE_SECONDS
 from scanner.policy import deadlines, evaluate, has_policy, verdict, wanted
 from scanner.protocols import ALL_PROTOCOLS, Protocol
 from scanner.report import deep_scan_to_dict, sweep_to_dict
@@ -23,6 +25,9 @@ from scanner.results import ProtocolResult, ProtocolState
 from scanner.status import ProtocolStatus, TargetStatus, Transition, TransitionKind
 from scanner.store import ResultStore
 from scanner.webconfig import WebGuard
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 RECENT_TRANSITIONS = 20
 MAX_QUEUED_SCRAPES = 64  # /metrics requests waiting for a render; more at once get 503
@@ -39,7 +44,7 @@ class WebState:
     """What the handlers read; owned by the service."""
 
     store: ResultStore
-    metrics: Callable[[], Awaitable[bytes]]  # the whole /metrics exposition
+    metrics: Callable[[], Awaitable[Sequence[bytes]]]  # the whole /metrics exposition, in parts
     reload: Callable[[], str | None]  # returns the error, or None when the new config applied
     ready: Callable[[], bool]
     probe: Callable[[str, float | None], Awaitable[tuple[int, str]]]  # (target, scrape timeout) -> (status, body)
@@ -48,14 +53,14 @@ class WebState:
 class ScrapeQueue:
     """One /metrics render at a time: scrapes queue for their turn (yielding to /-/healthy); past `limit`, 503."""
 
-    def __init__(self, render: Callable[[], Awaitable[bytes]], limit: int = MAX_QUEUED_SCRAPES) -> None:
+    def __init__(self, render: Callable[[], Awaitable[Sequence[bytes]]], limit: int = MAX_QUEUED_SCRAPES) -> None:
         self._render = render
         self._limit = limit
         self._turn = asyncio.Semaphore(1)
         self._queued = 0
 
-    async def body(self) -> bytes | None:
-        """The exposition, or None when too many scrapes are already waiting."""
+    async def body(self) -> Sequence[bytes] | None:
+        """The exposition in parts, or None when too many scrapes are already waiting."""
         if self._queued >= self._limit:
             return None
         self._queued += 1
@@ -69,6 +74,7 @@ class ScrapeQueue:
 
 STATE = web.AppKey("state", WebState)
 SCRAPES = web.AppKey("scrapes", ScrapeQueue)
+GUARD = web.AppKey("guard", WebGuard)
 
 
 def make_runner(app: web.Application) -> web.AppRunner:
@@ -97,6 +103,7 @@ def make_app(state: WebState, guard: WebGuard) -> web.Application:
     app = web.Application(middlewares=[guard.middleware])
     app[STATE] = state
     app[SCRAPES] = ScrapeQueue(state.metrics)
+    app[GUARD] = guard
     app.router.add_get("/", status_page)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/targets", targets_api)
@@ -107,11 +114,16 @@ def make_app(state: WebState, guard: WebGuard) -> web.Application:
     return app
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(request: web.Request) -> web.StreamResponse:
     body = await request.app[SCRAPES].body()
     if body is None:
         return web.Response(status=503, text="too many scrapes at once\n", headers={"Retry-After": "1"})
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return await _send(request, CONTENT_TYPE_LATEST, _each(body), length=sum(len(part) for part in body))
+
+
+async def _each(parts: Sequence[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
 
 
 async def probe(request: web.Request) -> web.Response:
@@ -203,9 +215,65 @@ def target_to_dict(status: TargetStatus) -> dict[str, Any]:
     }
 
 
-async def targets_api(request: web.Request) -> web.Response:
-    snapshot = request.app[STATE].store.snapshot(with_transitions=RECENT_TRANSITIONS)
-    return web.json_response({"targets": [target_to_dict(s) for s in snapshot]})
+async def targets_api(request: web.Request) -> web.StreamResponse:
+    return await _send(request, "application/json; charset=utf-8", _targets_json(request.app[STATE].store))
+
+
+async def _targets_json(store: ResultStore) -> AsyncIterator[bytes]:
+    """`{"targets": [...]}` as json.dumps writes it, a slice of targets at a time: at 10,000 targets it is 21 MB."""
+    recent = store.transitions(RECENT_TRANSITIONS)
+    yield b'{"targets": ['
+    batch: list[str] = []
+    separator = ""
+    pause = time.monotonic() + RENDER_SLICE_SECONDS
+    for name in store.names():
+        if name in store:  # not removed by a reload while the answer was being sent
+            batch.append(separator + json.dumps(target_to_dict(store.status(name, recent.get(name, ())))))
+            separator = ", "
+        if time.monotonic() > pause:
+            yield "".join(batch).encode()
+            batch = []
+            await asyncio.sleep(0)  # writing the chunk need not wait: hand the loop back here
+            pause = time.monotonic() + RENDER_SLICE_SECONDS
+    yield ("".join(batch) + "]}").encode()
+
+
+async def _send(
+    request: web.Request, content_type: str, parts: AsyncIterable[bytes], length: int | None = None
+) -> web.StreamResponse:
+    """Stream `parts` as the response body (chunked unless `length` is known), waiting while the client's socket is
+    full: a large answer is neither joined into one copy nor queued whole in the transport's buffer."""
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    if length is not None:
+        response.content_length = length
+    # Extra headers go in before the head is sent: the middleware sees a streamed response only once it is written.
+    request.app[GUARD].headers(response)
+    await response.prepare(request)
+    async for part in parts:
+        await response.write(part)
+    await response.write_eof()
+    return response
+
+
+async def _snapshot(store: ResultStore) -> list[TargetStatus]:
+    """Every configured target's status with its recent transitions, built in slices (10,000 targets take ~0.1 s)."""
+    recent = store.transitions(RECENT_TRANSITIONS)
+    names = store.names()
+    statuses = await in_slices(names, lambda name: store.status(name, recent.get(name, ())) if name in store else None)
+    return [s for s in statuses if s is not None]  # a target removed by a reload meanwhile is left out
+
+
+async def in_slices(items: Iterable[_T], work: Callable[[_T], _R]) -> list[_R]:
+    """[work(item) for item in items], handing the event loop back every RENDER_SLICE_SECONDS: health checks and
+    scrapes are answered while a page of 10,000 targets is built."""
+    done: list[_R] = []
+    pause = time.monotonic() + RENDER_SLICE_SECONDS
+    for item in items:
+        done.append(work(item))
+        if time.monotonic() > pause:
+            await asyncio.sleep(0)
+            pause = time.monotonic() + RENDER_SLICE_SECONDS
+    return done
 
 
 def _when(ts: float | None) -> str:
@@ -365,10 +433,10 @@ def _deep_section(snapshot: list[TargetStatus], now: float) -> str:
 
 
 async def status_page(request: web.Request) -> web.Response:
-    snapshot = request.app[STATE].store.snapshot(with_transitions=RECENT_TRANSITIONS)
+    snapshot = await _snapshot(request.app[STATE].store)
     snapshot = [s for s in snapshot if not (s.last_sweep is not None and s.last_sweep.closed)]
     now = time.time()
-    rows = [row for status in snapshot for row in _rows(status, now)]
+    rows = [row for rows in await in_slices(snapshot, lambda status: _rows(status, now)) for row in rows]
     transitions = sorted((t for s in snapshot for t in s.transitions), key=lambda t: t.at, reverse=True)
     violations = [
         f"<li><b>{html.escape(s.target.name)}</b>: {html.escape(v)}</li>"

@@ -322,6 +322,10 @@ class WebGuard:
         _set_headers(response, config.headers)
         return response
 
+    def headers(self, response: web.StreamResponse) -> None:
+        """Add the configured extra headers to a response the handler streams itself (before it is prepared)."""
+        _set_headers(response, self.config.headers)
+
     def close(self) -> None:
         """Stop the bcrypt worker thread."""
         self._bcrypt.shutdown(wait=False, cancel_futures=True)

@@ -13,6 +13,7 @@ import signal
 import sys
 
 from scanner.logs import setup_logging
+from scanner.memory import trim_periodically
 from scanner.pool import Cancel, DeepRequest, Reply, Settings, Stop, SweepRequest, frame, read_frame
 from scanner.probe import Prober
 
@@ -43,6 +44,7 @@ async def _serve(replies: object) -> None:
     setup_logging(logging.getLevelName(settings.log_level), "json" if settings.json_logs else "text")
     prober = Prober(settings.concurrency, settings.politeness)
     tasks: dict[int, asyncio.Task[None]] = {}
+    trimmer = asyncio.create_task(trim_periodically())
 
     async def answer(request: SweepRequest | DeepRequest) -> None:
         try:
@@ -69,6 +71,7 @@ async def _serve(replies: object) -> None:
         elif isinstance(message, Stop):
             prober.stop()
     # stdin closed: the parent is stopping (or gone). What is still running ends now.
+    trimmer.cancel()
     prober.stop()
     for task in list(tasks.values()):
         task.cancel()

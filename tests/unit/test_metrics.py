@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from scanner import metrics as metrics_module
 from scanner.config import Config, Expectation, ProbeSettings, SafeConfig
 from scanner.metrics import ScannerMetrics
 from scanner.protocols import Protocol
@@ -143,3 +145,44 @@ def test_an_open_probe_allowlist_is_exported(allow: tuple[str, ...], value: floa
     scraper = _Scraper(ResultStore(None))
     scraper.metrics = ScannerMetrics(ResultStore(None), safe)
     assert scraper.get_sample_value("tls_scanner_probe_open_to_everything") == value
+
+
+def test_the_daemon_render_hands_the_loop_back_and_says_the_same() -> None:
+    """With a zero slice, exposition() yields to the event loop between targets and families (so a health check is
+    answered mid-render), and its parts join to exactly render()'s text; a render reused while current is the same
+    object, a changed store renders anew."""
+    store = ResultStore(None)
+    targets = [target(f"t{i}") for i in range(20)]
+    store.set_targets(targets)
+    for t in targets:
+        store.record(sweep(t, {T10: R, T12: A}, at=100, http={T12: 200}))
+    metrics = ScannerMetrics(store, _reload(successful=True, at=5.0), also=lambda: b"# also\n")
+
+    async def run() -> tuple[bytes, str, int, bool, bool]:
+        turns = 0
+
+        async def count() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        counter = asyncio.create_task(count())
+        parts = await metrics.exposition()
+        seen = turns
+        expected = metrics.render()
+        again = await metrics.exposition()
+        store.record(sweep(targets[0], {T10: A, T12: A}, at=200))
+        changed = await metrics.exposition()
+        counter.cancel()
+        return b"".join(parts), expected, seen, again is parts, b"".join(changed) != b"".join(parts)
+
+    original = metrics_module.RENDER_SLICE_SECONDS
+    metrics_module.RENDER_SLICE_SECONDS = 0.0
+    try:
+        text, expected, turns, reused, rerendered = asyncio.run(run())
+    finally:
+        metrics_module.RENDER_SLICE_SECONDS = original
+    assert turns >= 20  # a turn after each target built, at least
+    assert text == (expected + "# also\n").encode()
+    assert reused and rerendered
