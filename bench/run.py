@@ -601,6 +601,16 @@ def _determined(state_file: Path) -> int:
         return 0
 
 
+def _loop_lag(body: bytes) -> dict[str, float]:
+    """The daemon's tls_scanner_event_loop_lag_seconds histogram: cumulative counts by bucket bound, and the count."""
+    found: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        match = re.match(r'tls_scanner_event_loop_lag_seconds_(bucket\{le="([^"]+)"\}|count) (\S+)', line)
+        if match:
+            found[match.group(2) or "count"] = float(match.group(3))
+    return found
+
+
 def _last_scans(body: bytes) -> dict[str, float]:
     found = {}
     for line in body.decode().splitlines():
@@ -705,6 +715,7 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
             "nginx": (_cpu_seconds(nginx_workers) - cpu_steady[1]) / steady_window,
         }
         series = [line for line in body.decode().splitlines() if line and not line.startswith("#")]
+        result["loop_lag"] = _loop_lag(body)
         health_round, health_steady = health.since(round_start, round_end), health.since(steady_start)
         mem_now = _tree_memory(proc.pid)
         result.update(
@@ -829,6 +840,15 @@ def _print_daemon(r: dict[str, Any], n: int) -> None:
         f"({r['healthy_checks']} checks; target <= {TARGET_HEALTHY_S * 1000:.0f} ms)  "
         f"{verdict(worst <= TARGET_HEALTHY_S)}"
     )
+    lag = r["loop_lag"]
+    if lag:
+        late = lag["count"] - lag.get("0.1", 0.0)
+        print(
+            f"  daemon's event loop    {lag['count']:.0f} timers since start (one per 50 ms): "
+            f"{lag['count'] - lag['0.05']:.0f} late by > 50 ms, {late:.0f} by > 100 ms, "
+            f"{lag['count'] - lag['0.25']:.0f} by > 250 ms "
+            f"(tls_scanner_event_loop_lag_seconds)  {verdict(late == 0)}"
+        )
     print(f"  workers' anonymous     {r['memory_now_mb']['workers_anonymous']:.0f} MB of their RSS")
     print(f"  /api/v1/targets        {r['api_targets_latency_s'] * 1000:.0f} ms, {r['api_targets_bytes'] / 1e6:.1f} MB")
     cpu, window = r["cpu_during_round_s"], r["cpu_window_s"]

@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector, generate_latest
 
 from scanner.config import AddressMode, Config, SafeConfig, TargetConfig, is_ip
 from scanner.endpoint import join_host_port, parse_host_port, parse_port, split_host_port
@@ -33,6 +33,8 @@ PROBE_DEADLINE_MARGIN = 0.5
 # Connections the kernel queues for accept(): a burst of scrapes beyond the default 128 would drop SYNs, and a
 # health check caught in the drop waits a second for its retransmission (the kernel caps it at somaxconn).
 LISTEN_BACKLOG = 4096
+LOOP_LAG_PROBE_SECONDS = 0.05
+LOOP_LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:
@@ -62,6 +64,12 @@ class Service:
         self.process_registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.process_registry)
         PlatformCollector(registry=self.process_registry)
+        self.loop_lag = Histogram(
+            "tls_scanner_event_loop_lag_seconds",
+            "How late the daemon's event loop ran a timer due every 50 ms: a stall holds health checks and scrapes",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=self.process_registry,
+        )
         self.metrics = ScannerMetrics(
             self.store, self.safe_config, shard, also=lambda: generate_latest(self.process_registry)
         )
@@ -165,6 +173,15 @@ class Service:
         await self.prober.shutdown()
 
 
+async def _watch_loop_lag(histogram: Histogram) -> None:
+    """Observe how late a timer fires, every LOOP_LAG_PROBE_SECONDS: the event loop's stalls, as its users feel them."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + LOOP_LAG_PROBE_SECONDS
+        await asyncio.sleep(LOOP_LAG_PROBE_SECONDS)
+        histogram.observe(max(0.0, loop.time() - due))
+
+
 async def _freeze_long_lived(first_round_done: asyncio.Event) -> None:
     """Exempt what lives as long as the daemon from the garbage collector's full collections: now (modules, the
     config, the targets) and after the first round (each target's record, states and schedule).
@@ -251,39 +268,10 @@ async def _serve(
     service.start()
     freezer = asyncio.create_task(_freeze_long_lived(service.scheduler.first_round_done))
     trimmer = asyncio.create_task(trim_periodically())
-    import os
-    import sys
-    import threading
-    import traceback  # TEMP
-
-    if os.environ.get("TLS_STALL_DEBUG"):
-        tick = [time.monotonic()]
-
-        async def ticker():
-            while True:
-                tick[0] = time.monotonic()
-                await asyncio.sleep(0.01)
-
-        asyncio.create_task(ticker())
-        main_id = threading.get_ident()
-
-        def watch():
-            last = None
-            while True:
-                time.sleep(0.02)
-                lag = time.monotonic() - tick[0]
-                if lag > 0.08:
-                    frame = sys._current_frames().get(main_id)
-                    stack = "".join(traceback.format_list(traceback.extract_stack(frame)[-9:])) if frame else "?"
-                    key = stack[-300:]
-                    if key != last:
-                        print(f"STALL {lag * 1000:.0f} ms gc={gc.get_count()}\n{stack}", file=sys.stderr, flush=True)
-                        last = key
-
-        threading.Thread(target=watch, daemon=True).start()
+    lag = asyncio.create_task(_watch_loop_lag(service.loop_lag))
     await stop.wait()
-    freezer.cancel()
-    trimmer.cancel()
+    for task in (freezer, trimmer, lag):
+        task.cancel()
     log.info("stopping: waiting for sweeps in flight")
     await service.stop_scanning()
     await runner.cleanup()

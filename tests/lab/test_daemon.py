@@ -504,3 +504,20 @@ def test_promtool_accepts_the_metrics(lab: LabStack, daemon: DaemonFactory, tmp_
     )
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.strip() == "" and check.stderr.strip() == "", check.stdout + check.stderr
+
+
+def test_event_loop_lag_is_exported(lab: LabStack, daemon: DaemonFactory, tmp_path: Path) -> None:
+    """A timer every 50 ms observes how late the loop runs it: the count grows with time, +Inf holds them all."""
+    server = lab.tls_server({P.TLSv1_2, P.TLSv1_3})
+    d = daemon(write_config(tmp_path / "c.yaml", [target("t", server.port)]))
+    d.wait_sweep("t")
+    name = "tls_scanner_event_loop_lag_seconds"
+    first = d.metrics().value(f"{name}_count")
+    time.sleep(1.0)
+    scrape = d.metrics()
+    count = scrape.value(f"{name}_count")
+    assert first is not None and count is not None
+    assert count >= first + 10  # about 20 in a second
+    assert scrape.value(f"{name}_bucket", le="+Inf") == count
+    assert (scrape.value(f"{name}_bucket", le="0.005") or 0) <= (scrape.value(f"{name}_bucket", le="2.5") or 0)
+    assert (scrape.value(f"{name}_sum") or 0.0) >= 0.0
