@@ -30,7 +30,6 @@ DEFAULT_STATE_FILE = "tls-scanner.db"
 CONFIG_FROM_STDIN = "-"  # --config - reads the config from standard input
 COMMAND_LINE = "<command line>"  # the name errors give the HOST[:PORT] arguments
 ONCE_DEEP_CONCURRENCY = 4  # deep scans at once in `--once --deep`
-ONCE_MIN_TARGETS_PER_WORKER = 50  # `--once` with `workers: auto` sweeps fewer targets than this in its own process
 
 # Flags that mean something in one mode only, by argparse dest; given in another mode they are refused (exit 2)
 # rather than ignored. Their argparse default is None, so that "given" can be told from "defaulted".
@@ -239,18 +238,13 @@ async def scan_round(
     config: Config, targets: Sequence[TargetConfig], progress: TextIO | None, deep: bool
 ) -> tuple[list[SweepResult], dict[str, DeepResult] | None]:
     """One round over every target; with `deep`, then a deep scan of each swept target (not deep_interval 0)."""
-    sweeper = make_sweeper(once_workers(config, len(targets)), config.concurrency, config.politeness, config.resolver)
+    workers = worker_count(config.workers, len(targets))
+    sweeper = make_sweeper(workers, config.concurrency, config.politeness, config.resolver)
     try:
         sweeps = await sweep_all(sweeper, config, targets, progress)
         return sweeps, (await deep_all(sweeper, sweeps) if deep else None)
     finally:
         await sweeper.shutdown()
-
-
-def once_workers(config: Config, targets: int) -> int:
-    """Worker processes for `--once`: as for the daemon, but none for a short list, which one process sweeps
-    before the workers would have started."""
-    return worker_count(config.workers) if config.workers is not None or targets >= ONCE_MIN_TARGETS_PER_WORKER else 0
 
 
 async def deep_all(sweeper: Sweeper, sweeps: Sequence[SweepResult]) -> dict[str, DeepResult]:

@@ -58,7 +58,7 @@ class Service:
         self.web = WebGuard(web_config or WebConfig(path=""))
         self.shard = shard
         self.store = ResultStore(state_file)
-        self.workers = worker_count(config.workers)
+        self.workers = worker_count(config.workers, len(expand(config, shard or ALL)))
         self.prober = make_sweeper(self.workers, config.concurrency, config.politeness, config.resolver)
         self.scheduler = Scheduler(self.prober, self.store)
         self.process_registry = CollectorRegistry(auto_describe=False)
@@ -115,7 +115,7 @@ class Service:
         except ConfigError as exc:
             log.error("config reload failed, keeping the old config: %s", exc)
             return str(exc)
-        for key in ("concurrency", "workers", "politeness"):
+        for key in ("concurrency", "politeness"):
             if getattr(config, key) != getattr(old, key):
                 log.warning("%s changes take effect on restart", key)
         if config.probe.max_concurrent != old.probe.max_concurrent:
@@ -123,6 +123,14 @@ class Service:
         self.prober.resolver = config.resolver
         _warn_if_open(config)
         targets = self.targets
+        workers = worker_count(config.workers, len(targets))
+        if workers != self.workers:
+            log.warning(
+                "%d targets call for %d worker processes (%d now): that takes a restart",
+                len(targets),
+                workers,
+                self.workers,
+            )
         self.store.set_targets(targets)
         self.scheduler.apply(targets)
         log.info("config reloaded: %d targets", len(targets))

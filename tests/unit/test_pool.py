@@ -13,14 +13,17 @@ from scanner.protocols import Protocol
 from tests.unit.factories import A, R, sweep, target
 
 
-@pytest.mark.parametrize(("cpus", "workers"), [(1, 0), (2, 2), (4, 4), (64, pool.AUTO_MAX_WORKERS)])
-def test_auto_is_one_worker_per_cpu_and_none_on_one_cpu(
-    monkeypatch: pytest.MonkeyPatch, cpus: int, workers: int
+@pytest.mark.parametrize(
+    ("cpus", "targets", "workers"),
+    [(1, 10_000, 0), (2, 999, 0), (2, 1000, 1), (2, 1001, 2), (2, 10_000, 2), (4, 2500, 3), (64, 100_000, 8)],
+)
+def test_auto_is_one_worker_per_thousand_targets_up_to_one_per_cpu(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, targets: int, workers: int
 ) -> None:
     monkeypatch.setattr(pool, "available_cpus", lambda: cpus)
-    assert worker_count(None) == workers
-    assert worker_count(3) == 3  # a configured number is taken as it is
-    assert worker_count(0) == 0
+    assert worker_count(None, targets) == workers
+    assert worker_count(3, 5) == 3  # a configured number is taken as it is
+    assert worker_count(0, 100_000) == 0
 
 
 def test_frames_round_trip_and_end_cleanly() -> None:
