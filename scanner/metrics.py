@@ -12,6 +12,7 @@ import functools
 import importlib.metadata
 import time
 import weakref
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -260,11 +261,33 @@ def _expose(
 
 # Between slices of this long, a render hands the event loop back (health checks, sweeps' results).
 RENDER_SLICE_SECONDS = 0.01
+GZIP_LEVEL = 1  # 40 MB of exposition to ~2 MB in ~50 ms; higher levels cost twice the time for a few percent
 
 
 class Exposition(list[bytes]):
     """One render of /metrics in parts (a family each), sent part by part: at 10,000 targets it is 40 MB, and
-    joining it would copy that again. A list subclass so the scrapes that come while it is current share it."""
+    joining it would copy that again. A list subclass so the scrapes that come while it is current share it.
+
+    gzip-compressed as it is rendered when the scraper accepts that (Prometheus does): 40 MB becomes ~2 MB held while
+    it is sent, for ~50 ms of CPU at level 1."""
+
+    def __init__(self, gzip: bool = False) -> None:
+        super().__init__()
+        self.gzip = gzip
+        self._compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if gzip else None
+
+    def add(self, text: bytes) -> None:
+        """Append `text`, compressed when this is a gzip body."""
+        if self._compressor is None:
+            self.append(text)
+        elif chunk := self._compressor.compress(text):
+            self.append(chunk)
+
+    def close(self) -> None:
+        """End the gzip stream (nothing for plain text)."""
+        if self._compressor is not None:
+            self.append(self._compressor.flush())
+            self._compressor = None
 
 
 class ScannerMetrics:
@@ -290,21 +313,23 @@ class ScannerMetrics:
     def render(self) -> str:
         """The text exposition of the store, plus the scanner's own state."""
         parts: list[bytes] = []
-        for _ in self._render(parts):
+        for _ in self._render(parts.append):
             pass
         return b"".join(parts).decode()
 
-    async def exposition(self) -> Exposition:
-        """render(), encoded and in parts, giving the event loop a turn every RENDER_SLICE_SECONDS of the work."""
-        key = self._key()
+    async def exposition(self, gzip: bool = False) -> Exposition:
+        """render(), encoded (and with `gzip` compressed) in parts, giving the event loop a turn every
+        RENDER_SLICE_SECONDS of the work."""
+        key = (*self._key(), gzip)
         last = self._last[1]() if self._last is not None and self._last[0] == key else None
         if last is not None:
             return last
-        parts = Exposition()
-        for _ in self._render(parts):
+        parts = Exposition(gzip)
+        for _ in self._render(parts.add):
             await asyncio.sleep(0)
         if self.also is not None:
-            parts.append(self.also())
+            parts.add(self.also())
+        parts.close()
         self._last = (key, weakref.ref(parts))
         return parts
 
@@ -312,8 +337,8 @@ class ScannerMetrics:
         reload = None if self.reload is None else (self.reload.config, self.reload.reload_successful)
         return (self.store.generation, self.store.write_errors, reload)
 
-    def _render(self, parts: list[bytes]) -> Iterator[None]:
-        """Append the exposition to `parts`, building the lines of targets swept since the last render; yields
+    def _render(self, emit: Callable[[bytes], None]) -> Iterator[None]:
+        """Emit the exposition a family at a time, building the lines of targets swept since the last render; yields
         between slices of the work."""
         pause = time.monotonic() + RENDER_SLICE_SECONDS
         names = self.store.names()
@@ -329,7 +354,7 @@ class ScannerMetrics:
         # A target swept during the pauses is taken as built: the next render rebuilds it.
         built = [self._cache[name] for name in names if name in self._cache]
         for part in _expose([(entry[0], lines) for (entry, lines) in built], self.shard, self.reload, self.store):
-            parts.append(part)
+            emit(part)
             if time.monotonic() > pause:
                 yield
                 pause = time.monotonic() + RENDER_SLICE_SECONDS

@@ -7,11 +7,11 @@ import html
 import json
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -44,7 +44,7 @@ class WebState:
     """What the handlers read; owned by the service."""
 
     store: ResultStore
-    metrics: Callable[[], Awaitable[Sequence[bytes]]]  # the whole /metrics exposition, in parts
+    metrics: Callable[[bool], Awaitable[Sequence[bytes]]]  # (gzip?) -> the whole /metrics exposition, in parts
     reload: Callable[[], str | None]  # returns the error, or None when the new config applied
     ready: Callable[[], bool]
     probe: Callable[[str, float | None], Awaitable[tuple[int, str]]]  # (target, scrape timeout) -> (status, body)
@@ -53,21 +53,21 @@ class WebState:
 class ScrapeQueue:
     """One /metrics render at a time: scrapes queue for their turn (yielding to /-/healthy); past `limit`, 503."""
 
-    def __init__(self, render: Callable[[], Awaitable[Sequence[bytes]]], limit: int = MAX_QUEUED_SCRAPES) -> None:
+    def __init__(self, render: Callable[[bool], Awaitable[Sequence[bytes]]], limit: int = MAX_QUEUED_SCRAPES) -> None:
         self._render = render
         self._limit = limit
         self._turn = asyncio.Semaphore(1)
         self._queued = 0
 
-    async def body(self) -> Sequence[bytes] | None:
-        """The exposition in parts, or None when too many scrapes are already waiting."""
+    async def body(self, gzip: bool = False) -> Sequence[bytes] | None:
+        """The exposition in parts (gzip-compressed with `gzip`), or None when too many scrapes are already waiting."""
         if self._queued >= self._limit:
             return None
         self._queued += 1
         try:
             async with self._turn:
                 await asyncio.sleep(0)  # requests that arrived first (health checks) go before this render
-                return await self._render()
+                return await self._render(gzip)
         finally:
             self._queued -= 1
 
@@ -115,10 +115,26 @@ def make_app(state: WebState, guard: WebGuard) -> web.Application:
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    body = await request.app[SCRAPES].body()
+    gzip = accepts_gzip(request.headers.get(hdrs.ACCEPT_ENCODING, ""))
+    body = await request.app[SCRAPES].body(gzip)
     if body is None:
         return web.Response(status=503, text="too many scrapes at once\n", headers={"Retry-After": "1"})
-    return await _send(request, CONTENT_TYPE_LATEST, _each(body), length=sum(len(part) for part in body))
+    headers = {"Vary": "Accept-Encoding", **({"Content-Encoding": "gzip"} if gzip else {})}
+    length = sum(len(part) for part in body)
+    return await _send(request, CONTENT_TYPE_LATEST, _each(body), length=length, headers=headers)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header allows gzip (listed, or `*`, and not with q=0)."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip", "*"):
+            q = params.strip().lower().removeprefix("q=")
+            try:
+                return not params.strip() or float(q) > 0
+            except ValueError:
+                return False
+    return False
 
 
 async def _each(parts: Sequence[bytes]) -> AsyncIterator[bytes]:
@@ -239,11 +255,17 @@ async def _targets_json(store: ResultStore) -> AsyncIterator[bytes]:
 
 
 async def _send(
-    request: web.Request, content_type: str, parts: AsyncIterable[bytes], length: int | None = None
+    request: web.Request,
+    content_type: str,
+    parts: AsyncIterable[bytes],
+    length: int | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
     """Stream `parts` as the response body (chunked unless `length` is known), waiting while the client's socket is
     full: a large answer is neither joined into one copy nor queued whole in the transport's buffer."""
-    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response = web.StreamResponse(
+        headers={hdrs.CONTENT_TYPE: content_type, hdrs.VARY: hdrs.ACCEPT_ENCODING, **(headers or {})}
+    )
     if length is not None:
         response.content_length = length
     # Extra headers go in before the head is sent: the middleware sees a streamed response only once it is written.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import signal
 import sqlite3
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from functools import partial
 from html.parser import HTMLParser
@@ -521,3 +523,25 @@ def test_event_loop_lag_is_exported(lab: LabStack, daemon: DaemonFactory, tmp_pa
     assert scrape.value(f"{name}_bucket", le="+Inf") == count
     assert (scrape.value(f"{name}_bucket", le="0.005") or 0) <= (scrape.value(f"{name}_bucket", le="2.5") or 0)
     assert (scrape.value(f"{name}_sum") or 0.0) >= 0.0
+
+
+def test_metrics_gzip_when_the_scraper_asks(lab: LabStack, daemon: DaemonFactory, tmp_path: Path) -> None:
+    """Accept-Encoding: gzip (as Prometheus sends it) gets the same samples gzip-compressed; without it, plain text."""
+    server = lab.tls_server({P.TLSv1_2, P.TLSv1_3})
+    d = daemon(write_config(tmp_path / "c.yaml", [target("t", server.port)], interval="60s"))
+    d.wait_sweep("t")
+    url = f"http://127.0.0.1:{d.port}/metrics"
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept-Encoding": "gzip"}), timeout=10) as r:
+        assert r.headers["Content-Encoding"] == "gzip" and r.headers["Vary"] == "Accept-Encoding"
+        packed = r.read()
+        assert int(r.headers["Content-Length"]) == len(packed)
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.headers["Content-Encoding"] is None
+        plain = r.read()
+    unpacked = gzip.decompress(packed).decode()
+
+    def samples(text: str) -> list[str]:  # the process collector's own values move between two scrapes
+        return [line for line in text.splitlines() if line.startswith("tls_scanner_") and "lag_seconds" not in line]
+
+    assert samples(unpacked) == samples(plain.decode())
+    assert 'tls_scanner_protocol_accepted{address="127.0.0.1",protocol="TLSv1.3",target="t"} 1.0' in unpacked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import shutil
 import subprocess
 
@@ -186,3 +187,19 @@ def test_the_daemon_render_hands_the_loop_back_and_says_the_same() -> None:
     assert turns >= 20  # a turn after each target built, at least
     assert text == (expected + "# also\n").encode()
     assert reused and rerendered
+
+
+def test_gzip_exposition_is_the_same_text_compressed() -> None:
+    store = ResultStore(None)
+    targets = [target(f"t{i}") for i in range(50)]
+    store.set_targets(targets)
+    for t in targets:
+        store.record(sweep(t, {T10: R, T12: A}, at=100, http={T12: 200}))
+    metrics = ScannerMetrics(store, _reload(successful=True, at=5.0), also=lambda: b"# also\n")
+
+    async def both() -> tuple[bytes, bytes]:
+        return b"".join(await metrics.exposition()), b"".join(await metrics.exposition(gzip=True))
+
+    plain, packed = asyncio.run(both())
+    assert gzip.decompress(packed) == plain
+    assert len(packed) * 5 < len(plain)
