@@ -709,10 +709,14 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
         # Steady state: the second round, scraped every `scrape_every` seconds as Prometheus would, health polled.
         steady_start = time.monotonic()
         cpu_steady = scanner_cpu(), _cpu_seconds(nginx_workers)
-        latencies, body = [], b""
+        latencies: list[float] = []
+        latencies_gzip: list[float] = []
+        body = b""
         while time.monotonic() - steady_start < args.steady_seconds and proc.poll() is None:
-            latency, body = _get(base + "/metrics", gzip=True)
-            latencies.append(latency)
+            # Plain text and gzip (as Prometheus asks) in turn.
+            gzip = len(latencies_gzip) < len(latencies)
+            latency, body = _get(base + "/metrics", gzip=gzip)
+            (latencies_gzip if gzip else latencies).append(latency)
             memory.append(_tree_memory(proc.pid))
             time.sleep(max(0.0, args.scrape_every - latency))
         steady_window = time.monotonic() - steady_start
@@ -722,13 +726,14 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
         }
         series = [line for line in body.decode().splitlines() if line and not line.startswith("#")]
         result["loop_lag"] = _loop_lag(body)
-        result["metrics_plain_latency_s"] = _get(base + "/metrics")[0]  # a client that does not ask for gzip
         health_round, health_steady = health.since(round_start, round_end), health.since(steady_start)
         mem_now = _tree_memory(proc.pid)
         result.update(
             steady_window_s=steady_window,
             metrics_latency_s=stats(latencies),
-            metrics_scrapes=len(latencies),
+            metrics_gzip_latency_s=stats(latencies_gzip),
+            metrics_plain_scrapes=len(latencies),
+            metrics_scrapes=len(latencies) + len(latencies_gzip),
             metrics_body_bytes=len(body),
             metrics_series=len(series),
             metrics_all_present=len(_last_scans(body)) >= n,
@@ -834,12 +839,16 @@ def _print_daemon(r: dict[str, Any], n: int) -> None:
         f"{verdict(rss <= TARGET_DAEMON_RSS_MB)}"
     )
     print(
-        f"  /metrics (steady, gzip) median {lat['median'] * 1000:.0f} ms, max {lat['max'] * 1000:.0f} ms of "
-        f"{r['metrics_scrapes']} scrapes over {r['steady_window_s']:.0f}s while sweeping "
+        f"  /metrics (steady)      median {lat['median'] * 1000:.0f} ms, max {lat['max'] * 1000:.0f} ms of "
+        f"{r['metrics_plain_scrapes']} plain-text scrapes over {r['steady_window_s']:.0f}s while sweeping "
         f"(target <= {TARGET_METRICS_S * 1000:.0f} ms)  {verdict(lat['max'] <= TARGET_METRICS_S)}; "
         f"{r['metrics_body_bytes'] / 1e6:.1f} MB, {r['metrics_series']} series, all present: {r['metrics_all_present']}"
     )
-    print(f"  /metrics without gzip  {r['metrics_plain_latency_s'] * 1000:.0f} ms (one scrape, plain text)")
+    gz = r["metrics_gzip_latency_s"]
+    print(
+        f"  /metrics with gzip     median {gz['median'] * 1000:.0f} ms, max {gz['max'] * 1000:.0f} ms, the bench's "
+        "own unpacking included (every other scrape asks for gzip, as Prometheus does)"
+    )
     hr, hs = r["healthy_round_s"], r["healthy_steady_s"]
     worst = max(hr["max"], hs["max"])
     print(
