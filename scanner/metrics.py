@@ -273,7 +273,6 @@ class Exposition(list[bytes]):
 
     def __init__(self, gzip: bool = False) -> None:
         super().__init__()
-        self.gzip = gzip
         self._compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if gzip else None
 
     def add(self, text: bytes) -> None:

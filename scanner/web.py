@@ -263,9 +263,7 @@ async def _send(
 ) -> web.StreamResponse:
     """Stream `parts` as the response body (chunked unless `length` is known), waiting while the client's socket is
     full: a large answer is neither joined into one copy nor queued whole in the transport's buffer."""
-    response = web.StreamResponse(
-        headers={hdrs.CONTENT_TYPE: content_type, hdrs.VARY: hdrs.ACCEPT_ENCODING, **(headers or {})}
-    )
+    response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type, **(headers or {})})
     if length is not None:
         response.content_length = length
     # Extra headers go in before the head is sent: the middleware sees a streamed response only once it is written.
@@ -281,11 +279,11 @@ async def _snapshot(store: ResultStore) -> list[TargetStatus]:
     """Every configured target's status with its recent transitions, built in slices (10,000 targets take ~0.1 s)."""
     recent = store.transitions(RECENT_TRANSITIONS)
     names = store.names()
-    statuses = await in_slices(names, lambda name: store.status(name, recent.get(name, ())) if name in store else None)
+    statuses = await _in_slices(names, lambda name: store.status(name, recent.get(name, ())) if name in store else None)
     return [s for s in statuses if s is not None]  # a target removed by a reload meanwhile is left out
 
 
-async def in_slices(items: Iterable[_T], work: Callable[[_T], _R]) -> list[_R]:
+async def _in_slices(items: Iterable[_T], work: Callable[[_T], _R]) -> list[_R]:
     """[work(item) for item in items], handing the event loop back every RENDER_SLICE_SECONDS: health checks and
     scrapes are answered while a page of 10,000 targets is built."""
     done: list[_R] = []
@@ -458,7 +456,7 @@ async def status_page(request: web.Request) -> web.Response:
     snapshot = await _snapshot(request.app[STATE].store)
     snapshot = [s for s in snapshot if not (s.last_sweep is not None and s.last_sweep.closed)]
     now = time.time()
-    rows = [row for rows in await in_slices(snapshot, lambda status: _rows(status, now)) for row in rows]
+    rows = [row for rows in await _in_slices(snapshot, lambda status: _rows(status, now)) for row in rows]
     transitions = sorted((t for s in snapshot for t in s.transitions), key=lambda t: t.at, reverse=True)
     violations = [
         f"<li><b>{html.escape(s.target.name)}</b>: {html.escape(v)}</li>"
