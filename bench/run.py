@@ -38,7 +38,7 @@ if str(REPO) not in sys.path:
 
 from bench import wan, web  # noqa: E402
 from scanner.protocols import ALL_PROTOCOLS, Protocol  # noqa: E402
-from tests.lab.servers import NginxError, NginxLab, NginxServer, free_ports, wait_for  # noqa: E402
+from tests.lab.servers import NginxError, NginxLab, NginxServer, child_pids, free_ports, wait_for  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 # Where `python -m scanner` runs from (--scanner-root): the work tree, or e.g. a `git archive` export of a commit.
@@ -502,16 +502,6 @@ def _main_thread_cpu(pid: int) -> float:
     return 0.0
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if int(entry.joinpath("stat").read_text().rpartition(")")[2].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
 _POLLER = """
 import sys, time, urllib.request
 url, every, out = sys.argv[1], float(sys.argv[2]), open(sys.argv[3], "w", buffering=1)
@@ -581,7 +571,7 @@ def _proc_status(pid: int) -> dict[str, float]:
 
 def _tree_memory(pid: int) -> dict[str, float]:
     """Memory of the daemon and its worker processes: RSS each, and their sums (RSS and PSS)."""
-    pids = [pid, *_children(pid)]
+    pids = [pid, *child_pids(pid)]
     each = {p: _proc_status(p) for p in pids}
     return {
         "main_rss": each[pid].get("VmRSS", 0.0),
@@ -638,7 +628,7 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
         base = args.address_base if args.distinct_addresses else None
         lab, server = stack.enter_context(nginx_lab(n, args.nginx_workers, base))
         result["distinct_addresses"] = lab.servers[0].listen != HOST
-        nginx_workers = _children(server.master_pid)
+        nginx_workers = sorted(child_pids(server.master_pid))
         config = work / "endpoints.yaml"
         write_config(config, lab, timeout="5s", interval="60s", deep_interval=args.deep_interval, workers=args.workers)
         state_file = work / "state.db"
@@ -668,7 +658,7 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
         round_start = time.monotonic()
 
         def scanner_cpu() -> float:
-            return _cpu_seconds([proc.pid, *_children(proc.pid)])
+            return _cpu_seconds([proc.pid, *child_pids(proc.pid)])
 
         cpu_start = scanner_cpu(), _cpu_seconds(nginx_workers)
         loop_start = _main_thread_cpu(proc.pid)

@@ -14,8 +14,9 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from scanner.config import TargetConfig
 from scanner.deep_results import DeepResult
@@ -118,7 +119,8 @@ class Scheduler:
             self._dispatcher.cancel()
         for task in self._deep_tasks:
             task.cancel()  # a deep scan says nothing urgent: not worth delaying a shutdown for
-        await asyncio.gather(*filter(None, [self._dispatcher]), *self._tasks, *self._deep_tasks, return_exceptions=True)
+        dispatcher = [] if self._dispatcher is None else [self._dispatcher]
+        await asyncio.gather(*dispatcher, *self._tasks, *self._deep_tasks, return_exceptions=True)
         self.running = False
 
     def _push(self, when: float, name: str, kind: _Kind) -> None:
@@ -151,9 +153,8 @@ class Scheduler:
                 pass
 
     @staticmethod
-    def _start(tasks: set[asyncio.Task[None]], work: Awaitable[None], name: str) -> None:
-        task = asyncio.ensure_future(work)
-        task.set_name(name)
+    def _start(tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 

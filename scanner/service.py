@@ -58,7 +58,7 @@ class Service:
         self.web = WebGuard(web_config or WebConfig(path=""))
         self.shard = shard
         self.store = ResultStore(state_file)
-        self.workers = worker_count(config.workers, len(expand(config, shard or ALL)))
+        self.workers = worker_count(config.workers, len(self.targets))
         self.prober = make_sweeper(self.workers, config.concurrency, config.politeness, config.resolver)
         self.scheduler = Scheduler(self.prober, self.store)
         self.process_registry = CollectorRegistry(auto_describe=False)

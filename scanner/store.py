@@ -9,7 +9,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from scanner.config import TargetConfig
@@ -419,8 +419,15 @@ class ResultStore:
 
     def snapshot(self, with_transitions: int = 0) -> list[TargetStatus]:
         """The status of every configured target, in config order."""
+        return list(self.statuses(with_transitions))
+
+    def statuses(self, with_transitions: int = 0) -> Iterator[TargetStatus]:
+        """snapshot() one target at a time, for a caller that pauses between them: a target a reload removes
+        meanwhile is left out."""
         recent = self.transitions(with_transitions) if with_transitions else {}
-        return [self.status(name, recent.get(name, ())) for name in self._records]
+        for name in list(self._records):
+            if name in self._records:
+                yield self.status(name, recent.get(name, ()))
 
 
 class _Unusable(Exception):

@@ -27,7 +27,6 @@ from scanner.store import ResultStore
 from scanner.webconfig import WebGuard
 
 _T = TypeVar("_T")
-_R = TypeVar("_R")
 
 RECENT_TRANSITIONS = 20
 MAX_QUEUED_SCRAPES = 64  # /metrics requests waiting for a render; more at once get 503
@@ -236,22 +235,13 @@ async def targets_api(request: web.Request) -> web.StreamResponse:
 
 
 async def _targets_json(store: ResultStore) -> AsyncIterator[bytes]:
-    """`{"targets": [...]}` as json.dumps writes it, a slice of targets at a time: at 10,000 targets it is 21 MB."""
-    recent = store.transitions(RECENT_TRANSITIONS)
+    """`{"targets": [...]}` as json.dumps writes it, written out a slice of targets at a time (21 MB at 10,000)."""
     yield b'{"targets": ['
-    batch: list[str] = []
     separator = ""
-    pause = time.monotonic() + RENDER_SLICE_SECONDS
-    for name in store.names():
-        if name in store:  # not removed by a reload while the answer was being sent
-            batch.append(separator + json.dumps(target_to_dict(store.status(name, recent.get(name, ())))))
-            separator = ", "
-        if time.monotonic() > pause:
-            yield "".join(batch).encode()
-            batch = []
-            await asyncio.sleep(0)  # writing the chunk need not wait: hand the loop back here
-            pause = time.monotonic() + RENDER_SLICE_SECONDS
-    yield ("".join(batch) + "]}").encode()
+    async for batch in _sliced(store.statuses(RECENT_TRANSITIONS)):
+        yield (separator + ", ".join(json.dumps(target_to_dict(status)) for status in batch)).encode()
+        separator = ", "
+    yield b"]}"
 
 
 async def _send(
@@ -275,25 +265,20 @@ async def _send(
     return response
 
 
-async def _snapshot(store: ResultStore) -> list[TargetStatus]:
-    """Every configured target's status with its recent transitions, built in slices (10,000 targets take ~0.1 s)."""
-    recent = store.transitions(RECENT_TRANSITIONS)
-    names = store.names()
-    statuses = await _in_slices(names, lambda name: store.status(name, recent.get(name, ())) if name in store else None)
-    return [s for s in statuses if s is not None]  # a target removed by a reload meanwhile is left out
-
-
-async def _in_slices(items: Iterable[_T], work: Callable[[_T], _R]) -> list[_R]:
-    """[work(item) for item in items], handing the event loop back every RENDER_SLICE_SECONDS: health checks and
-    scrapes are answered while a page of 10,000 targets is built."""
-    done: list[_R] = []
+async def _sliced(items: Iterable[_T]) -> AsyncIterator[list[_T]]:
+    """`items` in batches, each what RENDER_SLICE_SECONDS of iterating produced, handing the event loop back between
+    them: health checks and scrapes are answered while a page of 10,000 targets is built."""
+    batch: list[_T] = []
     pause = time.monotonic() + RENDER_SLICE_SECONDS
     for item in items:
-        done.append(work(item))
+        batch.append(item)
         if time.monotonic() > pause:
+            yield batch
+            batch = []
             await asyncio.sleep(0)
             pause = time.monotonic() + RENDER_SLICE_SECONDS
-    return done
+    if batch:
+        yield batch
 
 
 def _when(ts: float | None) -> str:
@@ -453,10 +438,13 @@ def _deep_section(snapshot: list[TargetStatus], now: float) -> str:
 
 
 async def status_page(request: web.Request) -> web.Response:
-    snapshot = await _snapshot(request.app[STATE].store)
-    snapshot = [s for s in snapshot if not (s.last_sweep is not None and s.last_sweep.closed)]
     now = time.time()
-    rows = [row for rows in await _in_slices(snapshot, lambda status: _rows(status, now)) for row in rows]
+    snapshot: list[TargetStatus] = []
+    rows: list[str] = []
+    async for batch in _sliced(request.app[STATE].store.statuses(RECENT_TRANSITIONS)):
+        shown = [s for s in batch if not (s.last_sweep is not None and s.last_sweep.closed)]
+        snapshot += shown
+        rows += [row for status in shown for row in _rows(status, now)]
     transitions = sorted((t for s in snapshot for t in s.transitions), key=lambda t: t.at, reverse=True)
     violations = [
         f"<li><b>{html.escape(s.target.name)}</b>: {html.escape(v)}</li>"

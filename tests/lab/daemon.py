@@ -22,7 +22,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.lab.servers import Managed, free_ports, missing
+from tests.lab.servers import Managed, child_pids, free_ports, missing, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -67,12 +67,7 @@ def prometheus_server(directory: Path, config: str) -> Iterator[tuple[subprocess
     try:
         yield process, port
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process, 10)
 
 
 def prometheus_query(port: int, query: str) -> dict[str, Any] | None:
@@ -286,21 +281,10 @@ def run_scanner(*args: str, timeout: float = 60.0) -> subprocess.CompletedProces
     )
 
 
-def worker_pids(pid: int) -> list[int]:
-    """The child processes of pid (the daemon's handshake workers)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
 def established_connections(pid: int, port: int) -> int:
     """TCP connections of process pid and its workers, ESTABLISHED to remote port `port` on 127.0.0.1 or ::1."""
     inodes: set[str] = set()
-    for owner in (pid, *worker_pids(pid)):
+    for owner in (pid, *child_pids(pid)):
         with contextlib.suppress(OSError):
             for fd in Path(f"/proc/{owner}/fd").iterdir():
                 with contextlib.suppress(OSError):

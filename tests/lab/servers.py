@@ -729,7 +729,7 @@ def _listen_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Tell whether pid exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -738,8 +738,18 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _children(pid: int) -> set[int]:
-    """Return the live child pids of pid (nginx workers of a master)."""
+def stop_process(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after `grace` seconds."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def child_pids(pid: int) -> set[int]:
+    """Return the live child pids of pid (nginx workers of a master, the daemon's worker processes)."""
     found: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -920,7 +930,7 @@ class NginxLab(Managed):
         """Rewrite the config (for servers, or the current ones) and wait until only new workers accept."""
         pid = self.master_pid
         new = list(servers) if servers is not None else self.servers
-        old_workers = _children(pid)
+        old_workers = child_pids(pid)
         self._write(new)
         # Same as `nginx -s reload`, without parsing the config a third time (nginx -t and the master already do).
         os.kill(pid, signal.SIGHUP)
@@ -928,7 +938,7 @@ class NginxLab(Managed):
         # The master starts new workers before telling the old ones to quit, so until every old worker is gone a new
         # connection may still land on the old config.
         def live() -> bool:
-            return not any(map(_alive, old_workers)) and self._generation_served() == self.generation
+            return not any(map(alive, old_workers)) and self._generation_served() == self.generation
 
         try:
             wait_for(live, timeout, what="nginx reload")
@@ -940,7 +950,7 @@ class NginxLab(Managed):
         """Stop the master (SIGTERM, then SIGKILL for the whole group) and remove a temporary directory."""
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
-            workers = _children(process.pid)
+            workers = child_pids(process.pid)
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout)
@@ -950,7 +960,7 @@ class NginxLab(Managed):
                 process.wait(5)
             # Workers exit on their own once the master is gone; wait so their ports are free again.
             with contextlib.suppress(TimeoutError):
-                wait_for(lambda: not any(map(_alive, workers)), 5, what="nginx workers to exit")
+                wait_for(lambda: not any(map(alive, workers)), 5, what="nginx workers to exit")
         if self._owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 

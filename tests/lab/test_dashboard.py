@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scanner.cli import build_parser
 from tests.lab.daemon import Daemon, require_binary, until, write_config
-from tests.lab.servers import NginxLab, NginxServer, free_ports, require_nginx
+from tests.lab.servers import NginxLab, NginxServer, free_ports, require_nginx, stop_process
 from tests.lab.test_deploy import DEPLOY, FAMILIES, NEWER_FAMILIES, PROMETHEUS, RULES, metric_names, recorded
 
 DASHBOARD_PATH = DEPLOY / "grafana" / "dashboards" / "tls-scanner.json"
@@ -292,7 +292,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         log = tmp / "prometheus.log"
         with log.open("wb") as out:
             process = subprocess.Popen(args, cwd=tmp, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        cleanup.callback(_stop, process)
+        cleanup.callback(stop_process, process, 15)
         s = Stack(prometheus_port, daemon, started, set())
 
         def answered(expr: str) -> float | None:
@@ -337,15 +337,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             s.exported |= exported_families(body)
             until(lambda: answered("count(tls_scanner_probe_success)"), 30, "Prometheus to scrape /probe")
         yield s
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
 
 
 def test_rules_fire_on_the_daemons_real_series(stack: Stack) -> None:

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from scanner.protocols import Protocol as P
-from tests.lab.daemon import Daemon, established_connections, run_once, until, worker_pids
-from tests.lab.servers import LabStack, tarpit
+from tests.lab.daemon import Daemon, established_connections, run_once, until
+from tests.lab.servers import LabStack, alive, child_pids, tarpit
 
 DaemonFactory = Callable[..., Daemon]
 
@@ -43,15 +43,6 @@ def write(path: Path, workers: int | str, targets: list[dict[str, Any]], **defau
     }
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone for our purposes (its parent has not reaped it yet).
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
 
 
 def test_workers_give_the_same_matrix_as_one_process(lab: LabStack, tmp_path: Path) -> None:
@@ -83,7 +74,7 @@ def test_a_killed_worker_is_an_error_not_a_rejection_and_is_replaced(
     d = daemon(write(tmp_path / "c.yaml", 2, targets, timeout="5s"))
     d.wait_sweep("good")
     until(lambda: established_connections(d.pid, pit.port) > 0, 10, "a worker to hang on the tarpit")
-    before = worker_pids(d.pid)
+    before = child_pids(d.pid)
     assert len(before) == 2
     for pid in before:
         os.kill(pid, signal.SIGKILL)
@@ -91,7 +82,7 @@ def test_a_killed_worker_is_an_error_not_a_rejection_and_is_replaced(
     scrape = d.wait_sweep("pit", after=killed_at - 5, timeout=15)
     assert scrape.value("tls_scanner_scan_success", target="pit") == 0.0
     assert scrape.value("tls_scanner_protocol_accepted", target="pit", protocol="TLSv1.2", address="127.0.0.1") is None
-    until(lambda: len([p for p in worker_pids(d.pid) if p not in before]) == 2, 10, "two new workers")
+    until(lambda: len([p for p in child_pids(d.pid) if p not in before]) == 2, 10, "two new workers")
     scrape = d.wait_sweep("good", after=time.time(), timeout=15)
     for protocol in ("TLSv1.2", "TLSv1.3"):
         labels = {"target": "good", "protocol": protocol, "address": "127.0.0.1"}
@@ -111,7 +102,7 @@ def test_no_worker_outlives_the_daemon(lab: LabStack, daemon: DaemonFactory, tmp
     config = write(tmp_path / "c.yaml", 2, [{"name": "t", "host": "127.0.0.1", "port": server.port}])
     first = daemon(config)
     first.wait_sweep("t")
-    workers = worker_pids(first.pid)
+    workers = child_pids(first.pid)
     assert len(workers) == 2
     first.send(signal.SIGTERM)
     assert first.wait(10) == 0, first.log_text()[-2000:]
@@ -119,7 +110,7 @@ def test_no_worker_outlives_the_daemon(lab: LabStack, daemon: DaemonFactory, tmp
 
     second = daemon(config)
     second.wait_sweep("t")
-    workers = worker_pids(second.pid)
+    workers = child_pids(second.pid)
     assert len(workers) == 2
     second.send(signal.SIGKILL)
     second.wait(5)
@@ -131,7 +122,7 @@ def test_ctrl_c_to_the_process_group_stops_cleanly(lab: LabStack, daemon: Daemon
     server = lab.tls_server({P.TLSv1_2, P.TLSv1_3})
     d = daemon(write(tmp_path / "c.yaml", 2, [{"name": "t", "host": "127.0.0.1", "port": server.port}]))
     d.wait_sweep("t")
-    workers = worker_pids(d.pid)
+    workers = child_pids(d.pid)
     for pid in (*workers, d.pid):
         os.kill(pid, signal.SIGINT)
     assert d.wait(10) == 0, d.log_text()[-2000:]

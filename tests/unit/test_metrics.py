@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scanner import metrics as metrics_module
-from scanner.config import Config, Expectation, ProbeSettings, SafeConfig
+from scanner.config import Config, Expectation, ProbeSettings, SafeConfig, TargetConfig
 from scanner.metrics import ScannerMetrics
 from scanner.protocols import Protocol
 from scanner.store import ResultStore
@@ -148,16 +148,21 @@ def test_an_open_probe_allowlist_is_exported(allow: tuple[str, ...], value: floa
     assert scraper.get_sample_value("tls_scanner_probe_open_to_everything") == value
 
 
-def test_the_daemon_render_hands_the_loop_back_and_says_the_same() -> None:
-    """With a zero slice, exposition() yields to the event loop between targets and families (so a health check is
-    answered mid-render), and its parts join to exactly render()'s text; a render reused while current is the same
-    object, a changed store renders anew."""
+def _swept(n: int) -> tuple[ResultStore, list[TargetConfig], ScannerMetrics]:
+    """n targets swept once, and the daemon's collector over them (with a process-collector stand-in after)."""
     store = ResultStore(None)
-    targets = [target(f"t{i}") for i in range(20)]
+    targets = [target(f"t{i}") for i in range(n)]
     store.set_targets(targets)
     for t in targets:
         store.record(sweep(t, {T10: R, T12: A}, at=100, http={T12: 200}))
-    metrics = ScannerMetrics(store, _reload(successful=True, at=5.0), also=lambda: b"# also\n")
+    return store, targets, ScannerMetrics(store, _reload(successful=True, at=5.0), also=lambda: b"# also\n")
+
+
+def test_the_daemon_render_hands_the_loop_back_and_says_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a zero slice, exposition() yields to the event loop between targets and families (so a health check is
+    answered mid-render), and its parts join to exactly render()'s text; a render reused while current is the same
+    object, a changed store renders anew."""
+    store, targets, metrics = _swept(20)
 
     async def run() -> tuple[bytes, str, int, bool, bool]:
         turns = 0
@@ -178,24 +183,15 @@ def test_the_daemon_render_hands_the_loop_back_and_says_the_same() -> None:
         counter.cancel()
         return b"".join(parts), expected, seen, again is parts, b"".join(changed) != b"".join(parts)
 
-    original = metrics_module.RENDER_SLICE_SECONDS
-    metrics_module.RENDER_SLICE_SECONDS = 0.0
-    try:
-        text, expected, turns, reused, rerendered = asyncio.run(run())
-    finally:
-        metrics_module.RENDER_SLICE_SECONDS = original
+    monkeypatch.setattr(metrics_module, "RENDER_SLICE_SECONDS", 0.0)
+    text, expected, turns, reused, rerendered = asyncio.run(run())
     assert turns >= 20  # a turn after each target built, at least
     assert text == (expected + "# also\n").encode()
     assert reused and rerendered
 
 
 def test_gzip_exposition_is_the_same_text_compressed() -> None:
-    store = ResultStore(None)
-    targets = [target(f"t{i}") for i in range(50)]
-    store.set_targets(targets)
-    for t in targets:
-        store.record(sweep(t, {T10: R, T12: A}, at=100, http={T12: 200}))
-    metrics = ScannerMetrics(store, _reload(successful=True, at=5.0), also=lambda: b"# also\n")
+    _, _, metrics = _swept(50)
 
     async def both() -> tuple[bytes, bytes]:
         return b"".join(await metrics.exposition()), b"".join(await metrics.exposition(gzip=True))
