@@ -220,13 +220,18 @@ def _sslyze_version() -> str:
         return "unknown"
 
 
+# Targets' line sets per piece of a family: ~300 KB, compressed in a millisecond or two, so slices stay short.
+_PARTS_PER_PIECE = 1000
+
+
 def _expose(
     targets: Sequence[tuple[TargetConfig, _TargetLines]],
     shard: Shard | None,
     reload: SafeConfig | None,
     store: ResultStore | None = None,
-) -> Iterator[bytes]:
-    """The whole text exposition, a family at a time, from each target's lines, plus the scanner's own state."""
+) -> Iterator[list[bytes]]:
+    """The whole text exposition in pieces, a family after another: its header, then each target's lines (the cached
+    bytes themselves, not a copy), and last the scanner's own state."""
     ranges: dict[str, Counter[str]] = {}
     for target, entry in targets:
         if target.range is not None:
@@ -234,7 +239,9 @@ def _expose(
             if entry.range_state is not None:
                 counts[entry.range_state] += 1
     for index, family in enumerate(TARGET_FAMILIES):
-        yield family.header().encode() + b"".join([entry.lines[index] for _, entry in targets])
+        parts = [family.header().encode(), *(lines for _, entry in targets if (lines := entry.lines[index]))]
+        for start in range(0, len(parts), _PARTS_PER_PIECE):
+            yield parts[start : start + _PARTS_PER_PIECE]
     own = [
         RANGES.header()
         + "".join(
@@ -256,7 +263,7 @@ def _expose(
         own.append(PROBE_OPEN.header() + sample(PROBE_OPEN, {}, float(reload.config.probe.open_to_everything)))
         own.append(RELOAD_OK.header() + sample(RELOAD_OK, {}, float(reload.reload_successful)))
         own.append(RELOAD_AT.header() + sample(RELOAD_AT, {}, reload.last_success_at))
-    yield "".join(own).encode()
+    yield ["".join(own).encode()]
 
 
 # Between slices of this long, a render hands the event loop back (health checks, sweeps' results).
@@ -265,8 +272,9 @@ GZIP_LEVEL = 1  # 40 MB of exposition to ~2 MB in ~50 ms; higher levels cost twi
 
 
 class Exposition(list[bytes]):
-    """One render of /metrics in parts (a family each), sent part by part: at 10,000 targets it is 40 MB, and
-    joining it would copy that again. A list subclass so the scrapes that come while it is current share it.
+    """One render of /metrics in parts, sent in batches: at 10,000 targets it is 40 MB. Plain text is held as
+    references to each target's cached lines, so a scrape in flight copies nothing; a list subclass so the scrapes
+    that come while it is current share it.
 
     gzip-compressed as it is rendered when the scraper accepts that (Prometheus does): 40 MB becomes ~2 MB held while
     it is sent, for ~50 ms of CPU at level 1."""
@@ -275,11 +283,12 @@ class Exposition(list[bytes]):
         super().__init__()
         self._compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if gzip else None
 
-    def add(self, text: bytes) -> None:
-        """Append `text`, compressed when this is a gzip body."""
+    def add(self, parts: list[bytes]) -> None:
+        """Append `parts`, compressed when this is a gzip body."""
         if self._compressor is None:
-            self.append(text)
-        elif chunk := self._compressor.compress(text):
+            self.extend(parts)
+            return
+        if chunk := self._compressor.compress(b"".join(parts)):
             self.append(chunk)
 
     def close(self) -> None:
@@ -312,7 +321,7 @@ class ScannerMetrics:
     def render(self) -> str:
         """The text exposition of the store, plus the scanner's own state."""
         parts: list[bytes] = []
-        for _ in self._render(parts.append):
+        for _ in self._render(parts.extend):
             pass
         return b"".join(parts).decode()
 
@@ -327,7 +336,7 @@ class ScannerMetrics:
         for _ in self._render(parts.add):
             await asyncio.sleep(0)
         if self.also is not None:
-            parts.add(self.also())
+            parts.add([self.also()])
         parts.close()
         self._last = (key, weakref.ref(parts))
         return parts
@@ -336,7 +345,7 @@ class ScannerMetrics:
         reload = None if self.reload is None else (self.reload.config, self.reload.reload_successful)
         return (self.store.generation, self.store.write_errors, reload)
 
-    def _render(self, emit: Callable[[bytes], None]) -> Iterator[None]:
+    def _render(self, emit: Callable[[list[bytes]], None]) -> Iterator[None]:
         """Emit the exposition a family at a time, building the lines of targets swept since the last render; yields
         between slices of the work."""
         pause = time.monotonic() + RENDER_SLICE_SECONDS
@@ -470,7 +479,8 @@ def render_sweeps(
     def status(sweep: SweepResult) -> TargetStatus:
         return replace(sweep_status(sweep), deep=deep.get(sweep.target.name), deep_states=_first_states(deep, sweep))
 
-    return b"".join(_expose([(s.target, _build(status(s))) for s in sweeps], shard, None)).decode()
+    families = _expose([(s.target, _build(status(s))) for s in sweeps], shard, None)
+    return b"".join(part for family in families for part in family).decode()
 
 
 def _first_states(deep: Mapping[str, DeepResult], sweep: SweepResult) -> dict[str, DeepState]:

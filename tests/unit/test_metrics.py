@@ -199,3 +199,22 @@ def test_gzip_exposition_is_the_same_text_compressed() -> None:
     plain, packed = asyncio.run(both())
     assert gzip.decompress(packed) == plain
     assert len(packed) * 5 < len(plain)
+
+
+def test_a_plain_exposition_holds_the_cached_lines_not_copies() -> None:
+    """A scrape in flight must not hold a second copy of every target's lines (40 MB at 10,000 targets): the
+    render after one target was swept again reuses every other target's line objects as they are."""
+    store, targets, metrics = _swept(30)
+
+    async def twice() -> tuple[list[bytes], list[bytes]]:
+        first = list(await metrics.exposition())
+        store.record(sweep(targets[0], {T10: A, T12: A}, at=200))
+        return first, list(await metrics.exposition())
+
+    first, second = asyncio.run(twice())
+    assert b"".join(first) != b"".join(second)
+    before = {id(part) for part in first}
+    target_lines = [part for part in second if b'target="' in part and not part.startswith(b"#")]
+    reused = [part for part in target_lines if id(part) in before]
+    assert len(target_lines) > 30 * 5
+    assert len(reused) >= len(target_lines) - len(metrics_module.TARGET_FAMILIES)  # all but the re-swept target's

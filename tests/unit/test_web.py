@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from scanner.web import accepts_gzip
+from scanner.web import WRITE_BYTES, _batched, accepts_gzip
 
 
 @pytest.mark.parametrize(
@@ -23,3 +25,17 @@ from scanner.web import accepts_gzip
 )
 def test_accepts_gzip(header: str, gzip: bool) -> None:
     assert accepts_gzip(header) is gzip
+
+
+def test_exposition_parts_are_written_joined_in_bounded_batches() -> None:
+    """The exposition's many small parts go out as few writes of about WRITE_BYTES, the same bytes in order."""
+    parts = [bytes([65 + i % 26]) * (100 + i % 7000) for i in range(3000)]
+
+    async def collect() -> list[bytes]:
+        return [chunk async for chunk in _batched(parts)]
+
+    chunks = asyncio.run(collect())
+    assert b"".join(chunks) == b"".join(parts)
+    assert all(WRITE_BYTES <= len(c) < WRITE_BYTES + 7100 for c in chunks[:-1])
+    assert 0 < len(chunks[-1]) < WRITE_BYTES + 7100
+    assert len(chunks) < len(parts) / 50
