@@ -472,14 +472,15 @@ def bench_once(args: argparse.Namespace) -> dict[str, Any]:
 # --- B. the daemon ----------------------------------------------------------------------------------------------------
 
 
-def _get(url: str, timeout: float = 30.0, gzip: bool = False) -> tuple[float, bytes]:
-    """(seconds until the whole answer is read, the answer); with `gzip`, asked for and unpacked as Prometheus does."""
+def _get(url: str, timeout: float = 30.0, gzip: bool = False, unpack: bool = True) -> tuple[float, bytes]:
+    """(seconds until the whole answer is read, the answer); with `gzip`, asked for and unpacked as Prometheus does
+    (the time includes unpacking unless `unpack` is false: the answer is then left compressed)."""
     start = time.monotonic()
     request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"} if gzip else {})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         body: bytes = response.read()
         packed = response.headers.get("Content-Encoding") == "gzip"
-    if packed:
+    if packed and unpack:
         body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
     return time.monotonic() - start, body
 
@@ -701,12 +702,17 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
         cpu_steady = scanner_cpu(), _cpu_seconds(nginx_workers)
         latencies: list[float] = []
         latencies_gzip: list[float] = []
+        unpacking: list[float] = []
         body = b""
         while time.monotonic() - steady_start < args.steady_seconds and proc.poll() is None:
             # Plain text and gzip (as Prometheus asks) in turn.
             gzip = len(latencies_gzip) < len(latencies)
-            latency, body = _get(base + "/metrics", gzip=gzip)
+            latency, body = _get(base + "/metrics", gzip=gzip, unpack=False)
             (latencies_gzip if gzip else latencies).append(latency)
+            if gzip:
+                unpack_start = time.monotonic()
+                body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
+                unpacking.append(time.monotonic() - unpack_start)
             memory.append(_tree_memory(proc.pid))
             time.sleep(max(0.0, args.scrape_every - latency))
         steady_window = time.monotonic() - steady_start
@@ -722,6 +728,7 @@ def bench_daemon(args: argparse.Namespace) -> dict[str, Any]:
             steady_window_s=steady_window,
             metrics_latency_s=stats(latencies),
             metrics_gzip_latency_s=stats(latencies_gzip),
+            metrics_gzip_unpack_s=stats(unpacking),
             metrics_plain_scrapes=len(latencies),
             metrics_scrapes=len(latencies) + len(latencies_gzip),
             metrics_body_bytes=len(body),
@@ -834,10 +841,11 @@ def _print_daemon(r: dict[str, Any], n: int) -> None:
         f"(target <= {TARGET_METRICS_S * 1000:.0f} ms)  {verdict(lat['max'] <= TARGET_METRICS_S)}; "
         f"{r['metrics_body_bytes'] / 1e6:.1f} MB, {r['metrics_series']} series, all present: {r['metrics_all_present']}"
     )
-    gz = r["metrics_gzip_latency_s"]
+    gz, unpacked = r["metrics_gzip_latency_s"], r["metrics_gzip_unpack_s"]
     print(
-        f"  /metrics with gzip     median {gz['median'] * 1000:.0f} ms, max {gz['max'] * 1000:.0f} ms, the bench's "
-        "own unpacking included (every other scrape asks for gzip, as Prometheus does)"
+        f"  /metrics with gzip     median {gz['median'] * 1000:.0f} ms, max {gz['max'] * 1000:.0f} ms to the last "
+        f"compressed byte; unpacking it here: median {unpacked['median'] * 1000:.0f} ms more (every other scrape "
+        "asks for gzip, as Prometheus does)"
     )
     hr, hs = r["healthy_round_s"], r["healthy_steady_s"]
     worst = max(hr["max"], hs["max"])

@@ -203,7 +203,7 @@ class _Labels:
         return text
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _TargetLines:
     # Per family in TARGET_FAMILIES order, its lines (UTF-8), b"" for none: a tuple of bytes is not even walked by the
     # garbage collector, which matters with 10,000 of them.

@@ -9,14 +9,15 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from scanner.config import TargetConfig
 from scanner.deep_results import DeepResult, DeepState, deep_changes, deep_from_dict, deep_to_dict
 from scanner.errors import StateFileError
 from scanner.protocols import Protocol
-from scanner.results import ErrorReason, ProtocolState, SweepResult
+from scanner.results import ErrorReason, ProtocolResult, ProtocolState, SweepResult
 from scanner.status import (
     ProtocolStatus,
     TargetStatus,
@@ -103,6 +104,32 @@ _STATE_COLUMNS = "target, address, protocol, state, last_change, changes, http_s
 _StateRow = tuple[str, str, str, str, float, int, int | None, float | None, int]
 
 
+class _Answers:
+    """One object per distinct set of answers, shared by the sweeps the store keeps: across a fleet most addresses
+    answer alike (the same alert, the same negotiated suite), and at 10,000 targets the copies cost ~15 MB.
+    Bounded: forgotten (not the sweeps holding them) when full."""
+
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._sets: dict[tuple[tuple[Protocol, ProtocolResult], ...], Mapping[Protocol, ProtocolResult]] = {}
+
+    def sweep(self, sweep: SweepResult) -> SweepResult:
+        """`sweep` with each address's answers replaced by an equal shared set."""
+        if not sweep.addresses:
+            return sweep
+        return replace(sweep, addresses=tuple(replace(a, protocols=self._set(a.protocols)) for a in sweep.addresses))
+
+    def _set(self, protocols: Mapping[Protocol, ProtocolResult]) -> Mapping[Protocol, ProtocolResult]:
+        key = tuple(protocols.items())
+        shared = self._sets.get(key)
+        if shared is None:
+            if len(self._sets) >= self.LIMIT:
+                self._sets.clear()
+            shared = self._sets[key] = MappingProxyType(dict(key))
+        return shared
+
+
 @dataclass(slots=True)
 class _Record:
     """What the store holds about one configured target besides its determined states."""
@@ -136,6 +163,7 @@ class ResultStore:
         self._unwritten_rows: dict[tuple[str, str, str], _StateRow] = {}
         self._unwritten_transitions: collections.deque[Transition] = collections.deque(maxlen=MAX_UNWRITTEN_TRANSITIONS)
         self._deep: dict[str, dict[str, DeepState]] = {}  # target -> address -> what the deep scans established
+        self._answers = _Answers()
         self._load()
         self._load_clients()
         self._load_deep()
@@ -312,7 +340,7 @@ class ResultStore:
         """Take in one sweep: update the determined states, count flips, and persist them."""
         name = sweep.target.name
         record = self._record(sweep.target)
-        record.last_sweep = sweep
+        record.last_sweep = self._answers.sweep(sweep)
         record.sweeps += 1
         self.generation += 1
         if sweep.addresses:

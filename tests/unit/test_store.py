@@ -245,3 +245,24 @@ def test_a_file_we_may_not_write_is_refused_not_renamed(tmp_path: Path) -> None:
     with pytest.raises(StateFileError, match="permission denied"):
         ResultStore(str(path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.db"]
+
+
+def test_equal_answers_are_kept_once_across_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Targets that answered alike share one read-only set of answers in the store (10,000 copies cost ~15 MB);
+    different answers stay apart, and the bound on what is remembered changes no answer."""
+    from scanner import store as store_module
+
+    monkeypatch.setattr(store_module._Answers, "LIMIT", 2)
+    store = ResultStore()
+    targets = [target(f"t{i}") for i in range(6)]
+    store.set_targets(targets)
+    first, second = {Protocol.TLSv1_2: A, Protocol.TLSv1_0: R}, {Protocol.TLSv1_2: A, Protocol.TLSv1_0: A}
+    expected = [first, first, second, second, {Protocol.TLSv1_2: E}, first]
+    for t, states in zip(targets, expected, strict=True):
+        store.record(sweep(t, states))
+    kept = [store.status(t.name).last_sweep.addresses[0].protocols for t in targets]  # type: ignore[union-attr]
+    assert kept[0] is kept[1] and kept[2] is kept[3]
+    assert kept[1] is not kept[2] and kept[0] != kept[2]
+    assert [{p: r.state for p, r in answers.items()} for answers in kept] == expected
+    with pytest.raises(TypeError):
+        kept[0][Protocol.TLSv1_3] = kept[0][Protocol.TLSv1_2]  # type: ignore[index]
