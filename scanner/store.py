@@ -109,7 +109,7 @@ class _Answers:
     answer alike (the same alert, the same negotiated suite), and at 10,000 targets the copies cost ~15 MB.
     Bounded: forgotten (not the sweeps holding them) when full."""
 
-    LIMIT = 4096
+    LIMIT = 1024
 
     def __init__(self) -> None:
         self._sets: dict[tuple[tuple[Protocol, ProtocolResult], ...], Mapping[Protocol, ProtocolResult]] = {}
