@@ -106,7 +106,7 @@ _StateRow = tuple[str, str, str, str, float, int, int | None, float | None, int]
 
 class _Answers:
     """One object per distinct set of answers, shared by the sweeps the store keeps: across a fleet most addresses
-    answer alike (the same alert, the same negotiated suite), and at 10,000 targets the copies cost ~15 MB.
+    answer alike (the same alert, the same negotiated suite), and at 10,000 targets the copies cost ~12 MB.
     Bounded: forgotten (not the sweeps holding them) when full."""
 
     LIMIT = 1024

@@ -248,7 +248,7 @@ def test_a_file_we_may_not_write_is_refused_not_renamed(tmp_path: Path) -> None:
 
 
 def test_equal_answers_are_kept_once_across_targets(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Targets that answered alike share one read-only set of answers in the store (10,000 copies cost ~15 MB);
+    """Targets that answered alike share one read-only set of answers in the store (10,000 copies cost ~12 MB);
     different answers stay apart, and the bound on what is remembered changes no answer."""
     from scanner import store as store_module
 
