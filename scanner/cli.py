@@ -12,14 +12,14 @@ from dataclasses import replace
 from typing import TextIO
 
 from scanner import __version__
-from scanner.config import Config, TargetConfig, load_config, parse_config
-from scanner.deep_results import DeepResult
+from scanner.config.endpoints import Config, TargetConfig, load_config, parse_config
+from scanner.daemon.pool import Sweeper, make_sweeper, worker_count
 from scanner.errors import ConfigError, StateFileError
 from scanner.logs import setup_logging
-from scanner.policy import verdict
-from scanner.pool import Sweeper, make_sweeper, worker_count
-from scanner.report import render_json, render_table
-from scanner.results import SweepResult
+from scanner.output.report import render_json, render_table
+from scanner.results.deep import DeepResult
+from scanner.results.sweep import SweepResult
+from scanner.state.policy import verdict
 from scanner.targets import ALL, Shard, expand
 
 DEFAULT_CONFIG = "config/endpoints.yaml"
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert config is not None
     web_config = None
     if args.web_config_file is not None:
-        from scanner.webconfig import load_web_config  # bcrypt and aiohttp: only the daemon needs them
+        from scanner.web.config import load_web_config  # bcrypt and aiohttp: only the daemon needs them
 
         try:
             web_config = load_web_config(args.web_config_file)
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output_format = DEFAULT_FORMAT if args.format is None else args.format
         return run_once(config, output_format, sys.stdout, sys.stderr, shard, deep=bool(args.deep))
     # Imported here: aiohttp costs a one-shot --once run a fifth of its start-up.
-    from scanner.service import serve
+    from scanner.daemon.service import serve
 
     listen_address = DEFAULT_LISTEN_ADDRESS if args.listen_address is None else args.listen_address
     state_file = DEFAULT_STATE_FILE if args.state_file is None else args.state_file
@@ -220,7 +220,9 @@ def run_once(
     if output_format == "json":
         out.write(render_json(sweeps, deep_results))
     elif output_format == "prometheus":
-        from scanner.metrics import render_sweeps  # only this format needs prometheus_client: keep start-up short
+        from scanner.output.metrics import (
+            render_sweeps,
+        )  # only this format needs prometheus_client: keep start-up short
 
         out.write(render_sweeps(sweeps, shard=None if shard is ALL else shard, deep=deep_results))
     else:

@@ -8,8 +8,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, replace
 
-from scanner.config import Config, TargetConfig, is_ip
-from scanner.endpoint import join_host_port, parse_host_port
+from scanner.config.endpoints import Config, TargetConfig, is_ip
+from scanner.hostport import join_host_port, parse_host_port
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ PROTOCOLS = ["SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 NGINX_ALL = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 NGINX_MODERN = ["TLSv1.2", "TLSv1.3"]
 WINDOW = (800, 700)  # the page must stay usable this narrow
-# The status page's cell colours (scanner/web.py): accepted, rejected.
+# The status page's cell colours (scanner/web/app.py): accepted, rejected.
 GREEN = (0xC8, 0xE6, 0xC9)
 RED = (0xFF, 0xCD, 0xD2)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from scanner.config import TargetConfig
-from scanner.probe import Prober
+from scanner.config.endpoints import TargetConfig
+from scanner.engine.sweep import Prober
 from scanner.protocols import Protocol as P
-from scanner.store import ResultStore
+from scanner.state.store import ResultStore
 from tests.lab.daemon import Daemon, run_once, write_config
 from tests.lab.dnslab import DnsLab
 from tests.lab.peers import FlakyForwarder

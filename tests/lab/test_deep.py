@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
-from scanner.config import TargetConfig
-from scanner.deep import deep_scan
+from scanner.config.endpoints import TargetConfig
+from scanner.engine.deep import deep_scan
 from scanner.protocols import Protocol
 from tests.lab.daemon import Daemon, Scrape, require_binary, write_config
 from tests.lab.servers import CertPaths, NginxLabFactory, NginxServer, free_ports

@@ -27,11 +27,11 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from scanner import metrics as scanner_metrics
 from scanner.cli import DEFAULT_LISTEN_ADDRESS, DEFAULT_STATE_FILE, build_parser, misused
-from scanner.config import load_config
+from scanner.config.endpoints import load_config
+from scanner.output import metrics as scanner_metrics
 from scanner.protocols import Protocol
-from scanner.webconfig import WebConfig, WebGuard, load_web_config
+from scanner.web.config import WebConfig, WebGuard, load_web_config
 from tests.lab.daemon import require_binary, until
 from tests.lab.servers import LabStack, free_ports, missing
 
@@ -44,7 +44,7 @@ ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
 K8S = DEPLOY / "kubernetes"
 UNIT = DEPLOY / "systemd" / "tls-scanner.service"
 
-# Every family the daemon exports (scanner/metrics.py), the per-address/shard/range/probe ones included.
+# Every family the daemon exports (scanner/output/metrics.py), the per-address/shard/range/probe ones included.
 # Every family the scanner defines (what rules and panels may query).
 FAMILIES = {family.name for family in vars(scanner_metrics).values() if isinstance(family, scanner_metrics.Family)}
 # Families added by the network-wide change; a live query that only they can answer may come back empty from a

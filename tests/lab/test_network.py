@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
-from scanner.config import load_config
-from scanner.metrics import ScannerMetrics
-from scanner.probe import Prober
+from scanner.config.endpoints import load_config
+from scanner.engine.sweep import Prober
+from scanner.output.metrics import ScannerMetrics
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
-from scanner.results import ErrorReason, SweepResult
-from scanner.store import ResultStore
+from scanner.results.sweep import ErrorReason, SweepResult
+from scanner.state.store import ResultStore
 from tests.lab.daemon import REPO, Daemon, Scrape, promtool_check, run_once
 from tests.lab.dnslab import DnsLab, require_dnsmasq
 from tests.lab.servers import LabCerts, NginxLabFactory, NginxServer, TLSServer, free_ports

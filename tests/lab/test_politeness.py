@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from scanner.cli import scan_round
-from scanner.config import Politeness, load_config
+from scanner.config.endpoints import Politeness, load_config
 from scanner.protocols import Protocol
-from scanner.results import ProtocolState, SweepResult
+from scanner.results.sweep import ProtocolState, SweepResult
 from scanner.targets import expand
 from tests.lab.peers import CountingTLSServer
 from tests.lab.servers import LabCerts

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from scanner.config import HttpCheck, TargetConfig
-from scanner.probe import Prober
+from scanner.config.endpoints import HttpCheck, TargetConfig
+from scanner.engine.sweep import Prober
 from scanner.protocols import ALL_PROTOCOLS, Protocol
-from scanner.results import ErrorReason, ProtocolState, SweepResult
+from scanner.results.sweep import ErrorReason, ProtocolState, SweepResult
 from tests.lab.servers import (
     Endpoint,
     LabStack,

@@ -19,10 +19,10 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from scanner.config import load_config
+from scanner.config.endpoints import load_config
+from scanner.daemon.service import Service
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
-from scanner.service import Service
 from tests.lab.daemon import Daemon, Scrape, promtool_check
 from tests.lab.dnslab import DnsLab, require_dnsmasq
 from tests.lab.servers import LabCerts, NginxLab, NginxServer, TLSServer, free_ports, require_nginx, tarpit

@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 
 from scanner.cli import build_parser
-from scanner.metrics import TARGET_FAMILIES
-from scanner.webconfig import WebGuard, load_web_config
+from scanner.output.metrics import TARGET_FAMILIES
+from scanner.web.config import WebGuard, load_web_config
 from tests.lab.daemon import REPO, require_binary
 from tests.lab.servers import LabCerts
 from tests.lab.test_deploy import run

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from scanner.config import Expectation, TargetConfig
+from scanner.config.endpoints import Expectation, TargetConfig
 from scanner.protocols import Protocol
-from scanner.results import AddressResult, ErrorReason, ProtocolResult, ProtocolState, SweepResult
+from scanner.results.sweep import AddressResult, ErrorReason, ProtocolResult, ProtocolState, SweepResult
 from scanner.targets import Shard
 
 A, R, E = ProtocolState.ACCEPTED, ProtocolState.REJECTED, ProtocolState.ERROR

@@ -1,4 +1,4 @@
-"""Tests for scanner.config: invalid configs give one exact `PATH:LINE: message`; valid ones load as documented."""
+"""Tests for the endpoints config: bad configs give one exact `PATH:LINE: message`; good ones load as documented."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scanner.config import (
+from scanner.config.endpoints import (
     DEFAULT_CONCURRENCY,
     DEFAULT_INTERVAL,
     DEFAULT_TIMEOUT,

@@ -7,7 +7,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from scanner.deep_results import (
+from scanner.output.metrics import ScannerMetrics, render_sweeps
+from scanner.output.report import render_json, render_table
+from scanner.protocols import Protocol
+from scanner.results.deep import (
     CertificateInfo,
     DeepAddressResult,
     DeepChange,
@@ -15,11 +18,8 @@ from scanner.deep_results import (
     MozillaProfile,
     deep_changes,
 )
-from scanner.metrics import ScannerMetrics, render_sweeps
-from scanner.protocols import Protocol
-from scanner.report import render_json, render_table
-from scanner.status import TransitionKind
-from scanner.store import ResultStore
+from scanner.state.status import TransitionKind
+from scanner.state.store import ResultStore
 from tests.unit.factories import A, R, sweep, target
 
 T12, T13 = Protocol.TLSv1_2, Protocol.TLSv1_3

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scanner.config import TargetConfig
-from scanner.endpoint import Endpoint, join_host_port, parse_host_port, parse_port, split_host_port
+from scanner.config.endpoints import TargetConfig
+from scanner.hostport import Endpoint, join_host_port, parse_host_port, parse_port, split_host_port
 
 
 @pytest.mark.parametrize(

@@ -22,21 +22,21 @@ def _restore_root_logger() -> Iterator[None]:
 
 def test_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
     setup_logging("info", "json")
-    logging.getLogger("scanner.scheduler").warning("%s %s changed: %s -> %s", "pypi.org", "TLSv1.0", "a", "r")
-    logging.getLogger("scanner.scheduler").debug("not shown at info")
+    logging.getLogger("scanner.daemon.scheduler").warning("%s %s changed: %s -> %s", "pypi.org", "TLSv1.0", "a", "r")
+    logging.getLogger("scanner.daemon.scheduler").debug("not shown at info")
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
     entry = json.loads(lines[0])
     assert entry["level"] == "warning"
-    assert entry["logger"] == "scanner.scheduler"
+    assert entry["logger"] == "scanner.daemon.scheduler"
     assert entry["msg"] == "pypi.org TLSv1.0 changed: a -> r"
     assert entry["ts"].endswith("Z")
 
 
 def test_text_and_level(capsys: pytest.CaptureFixture[str]) -> None:
     setup_logging("error", "text")
-    logging.getLogger("scanner.service").warning("hidden")
-    logging.getLogger("scanner.service").error("config reload failed")
+    logging.getLogger("scanner.daemon.service").warning("hidden")
+    logging.getLogger("scanner.daemon.service").error("config reload failed")
     err = capsys.readouterr().err
     assert "hidden" not in err
-    assert "ERROR scanner.service: config reload failed" in err
+    assert "ERROR scanner.daemon.service: config reload failed" in err

@@ -10,11 +10,11 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scanner import metrics as metrics_module
-from scanner.config import Config, Expectation, ProbeSettings, SafeConfig, TargetConfig
-from scanner.metrics import ScannerMetrics
+from scanner.config.endpoints import Config, Expectation, ProbeSettings, SafeConfig, TargetConfig
+from scanner.output import metrics as metrics_module
+from scanner.output.metrics import ScannerMetrics
 from scanner.protocols import Protocol
-from scanner.store import ResultStore
+from scanner.state.store import ResultStore
 from tests.unit.factories import A, E, R, sweep, target
 
 T10, T12 = Protocol.TLSv1_0, Protocol.TLSv1_2

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from scanner.config import Expectation
-from scanner.policy import evaluate
+from scanner.config.endpoints import Expectation
 from scanner.protocols import Protocol
+from scanner.state.policy import evaluate
 from tests.unit.factories import A, E, R, sweep, target
 
 S3, T10, T12 = Protocol.SSLv3, Protocol.TLSv1_0, Protocol.TLSv1_2
@@ -36,8 +36,8 @@ def test_evaluate(states: dict[Protocol, object], http: dict[Protocol, int], vio
 def test_a_dated_policy_is_enforced_from_its_date_and_reported_before() -> None:
     from dataclasses import replace
 
-    from scanner.config import DatedPolicy
-    from scanner.policy import deadlines, has_policy, verdict
+    from scanner.config.endpoints import DatedPolicy
+    from scanner.state.policy import deadlines, has_policy, verdict
 
     dated = DatedPolicy("pypi-2018", Expectation(reject=frozenset({T10})), start=2000.0)
     t = replace(target(), deadlines=(dated,))

@@ -6,8 +6,8 @@ import asyncio
 import itertools
 import time
 
-from scanner.config import Politeness
-from scanner.politeness import AddressGate
+from scanner.config.endpoints import Politeness
+from scanner.engine.politeness import AddressGate
 
 
 async def test_cap_per_address_and_none_across_addresses() -> None:

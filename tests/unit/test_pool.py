@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from scanner import pool
-from scanner.locate import Located
-from scanner.pool import Reply, SweepRequest, frame, read_frame, worker_count
+from scanner.daemon import pool
+from scanner.daemon.pool import Reply, SweepRequest, frame, read_frame, worker_count
+from scanner.engine.locate import Located
 from scanner.protocols import Protocol
 from tests.unit.factories import A, R, sweep, target
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from scanner.protocols import Protocol
-from scanner.results import ErrorReason, SweepResult
+from scanner.results.sweep import ErrorReason, SweepResult
 from tests.unit.factories import A, E, R, sweep, target
 
 T10, T12 = Protocol.TLSv1_0, Protocol.TLSv1_2
@@ -37,7 +37,10 @@ def test_a_target_without_addresses_is_an_error_on_every_configured_protocol() -
 
 
 def test_readers_of_results_do_not_import_sslyze() -> None:
-    modules = "scanner.store, scanner.metrics, scanner.report, scanner.web, scanner.policy, scanner.status"
+    modules = (
+        "scanner.state.store, scanner.output.metrics, scanner.output.report, "
+        "scanner.web.app, scanner.state.policy, scanner.state.status"
+    )
     code = f"import sys, {modules}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('sslyze', 'nassl')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -6,12 +6,12 @@ from dataclasses import replace
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from scanner.config import Expectation, TargetConfig
-from scanner.metrics import ScannerMetrics, render_probe, render_sweeps
+from scanner.config.endpoints import Expectation, TargetConfig
+from scanner.output.metrics import ScannerMetrics, render_probe, render_sweeps
 from scanner.protocols import Protocol
-from scanner.results import AddressResult, Evidence, ProtocolResult, ProtocolState, SweepResult
-from scanner.status import TransitionKind, advance, sweep_status
-from scanner.store import ResultStore
+from scanner.results.sweep import AddressResult, Evidence, ProtocolResult, ProtocolState, SweepResult
+from scanner.state.status import TransitionKind, advance, sweep_status
+from scanner.state.store import ResultStore
 from tests.unit.factories import A, E, R, sweep, target
 
 T10, T12 = Protocol.TLSv1_0, Protocol.TLSv1_2

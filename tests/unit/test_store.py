@@ -10,8 +10,8 @@ import pytest
 
 from scanner.errors import StateFileError
 from scanner.protocols import Protocol
-from scanner.results import ErrorReason
-from scanner.store import HISTORY_PER_TARGET, ResultStore
+from scanner.results.sweep import ErrorReason
+from scanner.state.store import HISTORY_PER_TARGET, ResultStore
 from tests.unit.factories import A, E, R, sweep, target
 
 T10, T12 = Protocol.TLSv1_0, Protocol.TLSv1_2
@@ -250,7 +250,7 @@ def test_a_file_we_may_not_write_is_refused_not_renamed(tmp_path: Path) -> None:
 def test_equal_answers_are_kept_once_across_targets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Targets that answered alike share one read-only set of answers in the store (10,000 copies cost ~12 MB);
     different answers stay apart, and the bound on what is remembered changes no answer."""
-    from scanner import store as store_module
+    from scanner.state import store as store_module
 
     monkeypatch.setattr(store_module._Answers, "LIMIT", 2)
     store = ResultStore()

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from scanner.web import WRITE_BYTES, _batched, accepts_gzip
+from scanner.web.app import WRITE_BYTES, _batched, accepts_gzip
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Tests for scanner.webconfig: the --web.config.file (TLS, basic auth, extra headers), no sslyze involved."""
+"""Tests for scanner.web.config: the --web.config.file (TLS, basic auth, extra headers), no sslyze involved."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from scanner import webconfig
 from scanner.errors import ConfigError
-from scanner.webconfig import TlsSettings, WebConfig, WebGuard, load_web_config, parse_basic_auth, server_ssl_context
+from scanner.web import config as webconfig
+from scanner.web.config import TlsSettings, WebConfig, WebGuard, load_web_config, parse_basic_auth, server_ssl_context
 
 PASSWORD = b"secret"
 HASH = bcrypt.hashpw(PASSWORD, bcrypt.gensalt(4)).decode()  # cost 4 keeps the tests fast

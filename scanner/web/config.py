@@ -25,7 +25,7 @@ import yaml
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from scanner.config import compose_yaml
+from scanner.config.endpoints import compose_yaml
 from scanner.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The sweep engine: one sweep of one target, every address, one handshake per version, errors as data.
 
-Asyncio on top; the blocking handshakes (scanner.handshake, the sslyze adapter) run in a bounded thread pool.
+Asyncio on top; the blocking handshakes (scanner.engine.handshake, the sslyze adapter) run in a bounded thread pool.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from scanner.clients import ClientProfile
-from scanner.config import HttpCheck, Politeness, Resolver, TargetConfig
-from scanner.deep_results import DeepResult
-from scanner.handshake import Attempt, Peer, classify, client_attempt, credentials, first_attempt, next_attempt
-from scanner.locate import DEADLINE_GRACE_SECONDS, Located, locate
-from scanner.politeness import AddressGate
+from scanner.config.endpoints import HttpCheck, Politeness, Resolver, TargetConfig
+from scanner.config.profiles import ClientProfile
+from scanner.engine.handshake import Attempt, Peer, classify, client_attempt, credentials, first_attempt, next_attempt
+from scanner.engine.locate import DEADLINE_GRACE_SECONDS, Located, locate
+from scanner.engine.politeness import AddressGate
 from scanner.protocols import Protocol
-from scanner.results import AddressResult, ErrorReason, Evidence, ProtocolResult, ProtocolState, SweepResult
+from scanner.results.deep import DeepResult
+from scanner.results.sweep import AddressResult, ErrorReason, Evidence, ProtocolResult, ProtocolState, SweepResult
 
 
 class Prober:
@@ -45,7 +45,7 @@ class Prober:
 
     async def deep(self, target: TargetConfig, addresses: Sequence[str]) -> DeepResult:
         """A deep scan of `target` (sslyze's scan commands, loaded on first use: the fast tier never needs them)."""
-        from scanner.deep import deep_scan
+        from scanner.engine.deep import deep_scan
 
         return await deep_scan(target, addresses)
 

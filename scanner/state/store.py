@@ -13,12 +13,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from scanner.config import TargetConfig
-from scanner.deep_results import DeepResult, DeepState, deep_changes, deep_from_dict, deep_to_dict
+from scanner.config.endpoints import TargetConfig
 from scanner.errors import StateFileError
 from scanner.protocols import Protocol
-from scanner.results import ErrorReason, ProtocolResult, ProtocolState, SweepResult
-from scanner.status import (
+from scanner.results.deep import DeepResult, DeepState, deep_changes, deep_from_dict, deep_to_dict
+from scanner.results.sweep import ErrorReason, ProtocolResult, ProtocolState, SweepResult
+from scanner.state.status import (
     ProtocolStatus,
     TargetStatus,
     Transition,

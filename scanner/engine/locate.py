@@ -1,6 +1,6 @@
 """Where a sweep goes, found before its first handshake: the addresses to probe, or why there are none.
 
-Kept apart from the handshake engine (scanner.probe) so the daemon's main process can resolve names and route
+Kept apart from the handshake engine (scanner.engine.sweep) so the daemon's main process can resolve names and route
 sweeps to worker processes without loading sslyze.
 """
 
@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from scanner.config import Resolver, TargetConfig
+from scanner.config.endpoints import Resolver, TargetConfig
+from scanner.engine.resolve import resolve
 from scanner.errors import ResolveError
-from scanner.resolve import resolve
-from scanner.results import ErrorReason, SweepResult
+from scanner.results.sweep import ErrorReason, SweepResult
 
 # Past its timeout a target gets this long before its hung connections are torn down.
 DEADLINE_GRACE_SECONDS = 0.8

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from scanner.clients import CIPHER_NAME_RE, GROUPS, PROFILE_NAME_RE, ClientProfile, builtin_profiles
-from scanner.endpoint import Endpoint, join_host_port, parse_port, split_host_port
+from scanner.config.profiles import CIPHER_NAME_RE, GROUPS, PROFILE_NAME_RE, ClientProfile, builtin_profiles
 from scanner.errors import ConfigError
+from scanner.hostport import Endpoint, join_host_port, parse_port, split_host_port
 from scanner.protocols import ALL_PROTOCOLS, Protocol
 
 # Handshakes in flight (and handshake threads, started only as needed): at a 100 ms round trip a handshake holds its
@@ -188,7 +188,7 @@ class Config:
     path: str
     targets: tuple[TargetConfig, ...]
     concurrency: int = DEFAULT_CONCURRENCY
-    workers: int | None = None  # worker processes for the handshakes; None: auto (scanner.pool.worker_count)
+    workers: int | None = None  # worker processes for the handshakes; None: auto (scanner.daemon.pool.worker_count)
     ranges: tuple[RangeConfig, ...] = ()
     max_range_endpoints: int = DEFAULT_MAX_RANGE_ENDPOINTS
     resolver: Resolver | None = None

@@ -7,10 +7,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from scanner.deep_results import DeepResult, deep_to_dict, strictest_profile
-from scanner.policy import deadlines, has_policy, verdict
 from scanner.protocols import ALL_PROTOCOLS
-from scanner.results import AddressResult, ProtocolResult, ProtocolState, SweepResult
+from scanner.results.deep import DeepResult, deep_to_dict, strictest_profile
+from scanner.results.sweep import AddressResult, ProtocolResult, ProtocolState, SweepResult
+from scanner.state.policy import deadlines, has_policy, verdict
 
 _CELL = {ProtocolState.ACCEPTED: "yes", ProtocolState.REJECTED: "no", ProtocolState.ERROR: "ERROR"}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from scanner.config import DatedPolicy, Expectation, TargetConfig
+from scanner.config.endpoints import DatedPolicy, Expectation, TargetConfig
 from scanner.protocols import Protocol
-from scanner.results import ProtocolResult, ProtocolState, SweepResult
+from scanner.results.sweep import ProtocolResult, ProtocolState, SweepResult
 
 
 @dataclass(frozen=True)

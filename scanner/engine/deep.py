@@ -44,10 +44,10 @@ from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum
 from sslyze.scanner.scanner import Scanner
 from sslyze.server_setting import ServerNetworkConfiguration, ServerNetworkLocation
 
-from scanner.config import TargetConfig
-from scanner.deep_results import CertificateInfo, DeepAddressResult, DeepResult, MozillaProfile
-from scanner.handshake import STARTTLS
+from scanner.config.endpoints import TargetConfig
+from scanner.engine.handshake import STARTTLS
 from scanner.protocols import Protocol
+from scanner.results.deep import CertificateInfo, DeepAddressResult, DeepResult, MozillaProfile
 
 DEFAULT_CONNECTIONS = 4  # per address: the deep tier's small share, beside the fast sweep's
 # A deep scan that has not ended by then is reported as an error; its thread cannot be stopped and ends on its own

@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scanner.config import TargetConfig
-from scanner.deep_results import DeepResult
-from scanner.pool import Sweeper
-from scanner.results import ErrorReason, ProtocolState, SweepResult
-from scanner.status import Transition, TransitionKind
-from scanner.store import ResultStore
+from scanner.config.endpoints import TargetConfig
+from scanner.daemon.pool import Sweeper
+from scanner.results.deep import DeepResult
+from scanner.results.sweep import ErrorReason, ProtocolState, SweepResult
+from scanner.state.status import Transition, TransitionKind
+from scanner.state.store import ResultStore
 
 log = logging.getLogger(__name__)
 

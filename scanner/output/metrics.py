@@ -20,12 +20,12 @@ from dataclasses import dataclass, replace
 from prometheus_client.utils import floatToGoString
 
 from scanner import __version__
-from scanner.config import SafeConfig, TargetConfig
-from scanner.deep_results import DeepResult, DeepState, deep_changes
-from scanner.policy import deadlines, has_policy, verdict
-from scanner.results import ErrorReason, ProtocolState, SweepResult
-from scanner.status import TargetStatus, ended_at, sweep_status
-from scanner.store import ResultStore
+from scanner.config.endpoints import SafeConfig, TargetConfig
+from scanner.results.deep import DeepResult, DeepState, deep_changes
+from scanner.results.sweep import ErrorReason, ProtocolState, SweepResult
+from scanner.state.policy import deadlines, has_policy, verdict
+from scanner.state.status import TargetStatus, ended_at, sweep_status
+from scanner.state.store import ResultStore
 from scanner.targets import Shard
 
 _FROM_SWEEP = "(from the last sweep, not measured at scrape time)"

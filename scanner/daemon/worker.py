@@ -1,6 +1,6 @@
-"""A worker process of the pool (scanner.pool): sweeps and deep scans on its own event loop and handshake threads.
+"""A worker process of the pool (scanner.daemon.pool): sweeps and deep scans on its own loop and handshake threads.
 
-Started by the daemon or `--once` as `python -m scanner.worker`; reads requests on stdin and writes replies on
+Started by the daemon or `--once` as `python -m scanner.daemon.worker`; reads requests on stdin and writes replies on
 stdout (length-prefixed pickles), logs to stderr. It exits when its stdin closes, so it never outlives its parent.
 """
 
@@ -12,10 +12,10 @@ import os
 import signal
 import sys
 
+from scanner.daemon.memory import trim_periodically
+from scanner.daemon.pool import Cancel, DeepRequest, Reply, Settings, Stop, SweepRequest, frame, read_frame
+from scanner.engine.sweep import Prober
 from scanner.logs import setup_logging
-from scanner.memory import trim_periodically
-from scanner.pool import Cancel, DeepRequest, Reply, Settings, Stop, SweepRequest, frame, read_frame
-from scanner.probe import Prober
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The handshake worker: one blocking sslyze handshake at one version, run in a thread, abortable from the loop.
 
 The only module that touches sslyze and nassl (including their private connection class); it hands back
-results as plain values from scanner.results.
+results as plain values from scanner.results.sweep.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from nassl import _nassl
 from nassl.ephemeral_key_info import OpenSslEcNidEnum
 from nassl.ssl_client import ClientCertificateRequested, OpenSslVerifyEnum, OpenSslVersionEnum, SslClient
 
-from scanner.clients import ClientProfile
-from scanner.config import HttpCheck, StartTls, TargetConfig
-from scanner.endpoint import bracket, join_host_port
+from scanner.config.endpoints import HttpCheck, StartTls, TargetConfig
+from scanner.config.profiles import ClientProfile
+from scanner.hostport import bracket, join_host_port
 from scanner.protocols import Protocol
-from scanner.results import ErrorReason, Evidence, ProtocolResult, ProtocolState
+from scanner.results.sweep import ErrorReason, Evidence, ProtocolResult, ProtocolState
 
 
 @contextlib.contextmanager

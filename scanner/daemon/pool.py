@@ -2,7 +2,7 @@
 schedule, the store and HTTP.
 
 One interpreter holds the GIL for every handshake's Python work; past ~1,000 handshakes a second that is the wall,
-and a /metrics render or a health check waits behind it. The workers are `python -m scanner.worker` children
+and a /metrics render or a health check waits behind it. The workers are `python -m scanner.daemon.worker` children
 speaking length-prefixed pickles over their stdin and stdout (our own processes, nothing else writes there).
 Names are resolved here, and a sweep goes to the worker its lowest address hashes to, so the per-address
 politeness caps hold for targets that share addresses.
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from scanner.config import Politeness, Resolver, TargetConfig
-from scanner.deep_results import DeepResult
-from scanner.locate import Located, locate
+from scanner.config.endpoints import Politeness, Resolver, TargetConfig
+from scanner.engine.locate import Located, locate
 from scanner.logs import JsonFormatter
-from scanner.results import ErrorReason, SweepResult
+from scanner.results.deep import DeepResult
+from scanner.results.sweep import ErrorReason, SweepResult
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def worker_count(configured: int | None, targets: int) -> int:
 def make_sweeper(workers: int, concurrency: int, politeness: Politeness, resolver: Resolver | None) -> Sweeper:
     """A WorkerPool of `workers` processes, or with 0 the Prober in this process (only then is sslyze loaded here)."""
     if workers == 0:
-        from scanner.probe import Prober
+        from scanner.engine.sweep import Prober
 
         return Prober(concurrency, politeness, resolver)
     return WorkerPool(workers, concurrency, politeness, resolver)
@@ -247,7 +247,7 @@ class WorkerPool:
             worker.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "scanner.worker",
+                "scanner.daemon.worker",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 env=env,

@@ -10,10 +10,10 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from scanner.config import TargetConfig
-from scanner.deep_results import DeepResult, DeepState
+from scanner.config.endpoints import TargetConfig
 from scanner.protocols import Protocol
-from scanner.results import ErrorReason, Evidence, ProtocolResult, ProtocolState, SweepResult
+from scanner.results.deep import DeepResult, DeepState
+from scanner.results.sweep import ErrorReason, Evidence, ProtocolResult, ProtocolState, SweepResult
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,19 +12,19 @@ from dataclasses import replace
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector, generate_latest
 
-from scanner.config import AddressMode, Config, SafeConfig, TargetConfig, is_ip
-from scanner.endpoint import join_host_port, parse_host_port, parse_port, split_host_port
+from scanner.config.endpoints import AddressMode, Config, SafeConfig, TargetConfig, is_ip
+from scanner.daemon.memory import trim_periodically
+from scanner.daemon.pool import make_sweeper, worker_count
+from scanner.daemon.scheduler import Scheduler
+from scanner.engine.locate import DEADLINE_GRACE_SECONDS
+from scanner.engine.resolve import resolve
 from scanner.errors import ConfigError, ResolveError
-from scanner.locate import DEADLINE_GRACE_SECONDS
-from scanner.memory import trim_periodically
-from scanner.metrics import ScannerMetrics, render_probe
-from scanner.pool import make_sweeper, worker_count
-from scanner.resolve import resolve
-from scanner.scheduler import Scheduler
-from scanner.store import ResultStore
+from scanner.hostport import join_host_port, parse_host_port, parse_port, split_host_port
+from scanner.output.metrics import ScannerMetrics, render_probe
+from scanner.state.store import ResultStore
 from scanner.targets import ALL, Shard, expand, find_configured, probe_refusal
-from scanner.web import WebState, make_app, make_runner
-from scanner.webconfig import WebConfig, WebGuard, load_web_config
+from scanner.web.app import WebState, make_app, make_runner
+from scanner.web.config import WebConfig, WebGuard, load_web_config
 
 log = logging.getLogger(__name__)
 
