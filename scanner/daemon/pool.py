@@ -44,7 +44,7 @@ RESTART_DELAY_SECONDS = 1.0  # before a worker that died is started again
 
 
 class Sweeper(Protocol):
-    """What runs sweeps and deep scans: the in-process Prober or the WorkerPool."""
+    """What runs sweeps and deep scans: the in-process SweepEngine or the WorkerPool."""
 
     resolver: Resolver | None
 
@@ -81,11 +81,11 @@ def worker_count(configured: int | None, targets: int) -> int:
 
 
 def make_sweeper(workers: int, concurrency: int, politeness: Politeness, resolver: Resolver | None) -> Sweeper:
-    """A WorkerPool of `workers` processes, or with 0 the Prober in this process (only then is sslyze loaded here)."""
+    """A WorkerPool of `workers` processes, or with 0 the SweepEngine in this process (only then is sslyze loaded)."""
     if workers == 0:
-        from scanner.engine.sweep import Prober
+        from scanner.engine.sweep import SweepEngine
 
-        return Prober(concurrency, politeness, resolver)
+        return SweepEngine(concurrency, politeness, resolver)
     return WorkerPool(workers, concurrency, politeness, resolver)
 
 

@@ -56,16 +56,16 @@ class Scheduler:
 
     def __init__(
         self,
-        prober: Sweeper,
+        engine: Sweeper,
         store: ResultStore,
         rng: random.Random | None = None,
         deep: DeepScan | None = None,
         deep_concurrency: int = DEEP_CONCURRENCY,
     ) -> None:
-        self.prober = prober
+        self.engine = engine
         self.store = store
         self.rng = rng or random.Random()
-        self.deep = deep or prober.deep
+        self.deep = deep or engine.deep
         self._deep_slots = asyncio.Semaphore(deep_concurrency)
         self._entries: dict[str, _Entry] = {}
         self._heap: list[tuple[float, int, str, _Kind]] = []  # (loop time due, tie-breaker, target, what)
@@ -171,7 +171,7 @@ class Scheduler:
 
     async def _sweep_once(self, entry: _Entry) -> None:
         try:
-            sweep = await self.prober.sweep(entry.target)
+            sweep = await self.engine.sweep(entry.target)
         except Exception:  # a bug in one sweep must not stop the target's sweeps
             log.exception("sweep of %s failed", entry.target.name)
             return

@@ -59,8 +59,8 @@ class Service:
         self.shard = shard
         self.store = ResultStore(state_file)
         self.workers = worker_count(config.workers, len(self.targets))
-        self.prober = make_sweeper(self.workers, config.concurrency, config.politeness, config.resolver)
-        self.scheduler = Scheduler(self.prober, self.store)
+        self.engine = make_sweeper(self.workers, config.concurrency, config.politeness, config.resolver)
+        self.scheduler = Scheduler(self.engine, self.store)
         self.process_registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.process_registry)
         PlatformCollector(registry=self.process_registry)
@@ -120,7 +120,7 @@ class Service:
                 log.warning("%s changes take effect on restart", key)
         if config.probe.max_concurrent != old.probe.max_concurrent:
             self._probes = asyncio.Semaphore(config.probe.max_concurrent)
-        self.prober.resolver = config.resolver
+        self.engine.resolver = config.resolver
         _warn_if_open(config)
         targets = self.targets
         workers = worker_count(config.workers, len(targets))
@@ -172,13 +172,13 @@ class Service:
             # The sweep ends by its timeout + grace, so fit that inside the scrape's deadline.
             left = deadline - (time.monotonic() - clock)
             timeout = max(0.5, min(target.timeout, left - DEADLINE_GRACE_SECONDS))
-            sweep = await self.prober.sweep(replace(target, timeout=timeout), addresses)
+            sweep = await self.engine.sweep(replace(target, timeout=timeout), addresses)
         return 200, render_probe(sweep)
 
     async def stop_scanning(self) -> None:
-        self.prober.stop()
+        self.engine.stop()
         await self.scheduler.stop()
-        await self.prober.shutdown()
+        await self.engine.shutdown()
 
 
 async def _watch_loop_lag(histogram: Histogram) -> None:

@@ -14,7 +14,7 @@ import sys
 
 from scanner.daemon.memory import trim_periodically
 from scanner.daemon.pool import Cancel, DeepRequest, Reply, Settings, Stop, SweepRequest, frame, read_frame
-from scanner.engine.sweep import Prober
+from scanner.engine.sweep import SweepEngine
 from scanner.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -42,16 +42,16 @@ async def _serve(replies: object) -> None:
     if not isinstance(settings, Settings):
         return  # the parent went away before it said anything
     setup_logging(logging.getLevelName(settings.log_level), "json" if settings.json_logs else "text")
-    prober = Prober(settings.concurrency, settings.politeness)
+    engine = SweepEngine(settings.concurrency, settings.politeness)
     tasks: dict[int, asyncio.Task[None]] = {}
     trimmer = asyncio.create_task(trim_periodically())
 
     async def answer(request: SweepRequest | DeepRequest) -> None:
         try:
             if isinstance(request, SweepRequest):
-                reply = Reply(request.id, await prober.sweep_located(request.target, request.located))
+                reply = Reply(request.id, await engine.sweep_located(request.target, request.located))
             else:
-                reply = Reply(request.id, await prober.deep(request.target, request.addresses))
+                reply = Reply(request.id, await engine.deep(request.target, request.addresses))
         except asyncio.CancelledError:
             return
         except Exception as exc:  # a bug: logged here with its traceback, reported to the parent as an error
@@ -69,14 +69,14 @@ async def _serve(replies: object) -> None:
             if task is not None:
                 task.cancel()
         elif isinstance(message, Stop):
-            prober.stop()
+            engine.stop()
     # stdin closed: the parent is stopping (or gone). What is still running ends now.
     trimmer.cancel()
-    prober.stop()
+    engine.stop()
     for task in list(tasks.values()):
         task.cancel()
     await asyncio.gather(*tasks.values(), return_exceptions=True)
-    prober.close()
+    engine.close()
     transport.close()
 
 

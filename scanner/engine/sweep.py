@@ -20,7 +20,7 @@ from scanner.results.deep import DeepResult
 from scanner.results.sweep import AddressResult, ErrorReason, Evidence, ProtocolResult, ProtocolState, SweepResult
 
 
-class Prober:
+class SweepEngine:
     """Sweeps targets: asyncio on top, sslyze's blocking handshakes in a bounded thread pool."""
 
     def __init__(
@@ -82,29 +82,25 @@ class Prober:
 
     async def _sweep_address(self, peer: Peer, deadline: float) -> AddressResult:
         target, address = peer.target, peer.address
-        results = await asyncio.gather(
-            *(self._probe_protocol(peer, p, target.http, deadline) for p in target.protocols)
-        )
+        results = await asyncio.gather(*(self._try_version(peer, p, target.http, deadline) for p in target.protocols))
         protocols = dict(zip(target.protocols, results, strict=True))
         if not _speaks_tls(protocols.values()) and any(r.state is ProtocolState.REJECTED for r in results):
             # Refusals without an alert prove nothing by themselves (a version downgrade and a non-TLS peer read
             # the same to OpenSSL); a version outside the configured ones can show the peer speaks TLS.
             for extra in (p for p in (Protocol.TLSv1_2, Protocol.TLSv1_3, Protocol.TLSv1_0) if p not in protocols):
-                proof = await self._probe_protocol(peer, extra, None, deadline)
+                proof = await self._try_version(peer, extra, None, deadline)
                 if _speaks_tls([proof]):
-                    return AddressResult(address, protocols, clients=await self._probe_clients(peer, protocols))
+                    return AddressResult(address, protocols, clients=await self._try_profiles(peer, protocols))
         protocols, error, reason = _judge_peer(protocols)
-        return AddressResult(address, protocols, error, reason, await self._probe_clients(peer, protocols))
+        return AddressResult(address, protocols, error, reason, await self._try_profiles(peer, protocols))
 
-    async def _probe_clients(
-        self, peer: Peer, versions: Mapping[Protocol, ProtocolResult]
-    ) -> dict[str, ProtocolResult]:
+    async def _try_profiles(self, peer: Peer, versions: Mapping[Protocol, ProtocolResult]) -> dict[str, ProtocolResult]:
         """Each client profile of the target, after the version sweep, on a deadline of its own."""
         profiles = peer.target.clients
         if not profiles:
             return {}
         deadline = asyncio.get_running_loop().time() + peer.target.timeout + DEADLINE_GRACE_SECONDS
-        results = await asyncio.gather(*(self._probe_client(peer, c, versions, deadline) for c in profiles))
+        results = await asyncio.gather(*(self._try_profile(peer, c, versions, deadline) for c in profiles))
         return {profile.name: result for profile, result in zip(profiles, results, strict=True)}
 
     async def _tcp_open(self, address: str, target: TargetConfig, deadline: float) -> ProtocolResult | None:
@@ -124,7 +120,7 @@ class Prober:
             self._slots = asyncio.Semaphore(self.concurrency)
         return self._slots
 
-    async def _probe_protocol(
+    async def _try_version(
         self, peer: Peer, protocol: Protocol, http: HttpCheck | None, deadline: float
     ) -> ProtocolResult:
         """The answer for one version: a first hello, and more only as next_attempt's rules say."""
@@ -141,7 +137,7 @@ class Prober:
             attempt = next_attempt(protocol, tried, result)
         return replace(result, connections=len(tried), retries=sum(a.retry for a in tried))
 
-    async def _probe_client(
+    async def _try_profile(
         self, peer: Peer, profile: ClientProfile, versions: Mapping[Protocol, ProtocolResult], deadline: float
     ) -> ProtocolResult:
         """Whether the client can connect: one handshake offering exactly its hello, at the best common version."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from scanner.config.endpoints import TargetConfig
-from scanner.engine.sweep import Prober
+from scanner.engine.sweep import SweepEngine
 from scanner.protocols import Protocol as P
 from scanner.state.store import ResultStore
 from tests.lab.daemon import Daemon, run_once, write_config
@@ -46,15 +46,15 @@ def test_a_path_that_resets_30_percent_makes_no_false_flips(nginx_lab: NginxLabF
         store.set_targets([target])
 
         async def sweeps(count: int) -> list[list[str]]:
-            prober = Prober(16)
+            engine = SweepEngine(16)
             try:
                 flips = []
                 for _ in range(count):
-                    sweep = await prober.sweep(target)
+                    sweep = await engine.sweep(target)
                     flips.append([f"{t.protocol} {t.old}->{t.new}" for t in store.record(sweep)])
                 return flips
             finally:
-                prober.close()
+                engine.close()
 
         flips = asyncio.run(sweeps(40))
         assert path.resets > 100  # the path really did reset

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from scanner.config.endpoints import load_config
-from scanner.engine.sweep import Prober
+from scanner.engine.sweep import SweepEngine
 from scanner.output.metrics import ScannerMetrics
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
@@ -273,11 +273,11 @@ def test_dns_outage_keeps_the_last_determined_states(nginx_lab: NginxLabFactory,
     store.set_targets([target])
 
     async def sweep() -> SweepResult:
-        prober = Prober(8, config.politeness, config.resolver)
+        engine = SweepEngine(8, config.politeness, config.resolver)
         try:
-            return await prober.sweep(target)
+            return await engine.sweep(target)
         finally:
-            prober.close()
+            engine.close()
 
     first = asyncio.run(sweep())
     assert len(first.addresses) == 4 and first.complete, first

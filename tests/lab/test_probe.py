@@ -8,7 +8,7 @@ import time
 import pytest
 
 from scanner.config.endpoints import HttpCheck, TargetConfig
-from scanner.engine.sweep import Prober
+from scanner.engine.sweep import SweepEngine
 from scanner.protocols import ALL_PROTOCOLS, Protocol
 from scanner.results.sweep import ErrorReason, ProtocolState, SweepResult
 from tests.lab.servers import (
@@ -37,11 +37,11 @@ def scan(
     )
 
     async def run() -> SweepResult:
-        prober = Prober(concurrency=16)
+        engine = SweepEngine(concurrency=16)
         try:
-            return await prober.sweep(target)
+            return await engine.sweep(target)
         finally:
-            prober.close()
+            engine.close()
 
     return asyncio.run(run())
 
@@ -155,11 +155,11 @@ def test_version_downgrade_is_a_rejection_not_a_foreign_peer(nginx_lab: NginxLab
     target = TargetConfig(name="t", host="127.0.0.1", port=port, timeout=3.0, protocols=(T11,))
 
     async def run() -> SweepResult:
-        prober = Prober(concurrency=4)
+        engine = SweepEngine(concurrency=4)
         try:
-            return await prober.sweep(target)
+            return await engine.sweep(target)
         finally:
-            prober.close()
+            engine.close()
 
     result = asyncio.run(run())
     assert result.error is None

@@ -289,7 +289,7 @@ def test_scrape_timeout_bounds_a_slow_dns_lookup(probe_lab: ProbeLab, tmp_path: 
                 status, body = await service.probe(f"ok.lab.test:{probe_lab.port}", 2.0)
                 return status, body, time.monotonic() - started
             finally:
-                await service.prober.shutdown()
+                await service.engine.shutdown()
                 service.store.close()
 
         status, body, elapsed = asyncio.run(run())
