@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TextIO
 
 from scanner import __version__
-from scanner.config.endpoints import Config, TargetConfig, load_config, parse_config
+from scanner.config import Config, TargetConfig, load_config, parse_config
 from scanner.daemon.pool import Sweeper, make_sweeper, worker_count
 from scanner.errors import ConfigError, StateFileError
 from scanner.logs import setup_logging

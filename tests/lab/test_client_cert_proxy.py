@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scanner.config.endpoints import load_config
+from scanner.config import load_config
 from scanner.errors import ConfigError
 from scanner.protocols import Protocol
 from tests.lab.daemon import REPO, run_once, run_scanner

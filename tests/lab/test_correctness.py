@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scanner.config.endpoints import TargetConfig
+from scanner.config import TargetConfig
 from scanner.engine.sweep import SweepEngine
 from scanner.protocols import Protocol as P
 from scanner.state.store import ResultStore

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
-from scanner.config.endpoints import TargetConfig
+from scanner.config import TargetConfig
 from scanner.engine.deep import deep_scan
 from scanner.protocols import Protocol
 from tests.lab.daemon import Daemon, Scrape, require_binary, write_config

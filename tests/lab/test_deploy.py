@@ -28,7 +28,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from scanner.cli import DEFAULT_LISTEN_ADDRESS, DEFAULT_STATE_FILE, build_parser, misused
-from scanner.config.endpoints import load_config
+from scanner.config import load_config
 from scanner.output import metrics as scanner_metrics
 from scanner.protocols import Protocol
 from scanner.web.config import WebConfig, WebGuard, load_web_config
