@@ -45,6 +45,7 @@ from scanner.config.nodes import (
     quote_hint,
     read_mapping,
     read_pairs,
+    str_list,
     str_value,
 )
 from scanner.config.policies import check_expect
@@ -145,6 +146,7 @@ def _targets(pairs: Pairs, defaults: Layer) -> tuple[list[TargetConfig], list[Ra
 
 
 def _workers(node: yaml.Node) -> int | None:
+    """`workers:` "auto" (None: scanner.daemon.pool decides) or a count of worker processes, 0 for none."""
     if isinstance(node, yaml.ScalarNode) and node.tag == TAG_STR and node.value == "auto":
         return None
     value = int_value(node)
@@ -154,6 +156,7 @@ def _workers(node: yaml.Node) -> int | None:
 
 
 def _positive_int(node: yaml.Node, key: str) -> int:
+    """An integer >= 1, or raise naming `key`."""
     value = int_value(node)
     if value is None or value < 1:
         raise InvalidNode(node, f"{key}: expected an integer >= 1, got {describe(node)}")
@@ -161,6 +164,7 @@ def _positive_int(node: yaml.Node, key: str) -> int:
 
 
 def _max_range_endpoints(node: yaml.Node) -> int:
+    """`max_range_endpoints:` how many endpoints all `network:` ranges may bring together."""
     value = _positive_int(node, "max_range_endpoints")
     if value > MAX_RANGE_ENDPOINTS:
         raise InvalidNode(
@@ -195,11 +199,7 @@ def _probe_settings(node: yaml.Node) -> ProbeSettings:
     pairs = read_mapping(node, "probe", _PROBE_KEYS)
     allow: list[str] = []
     if "allow" in pairs:
-        allow_node = pairs["allow"][1]
-        if not isinstance(allow_node, yaml.SequenceNode):
-            raise InvalidNode(allow_node, f"probe.allow: expected a list, got {describe(allow_node)}")
-        for item in allow_node.value:
-            text = str_value(item, "probe.allow")
+        for item, text in str_list(pairs["allow"][1], "probe.allow"):
             if "/" in text or is_ip(text):
                 try:
                     text = str(ipaddress.ip_network(text, strict=False))
@@ -267,6 +267,7 @@ def _range(node: yaml.MappingNode, defaults: Layer) -> RangeConfig:
 
 
 def _port(node: yaml.Node) -> int:
+    """A port number 1-65535 written as an integer."""
     port = int_value(node)
     if port is None or not 1 <= port <= 65535:
         raise InvalidNode(node, f"port: expected an integer 1-65535, got {describe(node)}")

@@ -77,7 +77,7 @@ class StartTls(enum.StrEnum):
 
 
 @dataclass(frozen=True)
-class ClientCert:
+class ClientCertificate:
     """A client certificate (chain) and key, for endpoints that demand mTLS."""
 
     cert: str
@@ -135,7 +135,7 @@ class TargetConfig:
     addresses: AddressMode = AddressMode.ALL
     address: str | None = None  # pinned connect address; host stays the SNI and Host name
     starttls: StartTls | None = None
-    client_cert: ClientCert | None = None
+    client_cert: ClientCertificate | None = None
     https_proxy: str | None = None  # http://host:port, CONNECT tunnel
     range: str | None = None  # set for endpoints expanded from a `network:` range
     confirm_sweeps: int = DEFAULT_CONFIRM_SWEEPS  # sweeps a flip seen only as a closed/reset connection must hold

@@ -340,6 +340,13 @@ def protocol_lines(node: yaml.Node, key: str) -> ProtocolLines:
     return protocols
 
 
+def str_list(node: yaml.Node, key: str) -> list[tuple[yaml.Node, str]]:
+    """A list of strings, each with its node (for its line); raise naming `key` for anything else."""
+    if not isinstance(node, yaml.SequenceNode):
+        raise InvalidNode(node, f"{key}: expected a list, got {describe(node)}")
+    return [(item, str_value(item, key)) for item in node.value]
+
+
 def str_value(node: yaml.Node, key: str) -> str:
     """Return a string scalar's text, or raise naming `key`."""
     if not isinstance(node, yaml.ScalarNode) or node.tag != TAG_STR:

@@ -16,17 +16,9 @@ from scanner.config.nodes import (
     read_pairs,
     str_value,
 )
-from scanner.protocols import ALL_PROTOCOLS, Protocol
 
 _EXPECT_KEYS = ("accept", "reject", "http_ok")
 _DATED_KEYS = (*_EXPECT_KEYS, "from", "name")
-
-
-def layer_protocols(node: yaml.Node) -> tuple[Protocol, ...]:
-    protocols = protocol_lines(node, "protocols")
-    if not protocols:
-        raise InvalidNode(node, "protocols: at least one protocol is required")
-    return tuple(protocol for protocol in ALL_PROTOCOLS if protocol in protocols)
 
 
 _ExpectGiven = tuple[dict[str, tuple[yaml.Node, ProtocolLines]], tuple[DatedPolicy, ...]]

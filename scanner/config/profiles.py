@@ -24,6 +24,7 @@ from scanner.config.nodes import (
     quote,
     read_mapping,
     read_pairs,
+    str_list,
     str_value,
 )
 from scanner.protocols import ALL_PROTOCOLS, Protocol
@@ -133,11 +134,7 @@ def config_profiles(node: yaml.Node) -> dict[str, ClientProfile]:
             ciphers.append(cipher)
         groups: list[str] = []
         if "groups" in pairs:
-            groups_node = pairs["groups"][1]
-            if not isinstance(groups_node, yaml.SequenceNode):
-                raise InvalidNode(groups_node, f"clients.{name}.groups: expected a list, got {describe(groups_node)}")
-            for item in groups_node.value:
-                group = str_value(item, f"clients.{name}.groups")
+            for item, group in str_list(pairs["groups"][1], f"clients.{name}.groups"):
                 if group not in GROUPS:
                     raise InvalidNode(
                         item, f"clients.{name}.groups: unknown group {quote(group)} (known: {', '.join(GROUPS)})"

@@ -10,7 +10,15 @@ import typing
 import yaml
 
 from scanner.config.hosts import https_proxy, is_ip
-from scanner.config.model import AddressMode, ClientCert, DatedPolicy, Expectation, HttpCheck, StartTls, TargetConfig
+from scanner.config.model import (
+    AddressMode,
+    ClientCertificate,
+    DatedPolicy,
+    Expectation,
+    HttpCheck,
+    StartTls,
+    TargetConfig,
+)
 from scanner.config.nodes import (
     NOT_UTF8,
     TAG_STR,
@@ -22,16 +30,18 @@ from scanner.config.nodes import (
     int_value,
     is_utf8,
     line_of,
+    protocol_lines,
     quote,
     quote_hint,
     read_mapping,
     read_pairs,
     str_value,
 )
-from scanner.config.policies import check_expect, expect_policies, layer_protocols
+from scanner.config.policies import check_expect, expect_policies
 from scanner.config.profiles import target_profiles
 from scanner.config.source import read_file
 from scanner.errors import ConfigError
+from scanner.protocols import ALL_PROTOCOLS, Protocol
 
 _CLIENT_CERT_KEYS = ("cert", "key")
 _HTTP_KEYS = ("path", "method", "host", "match")
@@ -68,7 +78,7 @@ def target_settings(own: Layer, defaults: Layer, *, name: str, host: str, port: 
     }
     for key, merge in _MERGED.items():
         given[key] = merge(defaults.get(key), own.get(key))
-    given["deadlines"] = merge_deadlines(defaults.get("expect"), own.get("expect"))
+    given["deadlines"] = _merge_deadlines(defaults.get("expect"), own.get("expect"))
     expect = {**expect_of(defaults), **expect_of(own)}
     check_expect(expect, set(expect_of(own)))
     http = given.get("http")
@@ -88,6 +98,7 @@ def target_settings(own: Layer, defaults: Layer, *, name: str, host: str, port: 
 
 
 def expect_of(layer: Layer) -> dict[str, tuple[yaml.Node, ProtocolLines]]:
+    """The `expect:` keys written at one level (each with its key node and protocols), without dated policies."""
     return layer["expect"].value[0] if "expect" in layer else {}
 
 
@@ -97,7 +108,7 @@ def _merge_expect(default: Given | None, own: Given | None) -> Expectation:
     return Expectation(**{key: frozenset(protocols) for key, (_, protocols) in expect.items()})
 
 
-def merge_deadlines(default: Given | None, own: Given | None) -> tuple[DatedPolicy, ...]:
+def _merge_deadlines(default: Given | None, own: Given | None) -> tuple[DatedPolicy, ...]:
     """A target's `expect:` brings its own dated policies, else it keeps the defaults'."""
     given = own or default
     return given.value[1] if given else ()
@@ -108,7 +119,8 @@ def _merge_labels(default: Given | None, own: Given | None) -> tuple[tuple[str, 
     return tuple(sorted({**(default.value if default else {}), **(own.value if own else {})}.items()))
 
 
-def _client_cert(node: yaml.Node) -> ClientCert:
+def _client_certificate(node: yaml.Node) -> ClientCertificate:
+    """`client_cert: {cert: PATH, key: PATH}`: the mTLS client certificate (chain) and key, both readable."""
     pairs = read_mapping(node, "client_cert", _CLIENT_CERT_KEYS)
     paths = {}
     for name in _CLIENT_CERT_KEYS:
@@ -119,7 +131,7 @@ def _client_cert(node: yaml.Node) -> ClientCert:
         if not os.access(path, os.R_OK) or not os.path.isfile(path):
             raise InvalidNode(path_node, f"client_cert.{name}: cannot read {quote(path)}")
         paths[name] = path
-    return ClientCert(**paths)
+    return ClientCertificate(**paths)
 
 
 def _confirm_sweeps(node: yaml.Node) -> int:
@@ -136,7 +148,16 @@ def _deep_interval(node: yaml.Node) -> float:
     return duration_value(node, "deep_interval")
 
 
+def _protocols(node: yaml.Node) -> tuple[Protocol, ...]:
+    """`protocols:` the versions to sweep, at least one, in the order of ALL_PROTOCOLS."""
+    protocols = protocol_lines(node, "protocols")
+    if not protocols:
+        raise InvalidNode(node, "protocols: at least one protocol is required")
+    return tuple(protocol for protocol in ALL_PROTOCOLS if protocol in protocols)
+
+
 def _ca_file(node: yaml.Node) -> str:
+    """`ca_file:` a readable PEM file of CA certificates, for the deep tier."""
     path = str_value(node, "ca_file")
     if not os.access(path, os.R_OK) or not os.path.isfile(path):
         raise InvalidNode(node, f"ca_file: cannot read {quote(path)}")
@@ -229,13 +250,13 @@ def _labels(node: yaml.Node) -> dict[str, str]:
 LAYER_PARSERS: dict[str, typing.Callable[[yaml.Node], typing.Any]] = {
     "interval": lambda node: duration_value(node, "interval"),
     "timeout": lambda node: duration_value(node, "timeout"),
-    "protocols": layer_protocols,
+    "protocols": _protocols,
     "expect": expect_policies,
     "http": _http,
     "labels": _labels,
     "addresses": lambda node: _choice(node, "addresses", AddressMode),
     "starttls": lambda node: _choice(node, "starttls", StartTls),
-    "client_cert": _client_cert,
+    "client_cert": _client_certificate,
     "https_proxy": https_proxy,
     "confirm_sweeps": _confirm_sweeps,
     "clients": target_profiles,
@@ -248,5 +269,3 @@ _MERGED: dict[str, typing.Callable[[Given | None, Given | None], typing.Any]] = 
     "labels": _merge_labels,
 }
 LAYER_KEYS = tuple(LAYER_PARSERS)
-_TARGET_KEYS = ("host", "port", "name", "sni", "address", *LAYER_KEYS)
-_RANGE_KEYS = ("network", "ports", *LAYER_KEYS)

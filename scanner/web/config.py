@@ -21,11 +21,11 @@ from scanner.config.nodes import (
     bool_flag,
     build_document,
     compose_yaml,
-    describe,
     is_null,
     line_of,
     quote,
     read_mapping,
+    str_list,
     str_value,
 )
 from scanner.errors import ConfigError, TlsContextError
@@ -154,11 +154,11 @@ def _tls(base_dir: str, key: yaml.Node, node: yaml.Node) -> TlsSettings:
 
     cipher_suites: tuple[str, ...] = ()
     if "cipher_suites" in given:
-        items = _string_list(given["cipher_suites"][1], "cipher_suites")
-        for item in items:
-            if item.value not in CIPHER_SUITES:
-                raise InvalidNode(item, f"unknown cipher suite {quote(item.value)} (known: {', '.join(CIPHER_SUITES)})")
-        cipher_suites = tuple(item.value for item in items)
+        items = _str_list(given["cipher_suites"][1], "cipher_suites")
+        for item, suite in items:
+            if suite not in CIPHER_SUITES:
+                raise InvalidNode(item, f"unknown cipher suite {quote(suite)} (known: {', '.join(CIPHER_SUITES)})")
+        cipher_suites = tuple(suite for _, suite in items)
         if cipher_suites and min_version < ssl.TLSVersion.TLSv1_3 and not any(CIPHER_SUITES[s] for s in cipher_suites):
             raise InvalidNode(
                 given["cipher_suites"][0],
@@ -167,16 +167,16 @@ def _tls(base_dir: str, key: yaml.Node, node: yaml.Node) -> TlsSettings:
 
     curve = None
     if "curve_preferences" in given:
-        items = _string_list(given["curve_preferences"][1], "curve_preferences")
-        for item in items:
-            if item.value not in CURVES:
-                raise InvalidNode(item, f"unknown curve {quote(item.value)} (known: {', '.join(CURVES)})")
+        items = _str_list(given["curve_preferences"][1], "curve_preferences")
+        for item, name in items:
+            if name not in CURVES:
+                raise InvalidNode(item, f"unknown curve {quote(name)} (known: {', '.join(CURVES)})")
         if len(items) > 1:
             raise InvalidNode(
-                items[1],
+                items[1][0],
                 "curve_preferences: Python's ssl can use only one curve; list one (or none for OpenSSL's defaults)",
             )
-        curve = items[0].value if items else None
+        curve = items[0][1] if items else None
 
     prefer = True
     if "prefer_server_cipher_suites" in given:
@@ -261,18 +261,9 @@ def _version(given: Pairs, key: str, default: ssl.TLSVersion) -> ssl.TLSVersion:
     return TLS_VERSIONS[name]
 
 
-def _string_list(node: yaml.Node, key: str) -> list[yaml.ScalarNode]:
-    """A list of strings (null: empty)."""
-    if is_null(node):
-        return []
-    if not isinstance(node, yaml.SequenceNode):
-        raise InvalidNode(node, f"{key}: expected a list, got {describe(node)}")
-    items: list[yaml.ScalarNode] = []
-    for item in node.value:
-        str_value(item, key)
-        assert isinstance(item, yaml.ScalarNode)
-        items.append(item)
-    return items
+def _str_list(node: yaml.Node, key: str) -> list[tuple[yaml.Node, str]]:
+    """A list of strings, each with its node; null is an empty list."""
+    return [] if is_null(node) else str_list(node, key)
 
 
 def _header_value(node: yaml.Node, key: str) -> str:
