@@ -329,6 +329,12 @@ def test_unreadable_binary_and_non_utf8_files(tmp_path: Path) -> None:
     assert str(info.value) == f"{latin1}:3: not UTF-8 (byte 0xe9)"
 
 
+def test_yaml_is_read_as_in_the_endpoints_file(write: Write) -> None:
+    """The same node helpers: merge keys work, and a user name may be written as a number."""
+    config = load_web_config(write("basic_auth_users:\n  <<: {alice: @HASH@}\n  1234: @HASH@\n"))
+    assert sorted(config.users) == ["1234", "alice"]
+
+
 @pytest.mark.parametrize("text", ["", "# nothing yet\n", "~\n", "tls_server_config:\nbasic_auth_users:\n"])
 def test_empty_config_means_no_tls_no_auth(write: Write, text: str) -> None:
     path = write(text)
