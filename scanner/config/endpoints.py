@@ -327,7 +327,8 @@ def _target(node: yaml.Node, defaults: Layer) -> tuple[TargetConfig, int]:
     return replace(target, sni=sni, address=address), name_line
 
 
-# Top-level keys that each set the Config field of the same name, read in this order: a new one is a field and an entry.
+# Top-level keys that each set the Config field of the same name, read in this order: a new one is a Config field,
+# an entry here and its name in _TOP_KEYS.
 _SETTINGS: dict[str, Callable[[yaml.Node], typing.Any]] = {
     "concurrency": lambda node: _positive_int(node, "concurrency"),
     "workers": _workers,
@@ -336,7 +337,7 @@ _SETTINGS: dict[str, Callable[[yaml.Node], typing.Any]] = {
     "probe": _probe_settings,
     "politeness": _politeness,
 }
-_TOP_KEYS = (
+_TOP_KEYS = (  # in the order the unknown-key message lists them
     "concurrency",
     "workers",
     "defaults",
