@@ -86,6 +86,8 @@ class _Record:
     retries: int = 0
     deep: DeepResult | None = None  # the last deep scan
     deep_scans: int = 0
+    findings: dict[str, object] | None = None  # tier name -> its last result, for tiers kept with keep()
+    kept: int = 0  # results kept with keep()
 
 
 __all__ = ["HISTORY_PER_TARGET", "MAX_UNWRITTEN_TRANSITIONS", "ResultStore"]
@@ -183,9 +185,18 @@ class ResultStore:
         return self._records[name].target
 
     def version(self, name: str) -> int:
-        """Changes whenever a sweep or a deep scan of the target is recorded."""
+        """Changes whenever a result of any tier is recorded for the target."""
         record = self._records[name]
-        return record.sweeps + record.deep_scans
+        return record.sweeps + record.deep_scans + record.kept
+
+    def keep(self, tier: str, target: TargetConfig, result: object) -> None:
+        """Keep a tier's latest result for the target, in memory (TargetStatus.findings): a tier without tables."""
+        record = self._record(target)
+        if record.findings is None:
+            record.findings = {}
+        record.findings[tier] = result
+        record.kept += 1
+        self.generation += 1
 
     def last_addresses(self, name: str) -> list[str] | None:
         """The addresses the target's last sweep probed (kept through a DNS outage); None before any."""
@@ -266,6 +277,7 @@ class ResultStore:
             retries=record.retries,
             deep=record.deep,
             deep_states=dict(self._deep.get(name, {})),
+            findings=dict(record.findings or {}),
         )
 
     def snapshot(self, with_transitions: int = 0) -> list[TargetStatus]:

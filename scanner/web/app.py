@@ -17,13 +17,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from scanner.config.endpoints import Expectation
 from scanner.output.metrics import RENDER_SLICE_SECONDS
-from scanner.output.report import deep_scan_to_dict, sweep_to_dict
+from scanner.output.report import sweep_to_dict
 from scanner.protocols import ALL_PROTOCOLS, Protocol
 from scanner.results.deep import deep_to_dict, strictest_profile
 from scanner.results.sweep import ProtocolResult, ProtocolState
 from scanner.state.policy import deadlines, evaluate, has_policy, verdict, wanted
 from scanner.state.status import ProtocolStatus, TargetStatus, Transition, TransitionKind
 from scanner.state.store import ResultStore
+from scanner.tiers.deep import scan_json
 from scanner.web.config import WebGuard
 
 _T = TypeVar("_T")
@@ -223,7 +224,7 @@ def target_to_dict(status: TargetStatus) -> dict[str, Any]:
         "deep_scan": None
         if status.deep is None
         else {
-            **deep_scan_to_dict(status.deep),
+            **scan_json(status.deep),
             "addresses": {a.address: deep_to_dict(a) for a in status.deep.addresses},
         },
         "transitions": [
