@@ -15,16 +15,17 @@ import weakref
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from scanner import __version__
 from scanner.config.endpoints import SafeConfig, TargetConfig
-from scanner.results.deep import DeepResult, DeepState, deep_changes
+from scanner.results.deep import DeepResult
 from scanner.results.sweep import SweepResult
 from scanner.state.status import TargetStatus, sweep_status
 from scanner.state.store import ResultStore
 from scanner.targets import Shard
 from scanner.tiers import TIERS, Tier
+from scanner.tiers.deep import alone as deep_alone
 from scanner.tiers.series import Family, Labels, gauge, number, sample
 from scanner.tiers.sweep import INTERVAL
 
@@ -255,17 +256,11 @@ def render_sweeps(
     deep = deep or {}
 
     def status(sweep: SweepResult) -> TargetStatus:
-        return replace(sweep_status(sweep), deep=deep.get(sweep.target.name), deep_states=_first_states(deep, sweep))
+        return deep_alone(sweep_status(sweep), deep.get(sweep.target.name))
 
     built = [(s.target, _build(status(s), TIERS, TARGET_FAMILIES)) for s in sweeps]
     families = _expose(built, TARGET_FAMILIES, shard, None)
     return b"".join(part for family in families for part in family).decode()
-
-
-def _first_states(deep: Mapping[str, DeepResult], sweep: SweepResult) -> dict[str, DeepState]:
-    """The states one deep scan gives on its own, as the target's first (no changes yet)."""
-    result = deep.get(sweep.target.name)
-    return {} if result is None else {a.address: deep_changes(None, a)[0] for a in result.addresses}
 
 
 def render_probe(sweep: SweepResult) -> str:

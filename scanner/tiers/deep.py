@@ -8,10 +8,11 @@ file); logs each of those and the scan's errors when they change.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from scanner.config.endpoints import TargetConfig
-from scanner.results.deep import DeepResult, deep_to_dict
+from scanner.results.deep import DeepResult, deep_changes, deep_to_dict
 from scanner.state.status import TargetStatus, Transition, TransitionKind
 from scanner.state.store import ResultStore
 from scanner.tiers.base import Engine, ScheduledTier, log
@@ -140,6 +141,14 @@ class DeepTier(ScheduledTier[DeepResult]):
 
 
 DEEP = DeepTier()
+
+
+def alone(status: TargetStatus, result: DeepResult | None) -> TargetStatus:
+    """`status` with one deep scan taken on its own, as the target's first: no changes yet (`--once --deep`)."""
+    if result is None:
+        return status
+    states = {a.address: deep_changes(None, a)[0] for a in result.addresses}
+    return replace(status, deep=result, deep_states=states)
 
 
 def scan_json(result: DeepResult) -> dict[str, Any]:
