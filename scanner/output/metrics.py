@@ -17,6 +17,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from prometheus_client.utils import floatToGoString
+
 from scanner import __version__
 from scanner.config.endpoints import SafeConfig, TargetConfig
 from scanner.results.deep import DeepResult
@@ -26,7 +28,7 @@ from scanner.state.store import ResultStore
 from scanner.targets import Shard
 from scanner.tiers import TIERS, Tier
 from scanner.tiers.deep import alone as deep_alone
-from scanner.tiers.series import Family, Labels, gauge, number, sample
+from scanner.tiers.series import Family, Labels, gauge, pairs
 from scanner.tiers.sweep import INTERVAL
 
 __all__ = ["INTERVAL", "TARGET_FAMILIES", "Family", "ScannerMetrics", "render_probe", "render_sweeps", "sample"]
@@ -58,6 +60,22 @@ PROBE_OPEN = Family(
 )
 PROBE_SUCCESS = Family("tls_scanner_probe_success", "gauge", "1 if the probe determined every protocol")
 PROBE_DURATION = Family("tls_scanner_probe_duration_seconds", "gauge", "How long the probe took")
+
+
+_COMMON_NUMBERS = {0.0: "0.0", 1.0: "1.0"}  # most samples: spare floatToGoString
+
+
+def number(value: float) -> str:
+    """A sample value as prometheus_client writes it."""
+    text = _COMMON_NUMBERS.get(value)
+    return text if text is not None else str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
+def sample(family: Family, labels: dict[str, str], value: float) -> str:
+    """One exposition line."""
+    if not labels:
+        return f"{family.name} {number(value)}\n"
+    return f"{family.name}{{{pairs(labels)}}} {number(value)}\n"
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from typing import ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, TypeVar
 
 from scanner.config.endpoints import TargetConfig
 from scanner.results.deep import DeepResult
 from scanner.results.sweep import SweepResult
 from scanner.state.status import TargetStatus, Transition, TransitionKind
-from scanner.state.store import ResultStore
 from scanner.tiers.series import Add, Family, Labels
+
+if TYPE_CHECKING:  # only named in hints: the store (and sqlite3) stays out of `--once`'s imports
+    from scanner.state.store import ResultStore
 
 # Transitions and sweep errors keep the logger they were always logged under: log filters select on its name.
 log = logging.getLogger("scanner.daemon.scheduler")

@@ -9,14 +9,16 @@ file); logs each of those and the scan's errors when they change.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from scanner.config.endpoints import TargetConfig
 from scanner.results.deep import DeepResult, deep_changes, deep_to_dict
 from scanner.state.status import TargetStatus, Transition, TransitionKind
-from scanner.state.store import ResultStore
 from scanner.tiers.base import Engine, ScheduledTier, log
 from scanner.tiers.series import Add, Family, Labels
+
+if TYPE_CHECKING:  # only named in hints: the store (and sqlite3) stays out of `--once`'s imports
+    from scanner.state.store import ResultStore
 
 DEEP_CONCURRENCY = 1  # deep scans in flight at once: the slow tier's small share, so sweeps keep their timing
 

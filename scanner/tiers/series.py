@@ -1,15 +1,14 @@
 """Metric families and their exposition lines: what each tier renders, written in the text format by hand.
 
-Below scanner.output.metrics (which assembles the whole exposition and caches each target's lines) so that a tier
-can name its families and write its lines without importing the output layer.
+Below scanner.output.metrics (which assembles the whole exposition, formats the values and caches each target's
+lines) so that a tier can name its families and label its lines without importing the output layer or
+prometheus_client (`--once` starts without it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-
-from prometheus_client.utils import floatToGoString
 
 FROM_SWEEP = "(from the last sweep, not measured at scrape time)"
 
@@ -40,25 +39,9 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-_COMMON_NUMBERS = {0.0: "0.0", 1.0: "1.0"}  # most samples: spare floatToGoString
-
-
-def number(value: float) -> str:
-    """A sample value as prometheus_client writes it."""
-    text = _COMMON_NUMBERS.get(value)
-    return text if text is not None else str(floatToGoString(value))  # type: ignore[no-untyped-call]
-
-
 def pairs(labels: Mapping[str, str]) -> str:
     """`a="1",b="2"`: the label pairs sorted by name, as prometheus_client writes them."""
     return ",".join(f'{key}="{_escape(labels[key])}"' for key in sorted(labels))
-
-
-def sample(family: Family, labels: dict[str, str], value: float) -> str:
-    """One exposition line."""
-    if not labels:
-        return f"{family.name} {number(value)}\n"
-    return f"{family.name}{{{pairs(labels)}}} {number(value)}\n"
 
 
 class Labels:
