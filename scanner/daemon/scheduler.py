@@ -1,4 +1,5 @@
-"""When each target is swept: its own interval with jitter, a spread-out first round, never two sweeps at once.
+"""When each target is swept: its own interval with jitter, a spread-out first round, never two sweeps at once; and
+when each scheduled tier (scanner.tiers: the registry, not this module, knows which) runs on it.
 
 One dispatcher task and a heap of due times, not a sleeping task per target: at 10,000 targets those tasks (and their
 timers, events and futures) were half a million objects for the garbage collector to walk, in pauses of 0.3 s.

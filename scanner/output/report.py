@@ -9,8 +9,10 @@ from typing import Any
 
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.results.deep import DeepResult, strictest_profile
-from scanner.results.sweep import AddressResult, ProtocolResult, ProtocolState, SweepResult
+from scanner.results.sweep import AddressResult, ProtocolState, SweepResult
 from scanner.state.policy import deadlines, has_policy, verdict
+from scanner.tiers.clients import result_json as client_json
+from scanner.tiers.clients import verdicts as client_verdicts
 from scanner.tiers.deep import expiry
 from scanner.tiers.deep import notes as deep_notes
 from scanner.tiers.deep import with_json as deep_json
@@ -34,25 +36,9 @@ def _address_to_dict(result: AddressResult) -> dict[str, Any]:
         "http_reasons": {p.value: r.http_reason for p, r in result.protocols.items() if r.http_reason is not None},
         "http_match": {p.value: r.http_match for p, r in result.protocols.items() if r.http_match is not None},
         "http_excerpts": {p.value: r.http_excerpt for p, r in result.protocols.items() if r.http_excerpt is not None},
-        "clients": {name: _client_to_dict(r) for name, r in result.clients.items()},
+        "clients": {name: client_json(r) for name, r in result.clients.items()},
     }
     return entry | {key: value for key, value in optional.items() if value}
-
-
-def _client_to_dict(result: ProtocolResult) -> dict[str, Any]:
-    compatible = None if result.state is ProtocolState.ERROR else result.state is ProtocolState.ACCEPTED
-    return {"compatible": compatible, "detail": result.detail}
-
-
-def _clients(sweep: SweepResult) -> dict[str, bool | None]:
-    """Per client profile, for the target: connects to every address (True), to none or only some (False)."""
-    found: dict[str, bool | None] = {}
-    for address in sweep.addresses:
-        for name, result in address.clients.items():
-            ok = None if result.state is ProtocolState.ERROR else result.state is ProtocolState.ACCEPTED
-            previous = found.get(name, True)
-            found[name] = False if previous is False or ok is False else (None if ok is None else previous)
-    return found
 
 
 def _expect_to_dict(sweep: SweepResult) -> dict[str, Any]:
@@ -102,7 +88,7 @@ def sweep_to_dict(sweep: SweepResult) -> dict[str, Any]:
         "duration_seconds": round(sweep.duration_seconds, 6),
         "connections": sweep.connections,
         "expect": _expect_to_dict(sweep),
-    } | ({"clients": _clients(sweep)} if target.clients else {})
+    } | ({"clients": client_verdicts(sweep)} if target.clients else {})
 
 
 def render_json(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] | None = None) -> str:
@@ -173,7 +159,7 @@ def render_table(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] |
                     if outcome.state is ProtocolState.ERROR:
                         notes.append(f"{where}: {protocol.value}: error: {outcome.detail}")
         notes.extend(f"{sweep.target.name}: policy: {v}" for v in judged.violations)
-        cannot = [name for name, ok in _clients(sweep).items() if ok is False]
+        cannot = [name for name, ok in client_verdicts(sweep).items() if ok is False]
         if cannot:
             notes.append(f"{sweep.target.name}: clients that cannot connect: {', '.join(cannot)}")
         for dated, would in deadlines(sweep):

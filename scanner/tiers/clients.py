@@ -7,9 +7,9 @@ own. Records whether each profile can connect and when that changed; logs a prof
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from scanner.results.sweep import ProtocolState
+from scanner.results.sweep import ProtocolResult, ProtocolState, SweepResult
 from scanner.state.status import TargetStatus, Transition, TransitionKind
 from scanner.tiers.base import Tier, log
 from scanner.tiers.series import Add, Family, Labels, counter, gauge
@@ -51,3 +51,35 @@ class ClientsTier(Tier):
 
 
 CLIENTS = ClientsTier()
+
+
+def result_json(result: ProtocolResult) -> dict[str, Any]:
+    """One profile's answer on one address, for `--once` JSON: can it connect (None: not determined), and why."""
+    compatible = None if result.state is ProtocolState.ERROR else result.state is ProtocolState.ACCEPTED
+    return {"compatible": compatible, "detail": result.detail}
+
+
+def verdicts(sweep: SweepResult) -> dict[str, bool | None]:
+    """Per client profile, for the target: connects to every address (True), to none or only some (False)."""
+    found: dict[str, bool | None] = {}
+    for address in sweep.addresses:
+        for name, result in address.clients.items():
+            ok = None if result.state is ProtocolState.ERROR else result.state is ProtocolState.ACCEPTED
+            previous = found.get(name, True)
+            found[name] = False if previous is False or ok is False else (None if ok is None else previous)
+    return found
+
+
+def states_json(status: TargetStatus) -> dict[str, Any]:
+    """Per address and profile, for the API: whether it can connect, since when, how often that changed."""
+    return {
+        address: {
+            client: {
+                "compatible": s.state is ProtocolState.ACCEPTED,
+                "last_change": s.last_change,
+                "changes": s.changes,
+            }
+            for client, s in by_client.items()
+        }
+        for address, by_client in status.clients.items()
+    }

@@ -8,11 +8,14 @@ file); logs each of those and the scan's errors when they change.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from scanner.config.endpoints import TargetConfig
 from scanner.results.deep import DeepResult, deep_changes, deep_to_dict
+from scanner.results.sweep import SweepResult
 from scanner.state.status import TargetStatus, Transition, TransitionKind
 from scanner.tiers.base import Engine, ScheduledTier, log
 from scanner.tiers.series import Add, Family, Labels
@@ -21,6 +24,7 @@ if TYPE_CHECKING:  # only named in hints: the store (and sqlite3) stays out of `
     from scanner.state.store import ResultStore
 
 DEEP_CONCURRENCY = 1  # deep scans in flight at once: the slow tier's small share, so sweeps keep their timing
+ONCE_DEEP_CONCURRENCY = 4  # deep scans at once in `--once --deep`
 
 _FROM_DEEP = "(from the last deep scan, not measured at scrape time)"
 CERT_NOT_AFTER = Family(
@@ -143,6 +147,18 @@ class DeepTier(ScheduledTier[DeepResult]):
 
 
 DEEP = DeepTier()
+
+
+async def once(engine: Engine, sweeps: Sequence[SweepResult]) -> dict[str, DeepResult]:
+    """Deep-scan each swept target (not those with deep_interval 0) on the addresses its sweep found, a few at once."""
+    slots = asyncio.Semaphore(ONCE_DEEP_CONCURRENCY)
+
+    async def one(sweep: SweepResult) -> tuple[str, DeepResult]:
+        async with slots:
+            return sweep.target.name, await engine.deep(sweep.target, [a.address for a in sweep.addresses])
+
+    chosen = [s for s in sweeps if not s.closed and s.target.deep_interval > 0]
+    return dict(await asyncio.gather(*(one(s) for s in chosen)))
 
 
 def alone(status: TargetStatus, result: DeepResult | None) -> TargetStatus:

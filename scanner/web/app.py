@@ -24,6 +24,7 @@ from scanner.results.sweep import ProtocolResult, ProtocolState
 from scanner.state.policy import deadlines, evaluate, has_policy, verdict, wanted
 from scanner.state.status import ProtocolStatus, TargetStatus, Transition, TransitionKind
 from scanner.state.store import ResultStore
+from scanner.tiers.clients import states_json
 from scanner.tiers.deep import scan_json
 from scanner.web.config import WebGuard
 
@@ -207,17 +208,7 @@ def target_to_dict(status: TargetStatus) -> dict[str, Any]:
             }
             for address, statuses in status.addresses.items()
         },
-        "clients": {
-            address: {
-                client: {
-                    "compatible": s.state is ProtocolState.ACCEPTED,
-                    "last_change": s.last_change,
-                    "changes": s.changes,
-                }
-                for client, s in by_client.items()
-            }
-            for address, by_client in status.clients.items()
-        },
+        "clients": states_json(status),
         "last_success_at": status.last_success_at,
         "errors_total": {r.value: n for r, n in status.errors.items()},
         "last_sweep": None if status.last_sweep is None else sweep_to_dict(status.last_sweep),
