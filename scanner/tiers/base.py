@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, ClassVar, Generic, Protocol, TypeVar
 
 from scanner.config.endpoints import TargetConfig
 from scanner.results.deep import DeepResult
-from scanner.results.sweep import SweepResult
 from scanner.state.status import TargetStatus, Transition, TransitionKind
 from scanner.tiers.series import Add, Family, Labels
 
@@ -23,9 +22,7 @@ Result = TypeVar("Result")
 
 
 class Engine(Protocol):
-    """What tiers scan with: scanner.daemon.pool.Sweeper, the in-process SweepEngine or the worker pool."""
-
-    async def sweep(self, target: TargetConfig) -> SweepResult: ...
+    """What scheduled tiers scan with (scanner.daemon.pool.Sweeper is one: the in-process engine or the workers)."""
 
     async def deep(self, target: TargetConfig, addresses: Sequence[str]) -> DeepResult: ...
 
