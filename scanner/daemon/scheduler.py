@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from scanner.config.endpoints import TargetConfig
@@ -49,9 +49,16 @@ class _Entry:
     jitter: float = 1.0
     removed: bool = False
     failing: Failing = frozenset()  # (address, reason) of the errors last logged
-    runs: dict[AnyScheduled, _Run] = field(default_factory=dict)  # per scheduled tier, once planned
+    runs: dict[AnyScheduled, _Run] | None = None  # per scheduled tier, once first planned (None: none yet)
 
-    def run(self, tier: AnyScheduled) -> _Run:
+    def run(self, tier: AnyScheduled) -> _Run | None:
+        """Where the target stands with `tier`; None before it was first planned."""
+        return None if self.runs is None else self.runs.get(tier)
+
+    def planned(self, tier: AnyScheduled) -> _Run:
+        """Where the target stands with `tier`, made when it is first planned."""
+        if self.runs is None:
+            self.runs = {}
         found = self.runs.get(tier)
         if found is None:
             found = self.runs[tier] = _Run()
@@ -153,7 +160,7 @@ class Scheduler:
                     if entry.due == when:
                         entry.due = None
                         self._start(self._tasks, self._sweep(entry), f"sweep {name}")
-                elif (run := entry.runs.get(tier)) is not None and run.due == when:
+                elif (run := entry.run(tier)) is not None and run.due == when:
                     run.due = None
                     run.running = True
                     self._start(self._tier_tasks, self._run(entry, tier, run), f"{tier.name} {name}")
@@ -213,7 +220,7 @@ class Scheduler:
         """Plan the target's next run of `tier` if none is: the first at random within its first interval (spread
         like the first round: 2,000 targets at 6h start one about every 11 s), once the tier is ready for it.
         With `replan` (its config changed), a run planned beyond a shorter interval is brought forward."""
-        run = entry.runs.get(tier)
+        run = entry.run(tier)
         if (run is not None and run.running) or self._stopping:
             return
         interval = tier.interval(entry.target)
@@ -223,7 +230,7 @@ class Scheduler:
             return
         if not tier.ready(self.store, entry.target.name):
             return
-        run = entry.run(tier)
+        run = entry.planned(tier)
         now = asyncio.get_running_loop().time()
         if run.due is None or (replan and run.due - now > interval * (1 + JITTER)):
             run.due = now + self._first_delay(entry.target, tier, interval)
