@@ -1,4 +1,4 @@
-"""The tier registry as a seam: a fourth tier, defined here alone, is scheduled on its interval and rendered."""
+"""The tier registry: a fourth tier defined here alone is scheduled and rendered; each tier's log lines."""
 
 from __future__ import annotations
 
@@ -15,12 +15,16 @@ from scanner.config.endpoints import TargetConfig
 from scanner.daemon.scheduler import JITTER, Scheduler
 from scanner.output.metrics import TARGET_FAMILIES, ScannerMetrics
 from scanner.protocols import Protocol
+from scanner.results.deep import DeepResult
+from scanner.results.sweep import ErrorReason
 from scanner.state.status import TargetStatus, Transition, TransitionKind
 from scanner.state.store import ResultStore
 from scanner.tiers import TIERS, ScheduledTier
 from scanner.tiers.base import Engine, log_transitions
+from scanner.tiers.deep import DEEP
 from scanner.tiers.series import Add, Family, Labels
-from tests.unit.factories import target
+from scanner.tiers.sweep import SWEEP
+from tests.unit.factories import A, sweep, target
 from tests.unit.fakes import FakeSweeper, run
 
 TOY_CHECKS = Family("tls_scanner_toy_checks", "gauge", "Toy checks run on the target")
@@ -111,3 +115,29 @@ def test_each_transition_is_logged_in_its_tiers_words(caplog: pytest.LogCaptureF
         "web TLSv1.2 cipher TLS_X removed",
         "web 192.0.2.1 certificate replaced: aa -> bb",
     ]
+
+
+def test_sweep_errors_are_logged_when_they_start_change_and_end(caplog: pytest.LogCaptureFixture) -> None:
+    t = target("down")
+    failing = replace(sweep(t, {}), error="connection refused", error_reason=ErrorReason.REFUSED)
+    state = frozenset[tuple[str, ErrorReason]]()
+    with caplog.at_level(logging.INFO, "scanner.daemon.scheduler"):
+        for each in (failing, failing, sweep(t, {Protocol.TLSv1_2: A}), sweep(t, {Protocol.TLSv1_2: A})):
+            state = SWEEP.report(each, state)
+        SWEEP.report_first_round([failing, sweep(target("up"), {Protocol.TLSv1_2: A})])
+    assert caplog.messages == [
+        "down: sweep error (refused): connection refused",
+        "down: sweeps complete again",
+        "first round: 2 targets, 1 complete, 1 with errors (refused: 1)",
+    ]
+
+
+def test_deep_scan_errors_are_logged_when_they_change(caplog: pytest.LogCaptureFixture) -> None:
+    t = target("web")
+    failed = DeepResult(t, 0.0, 1.0, error="timed out")
+    fine = DeepResult(t, 0.0, 1.0)
+    error = None
+    with caplog.at_level(logging.INFO, "scanner.daemon.scheduler"):
+        for each in (failed, failed, fine, fine):
+            error = DEEP.report(each, [], error)
+    assert caplog.messages == ["web: deep scan error: timed out", "web: deep scans complete again"]
