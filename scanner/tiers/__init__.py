@@ -1,15 +1,18 @@
 """The tiers: each kind of scan the scanner runs, one module each, and the registry the layers above iterate.
 
-A tier says what it scans and when (with each sweep, or on its own interval from the target's config), what it
-records and how its transitions read in the log, which per-target metric series it renders, and its JSON where it has
-some. The scheduler plans every ScheduledTier from this registry; the metrics render every tier's families.
+A tier says what it scans and when (with each sweep, or as a ScheduledTier on its own interval from the target's
+config), what it records and how its transitions read in the log, which per-target metric families it renders, and
+its JSON where it has some.
 
-Layering: above engine/ (which does the handshakes and scan commands), results/ and state/ (what they record in);
-below output/, web/ and daemon/, which iterate TIERS and import nothing tier-specific beyond a tier's JSON helpers.
+Layering: above engine/ (reached through tiers.base.Engine), results/ and state/ (what tiers record into); below
+output/, web/ and daemon/. The scheduler sweeps on the sweep tier's cadence and plans every ScheduledTier in TIERS;
+the metrics render every tier's families, in registry order; report and web call the client-profile and deep
+tiers' JSON helpers by name, so their keys keep their places in the documents.
 
-A fourth tier is a module with a Tier (or ScheduledTier) subclass and one line here. It keeps its findings with
-ResultStore.keep() (in memory; a tier whose findings must survive a restart adds its table to state/statefile.py)
-and reads them back from TargetStatus.findings; a scan that needs a worker process's sslyze adds an Engine method.
+A fourth tier is one module and one line below: a ScheduledTier subclass (interval, scan, record, lines, families)
+that keeps its findings with ResultStore.keep() (in memory) and reads them back from TargetStatus.findings. More
+only when it needs more: a table in state/statefile.py to survive restarts, a request type in daemon/pool.py to
+run in the worker processes, a key in the JSON documents.
 """
 
 from __future__ import annotations
