@@ -40,6 +40,8 @@ from scanner.state.status import (
     retries,
 )
 
+__all__ = ["HISTORY_PER_TARGET", "MAX_UNWRITTEN_TRANSITIONS", "ResultStore"]
+
 log = logging.getLogger(__name__)
 
 # Writes that fail (disk full) are kept for later, up to this many transitions; the latest state per series is
@@ -88,9 +90,6 @@ class _Record:
     deep_scans: int = 0
     findings: dict[str, object] | None = None  # tier name -> its last result, for tiers kept with keep()
     kept: int = 0  # results kept with keep()
-
-
-__all__ = ["HISTORY_PER_TARGET", "MAX_UNWRITTEN_TRANSITIONS", "ResultStore"]
 
 
 class ResultStore:
