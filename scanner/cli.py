@@ -21,6 +21,7 @@ from scanner.results.deep import DeepResult
 from scanner.results.sweep import SweepResult
 from scanner.state.policy import verdict
 from scanner.targets import ALL, Shard, expand
+from scanner.tiers.deep import once as deep_once
 from scanner.web.config import load_web_config
 
 DEFAULT_CONFIG = "config/endpoints.yaml"
@@ -30,7 +31,6 @@ DEFAULT_LISTEN_ADDRESS = ":9913"
 DEFAULT_STATE_FILE = "tls-scanner.db"
 CONFIG_FROM_STDIN = "-"  # --config - reads the config from standard input
 COMMAND_LINE = "<command line>"  # the name errors give the HOST[:PORT] arguments
-ONCE_DEEP_CONCURRENCY = 4  # deep scans at once in `--once --deep`
 
 # Flags that mean something in one mode only, by argparse dest; given in another mode they are refused (exit 2)
 # rather than ignored. Their argparse default is None, so that "given" can be told from "defaulted".
@@ -243,21 +243,9 @@ async def scan_round(
     sweeper = make_sweeper(workers, config.concurrency, config.politeness, config.resolver)
     try:
         sweeps = await sweep_all(sweeper, config, targets, progress)
-        return sweeps, (await deep_all(sweeper, sweeps) if deep else None)
+        return sweeps, (await deep_once(sweeper, sweeps) if deep else None)
     finally:
         await sweeper.shutdown()
-
-
-async def deep_all(sweeper: Sweeper, sweeps: Sequence[SweepResult]) -> dict[str, DeepResult]:
-    """Deep-scan each swept target (not those with deep_interval 0) on the addresses its sweep found, a few at once."""
-    slots = asyncio.Semaphore(ONCE_DEEP_CONCURRENCY)
-
-    async def one(sweep: SweepResult) -> tuple[str, DeepResult]:
-        async with slots:
-            return sweep.target.name, await sweeper.deep(sweep.target, [a.address for a in sweep.addresses])
-
-    chosen = [s for s in sweeps if not s.closed and s.target.deep_interval > 0]
-    return dict(await asyncio.gather(*(one(s) for s in chosen)))
 
 
 async def sweep_all(

@@ -15,136 +15,33 @@ import weakref
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from prometheus_client.utils import floatToGoString
 
 from scanner import __version__
 from scanner.config import SafeConfig, TargetConfig
-from scanner.results.deep import DeepResult, DeepState, deep_changes
-from scanner.results.sweep import ErrorReason, ProtocolState, SweepResult
-from scanner.state.policy import deadlines, has_policy, verdict
-from scanner.state.status import TargetStatus, ended_at, sweep_status
+from scanner.results.deep import DeepResult
+from scanner.results.sweep import SweepResult
+from scanner.state.status import TargetStatus, sweep_status
 from scanner.state.store import ResultStore
 from scanner.targets import Shard
+from scanner.tiers import TIERS, Tier
+from scanner.tiers.deep import alone as deep_alone
+from scanner.tiers.series import Family, Labels, gauge, pairs
+from scanner.tiers.sweep import INTERVAL
 
-_FROM_SWEEP = "(from the last sweep, not measured at scrape time)"
-
-
-@dataclass(frozen=True, eq=False)  # each family is one object: hashed by identity, fast as a dict key
-class Family:
-    """One metric family: its name as exposed, its type and its help text."""
-
-    name: str
-    kind: str  # "gauge" or "counter"
-    help: str
-
-    def header(self) -> str:
-        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.kind}\n"
+__all__ = ["INTERVAL", "TARGET_FAMILIES", "Family", "ScannerMetrics", "render_probe", "render_sweeps", "sample"]
 
 
-def _gauge(name: str, text: str) -> Family:
-    return Family(name, "gauge", f"{text} {_FROM_SWEEP}")
+def families_of(tiers: Sequence[Tier]) -> tuple[Family, ...]:
+    """The per-target families of these tiers, in the order they are exposed: tier after tier."""
+    return tuple(family for tier in tiers for family in tier.families)
 
 
-def _counter(name: str, text: str) -> Family:
-    return Family(name, "counter", f"{text} {_FROM_SWEEP}")
+TARGET_FAMILIES = families_of(TIERS)
 
-
-# The per-target families, in the order they are exposed.
-ACCEPTED = _gauge(
-    "tls_scanner_protocol_accepted",
-    "1 if the address accepts the protocol, 0 if it rejects it; an error keeps the last determined value",
-)
-CHANGES = _counter("tls_scanner_protocol_changes_total", "Flips between accepted and rejected observed")
-LAST_CHANGE = _gauge(
-    "tls_scanner_protocol_last_change_timestamp_seconds",
-    "When the protocol's state last flipped, or was first determined",
-)
-PROTOCOL_ERROR = _gauge(
-    "tls_scanner_protocol_error", "1 if the last sweep could not determine the protocol on the address"
-)
-HTTP_STATUS = _gauge("tls_scanner_http_status_code", "HTTP status answered over the protocol's handshake")
-HTTP_CHANGES = _counter(
-    "tls_scanner_http_status_changes_total", "Changes of the HTTP status answered over the protocol (200 -> 403 ...)"
-)
-HTTP_LAST_CHANGE = _gauge(
-    "tls_scanner_http_status_last_change_timestamp_seconds",
-    "When the HTTP status over the protocol last changed, or was first seen",
-)
-ACCEPTED_ADDRESSES = _gauge(
-    "tls_scanner_protocol_accepted_addresses", "How many of the target's addresses accepted the protocol"
-)
-ADDRESSES = _gauge("tls_scanner_addresses", "How many addresses the target's name resolved to (probed)")
-SUCCESS = _gauge("tls_scanner_scan_success", "1 if the last sweep determined every protocol on every address")
-LAST_SCAN = _gauge("tls_scanner_last_scan_timestamp_seconds", "When the last sweep of the target ended")
-LAST_SUCCESS = _gauge(
-    "tls_scanner_last_success_timestamp_seconds", "When the last sweep that determined every protocol ended"
-)
-DURATION = _gauge("tls_scanner_scan_duration_seconds", "How long the last sweep of the target took")
-INTERVAL = Family("tls_scanner_scan_interval_seconds", "gauge", "The target's configured interval between sweeps")
-ERRORS = _counter("tls_scanner_scan_errors_total", "Sweeps that hit an error, by reason")
-RETRIES = _counter(
-    "tls_scanner_handshake_retries_total", "Hellos sent again because a refusal came without a TLS alert"
-)
-EXPECTATION = _gauge("tls_scanner_expectation_met", "1 if the last sweep met the target's expect policy")
-_FROM_DEEP = "(from the last deep scan, not measured at scrape time)"
-CERT_NOT_AFTER = Family(
-    "tls_scanner_certificate_not_after_timestamp_seconds", "gauge", f"When the leaf certificate expires {_FROM_DEEP}"
-)
-CHAIN_NOT_AFTER = Family(
-    "tls_scanner_certificate_chain_not_after_timestamp_seconds",
-    "gauge",
-    f"Earliest expiry in the served chain, a trust anchor excluded {_FROM_DEEP}",
-)
-CERT_VALID = Family(
-    "tls_scanner_certificate_valid", "gauge", f"1 if the chain validates for the target's name, else 0 {_FROM_DEEP}"
-)
-CERT_INFO = Family("tls_scanner_certificate_info", "gauge", f"The leaf certificate, always 1 {_FROM_DEEP}")
-CIPHER_ACCEPTED = Family(
-    "tls_scanner_cipher_suite_accepted", "gauge", f"1 for each cipher suite the address accepts {_FROM_DEEP}"
-)
-CIPHER_CHANGES = Family(
-    "tls_scanner_cipher_suite_changes_total",
-    "counter",
-    f"Cipher suites that appeared or disappeared between deep scans (persisted) {_FROM_DEEP}",
-)
-MOZILLA = Family(
-    "tls_scanner_mozilla_compliant", "gauge", f"1 if the address meets Mozilla's TLS profile, else 0 {_FROM_DEEP}"
-)
-DEEP_TIMESTAMP = Family(
-    "tls_scanner_deep_scan_timestamp_seconds", "gauge", "When the last deep scan of the target ended"
-)
-DEEP_SUCCESS = Family(
-    "tls_scanner_deep_scan_success", "gauge", f"1 if the last deep scan scanned every address in full {_FROM_DEEP}"
-)
-HTTP_MATCH = _gauge(
-    "tls_scanner_http_match", "1 if the target's http.match was found in the answer over the protocol, else 0"
-)
-CLIENT_COMPATIBLE = _gauge(
-    "tls_scanner_client_compatible", "1 if the client profile can connect to the address, 0 if it cannot"
-)
-CLIENT_CHANGES = _counter(
-    "tls_scanner_client_compatibility_changes_total", "Times the client profile gained or lost the address"
-)
-CLIENT_LAST_CHANGE = _gauge(
-    "tls_scanner_client_compatibility_last_change_timestamp_seconds",
-    "When the client profile last gained or lost the address, or was first checked",
-)
-DEADLINE = Family(
-    "tls_scanner_expectation_deadline_timestamp_seconds", "gauge", "When a dated expect policy is enforced from"
-)
-DEADLINE_MET = _gauge(
-    "tls_scanner_expectation_deadline_met", "1 if the last sweep meets the dated policy (enforced yet or not)"
-)
-TARGET_FAMILIES = (
-    ACCEPTED, CHANGES, LAST_CHANGE, PROTOCOL_ERROR, HTTP_STATUS, HTTP_CHANGES, HTTP_LAST_CHANGE, ACCEPTED_ADDRESSES,
-    ADDRESSES, SUCCESS, LAST_SCAN, LAST_SUCCESS, DURATION, INTERVAL, ERRORS, RETRIES, EXPECTATION,
-    HTTP_MATCH, CLIENT_COMPATIBLE, CLIENT_CHANGES, CLIENT_LAST_CHANGE, DEADLINE, DEADLINE_MET,
-    CERT_NOT_AFTER, CHAIN_NOT_AFTER, CERT_VALID, CERT_INFO, CIPHER_ACCEPTED, CIPHER_CHANGES, MOZILLA, DEEP_TIMESTAMP,
-    DEEP_SUCCESS,
-)  # fmt: skip
-RANGES = _gauge("tls_scanner_range_endpoints", "Endpoints of a network range by whether they accepted TCP")
+RANGES = gauge("tls_scanner_range_endpoints", "Endpoints of a network range by whether they accepted TCP")
 TARGETS = Family("tls_scanner_targets", "gauge", "Targets configured (on this shard)")
 BUILD_INFO = Family("tls_scanner_build_info", "gauge", "Versions of tls-scanner and sslyze")
 SHARD_INFO = Family("tls_scanner_shard_info", "gauge", "This replica's shard of the targets")
@@ -165,42 +62,20 @@ PROBE_SUCCESS = Family("tls_scanner_probe_success", "gauge", "1 if the probe det
 PROBE_DURATION = Family("tls_scanner_probe_duration_seconds", "gauge", "How long the probe took")
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
 _COMMON_NUMBERS = {0.0: "0.0", 1.0: "1.0"}  # most samples: spare floatToGoString
 
 
-def _number(value: float) -> str:
+def number(value: float) -> str:
+    """A sample value as prometheus_client writes it."""
     text = _COMMON_NUMBERS.get(value)
     return text if text is not None else str(floatToGoString(value))  # type: ignore[no-untyped-call]
-
-
-def _pairs(labels: Mapping[str, str]) -> str:
-    """`a="1",b="2"`: the label pairs sorted by name, as prometheus_client writes them."""
-    return ",".join(f'{key}="{_escape(labels[key])}"' for key in sorted(labels))
 
 
 def sample(family: Family, labels: dict[str, str], value: float) -> str:
     """One exposition line."""
     if not labels:
-        return f"{family.name} {_number(value)}\n"
-    return f"{family.name}{{{_pairs(labels)}}} {_number(value)}\n"
-
-
-class _Labels:
-    """A target's labels plus each set of extra ones, written out once however many of its lines use them."""
-
-    def __init__(self, labels: Mapping[str, str]) -> None:
-        self._base = dict(labels)
-        self._texts: dict[tuple[tuple[str, str], ...], str] = {}
-
-    def __call__(self, *extra: tuple[str, str]) -> str:
-        text = self._texts.get(extra)
-        if text is None:
-            text = self._texts[extra] = _pairs({**self._base, **dict(extra)})
-        return text
+        return f"{family.name} {number(value)}\n"
+    return f"{family.name}{{{pairs(labels)}}} {number(value)}\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +101,7 @@ _PARTS_PER_PIECE = 1000
 
 def _expose(
     targets: Sequence[tuple[TargetConfig, _TargetLines]],
+    families: tuple[Family, ...],
     shard: Shard | None,
     reload: SafeConfig | None,
     store: ResultStore | None = None,
@@ -238,7 +114,7 @@ def _expose(
             counts = ranges.setdefault(target.range, Counter())
             if entry.range_state is not None:
                 counts[entry.range_state] += 1
-    for index, family in enumerate(TARGET_FAMILIES):
+    for index, family in enumerate(families):
         parts = [family.header().encode(), *(lines for _, entry in targets if (lines := entry.lines[index]))]
         for start in range(0, len(parts), _PARTS_PER_PIECE):
             yield parts[start : start + _PARTS_PER_PIECE]
@@ -308,8 +184,11 @@ class ScannerMetrics:
         reload: SafeConfig | None = None,
         shard: Shard | None = None,
         also: Callable[[], bytes] | None = None,
+        tiers: Sequence[Tier] = TIERS,
     ) -> None:
         self.store = store
+        self.tiers = tuple(tiers)
+        self.families = families_of(tiers)
         self.reload = reload
         self.shard = shard
         self.also = also  # more text after ours (the process collector's)
@@ -356,119 +235,36 @@ class ScannerMetrics:
             entry = (self.store.target(name), self.store.version(name))
             cached = self._cache.get(name)
             if cached is None or cached[0] != entry:
-                self._cache[name] = (entry, _build(self.store.status(name)))
+                self._cache[name] = (entry, _build(self.store.status(name), self.tiers, self.families))
                 if time.monotonic() > pause:
                     yield
                     pause = time.monotonic() + RENDER_SLICE_SECONDS
         # A target swept during the pauses is taken as built: the next render rebuilds it.
         built = [self._cache[name] for name in names if name in self._cache]
-        for part in _expose([(entry[0], lines) for (entry, lines) in built], self.shard, self.reload, self.store):
+        targets = [(entry[0], lines) for (entry, lines) in built]
+        for part in _expose(targets, self.families, self.shard, self.reload, self.store):
             emit(part)
             if time.monotonic() > pause:
                 yield
                 pause = time.monotonic() + RENDER_SLICE_SECONDS
 
 
-def _build(status: TargetStatus) -> _TargetLines:
-    """Every line one target contributes, by family."""
+def _build(status: TargetStatus, tiers: Sequence[Tier], families: tuple[Family, ...]) -> _TargetLines:
+    """Every line one target contributes, by family, from each tier."""
     lines: dict[Family, list[str]] = {}
-    at = _Labels({"target": status.target.name, **dict(status.target.labels)})
+    at = Labels({"target": status.target.name, **dict(status.target.labels)})
 
     def add(family: Family, labels: str, value: float) -> None:
-        lines.setdefault(family, []).append(f"{family.name}{{{labels}}} {_number(value)}\n")
+        lines.setdefault(family, []).append(f"{family.name}{{{labels}}} {number(value)}\n")
 
-    def done() -> _TargetLines:
-        return _TargetLines(tuple("".join(lines.get(f, ())).encode() for f in TARGET_FAMILIES), range_state)
-
-    target = status.target
     sweep = status.last_sweep
     range_state = None
-    if target.range is not None and sweep is not None:
+    if status.target.range is not None and sweep is not None:
         range_state = "closed" if sweep.closed else "open"
-        if sweep.closed:
-            return done()  # counted, not reported one by one
-    add(INTERVAL, at(), target.interval)
-    for address, statuses in status.addresses.items():
-        for protocol, state in statuses.items():
-            labels = at(("address", address), ("protocol", protocol.value))
-            add(ACCEPTED, labels, 1.0 if state.state is ProtocolState.ACCEPTED else 0.0)
-            add(CHANGES, labels, state.changes)
-            add(LAST_CHANGE, labels, state.last_change)
-            if state.http_last_change is not None:
-                add(HTTP_CHANGES, labels, state.http_changes)
-                add(HTTP_LAST_CHANGE, labels, state.http_last_change)
-    for address, by_client in status.clients.items():
-        for client, state in by_client.items():
-            labels = at(("address", address), ("client", client))
-            add(CLIENT_COMPATIBLE, labels, 1.0 if state.state is ProtocolState.ACCEPTED else 0.0)
-            add(CLIENT_CHANGES, labels, state.changes)
-            add(CLIENT_LAST_CHANGE, labels, state.last_change)
-    for reason in ErrorReason:
-        add(ERRORS, at(("reason", reason.value)), status.errors.get(reason, 0))
-    add(RETRIES, at(), status.retries)
-    if status.deep is not None:
-        _deep_lines(status, at, add)
-    if sweep is None:
-        return done()
-    for result in sweep.addresses:
-        for protocol, outcome in result.protocols.items():
-            labels = at(("address", result.address), ("protocol", protocol.value))
-            add(PROTOCOL_ERROR, labels, float(outcome.state is ProtocolState.ERROR))
-            if outcome.http_status is not None:
-                add(HTTP_STATUS, labels, outcome.http_status)
-            if outcome.http_match is not None:
-                add(HTTP_MATCH, labels, float(outcome.http_match))
-    for protocol in target.protocols:
-        add(ACCEPTED_ADDRESSES, at(("protocol", protocol.value)), sweep.accepted_addresses(protocol))
-    add(ADDRESSES, at(), len(sweep.addresses))
-    add(SUCCESS, at(), float(sweep.complete))
-    add(LAST_SCAN, at(), ended_at(sweep))
-    add(DURATION, at(), sweep.duration_seconds)
-    if status.last_success_at is not None:
-        add(LAST_SUCCESS, at(), status.last_success_at)
-    if has_policy(target, sweep.started_at):
-        add(EXPECTATION, at(), float(verdict(sweep).met))
-    for dated, judged in deadlines(sweep):
-        add(DEADLINE, at(("policy", dated.name)), dated.start)
-        add(DEADLINE_MET, at(("policy", dated.name)), float(judged.met))
-    return done()
-
-
-def _deep_lines(status: TargetStatus, at: _Labels, add: Callable[[Family, str, float], None]) -> None:
-    """The deep tier's lines of one target: per address its certificate, suites, profiles; per target when and how."""
-    deep = status.deep
-    assert deep is not None
-    add(DEEP_TIMESTAMP, at(), deep.ended_at)
-    add(DEEP_SUCCESS, at(), float(deep.success))
-    for result in deep.addresses:
-        address = ("address", result.address)
-        cert = result.certificate
-        if cert is not None:
-            add(CERT_NOT_AFTER, at(address), cert.not_after)
-            add(CHAIN_NOT_AFTER, at(address), cert.chain_not_after)
-            add(CERT_VALID, at(address), float(cert.valid))
-            info = (
-                ("subject", cert.subject),
-                ("issuer", cert.issuer),
-                ("serial", cert.serial),
-                ("fingerprint_sha256", cert.fingerprint_sha256),
-                ("key", cert.key),
-                ("error", (cert.error or "")[:200]),  # a bounded label: the start of the validation error says why
-            )
-            add(CERT_INFO, at(address, *info), 1)
-        state = status.deep_states.get(result.address)
-        # The suites last enumerated per version: a version this scan could not enumerate keeps its series (an
-        # outage is not a cipher-level brownout, and TLSCipherSuiteRemoved reads vanished series as one).
-        known = state.cipher_suites if state is not None else result.cipher_suites
-        for protocol, suites in known.items():
-            for suite in sorted(suites):
-                add(CIPHER_ACCEPTED, at(address, ("protocol", protocol.value), ("cipher", suite)), 1)
-        if state is not None:
-            for protocol, count in state.changes.items():
-                if state.cipher_suites.get(protocol) or count:  # versions that never had a suite add no series
-                    add(CIPHER_CHANGES, at(address, ("protocol", protocol.value)), count)
-        for profile, reasons in result.compliance.items():
-            add(MOZILLA, at(address, ("profile", profile.value)), float(not reasons))
+    if range_state != "closed":  # a range endpoint closed to TCP is counted, not reported one by one
+        for tier in tiers:
+            tier.lines(status, at, add)
+    return _TargetLines(tuple("".join(lines.get(f, ())).encode() for f in families), range_state)
 
 
 def render_sweeps(
@@ -478,16 +274,11 @@ def render_sweeps(
     deep = deep or {}
 
     def status(sweep: SweepResult) -> TargetStatus:
-        return replace(sweep_status(sweep), deep=deep.get(sweep.target.name), deep_states=_first_states(deep, sweep))
+        return deep_alone(sweep_status(sweep), deep.get(sweep.target.name))
 
-    families = _expose([(s.target, _build(status(s))) for s in sweeps], shard, None)
+    built = [(s.target, _build(status(s), TIERS, TARGET_FAMILIES)) for s in sweeps]
+    families = _expose(built, TARGET_FAMILIES, shard, None)
     return b"".join(part for family in families for part in family).decode()
-
-
-def _first_states(deep: Mapping[str, DeepResult], sweep: SweepResult) -> dict[str, DeepState]:
-    """The states one deep scan gives on its own, as the target's first (no changes yet)."""
-    result = deep.get(sweep.target.name)
-    return {} if result is None else {a.address: deep_changes(None, a)[0] for a in result.addresses}
 
 
 def render_probe(sweep: SweepResult) -> str:

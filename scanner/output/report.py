@@ -8,9 +8,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scanner.protocols import ALL_PROTOCOLS
-from scanner.results.deep import DeepResult, deep_to_dict, strictest_profile
-from scanner.results.sweep import AddressResult, ProtocolResult, ProtocolState, SweepResult
+from scanner.results.deep import DeepResult, strictest_profile
+from scanner.results.sweep import AddressResult, ProtocolState, SweepResult
 from scanner.state.policy import deadlines, has_policy, verdict
+from scanner.tiers.clients import result_json as client_json
+from scanner.tiers.clients import verdicts as client_verdicts
+from scanner.tiers.deep import expiry
+from scanner.tiers.deep import notes as deep_notes
+from scanner.tiers.deep import with_json as deep_json
 
 _CELL = {ProtocolState.ACCEPTED: "yes", ProtocolState.REJECTED: "no", ProtocolState.ERROR: "ERROR"}
 
@@ -31,25 +36,9 @@ def _address_to_dict(result: AddressResult) -> dict[str, Any]:
         "http_reasons": {p.value: r.http_reason for p, r in result.protocols.items() if r.http_reason is not None},
         "http_match": {p.value: r.http_match for p, r in result.protocols.items() if r.http_match is not None},
         "http_excerpts": {p.value: r.http_excerpt for p, r in result.protocols.items() if r.http_excerpt is not None},
-        "clients": {name: _client_to_dict(r) for name, r in result.clients.items()},
+        "clients": {name: client_json(r) for name, r in result.clients.items()},
     }
     return entry | {key: value for key, value in optional.items() if value}
-
-
-def _client_to_dict(result: ProtocolResult) -> dict[str, Any]:
-    compatible = None if result.state is ProtocolState.ERROR else result.state is ProtocolState.ACCEPTED
-    return {"compatible": compatible, "detail": result.detail}
-
-
-def _clients(sweep: SweepResult) -> dict[str, bool | None]:
-    """Per client profile, for the target: connects to every address (True), to none or only some (False)."""
-    found: dict[str, bool | None] = {}
-    for address in sweep.addresses:
-        for name, result in address.clients.items():
-            ok = None if result.state is ProtocolState.ERROR else result.state is ProtocolState.ACCEPTED
-            previous = found.get(name, True)
-            found[name] = False if previous is False or ok is False else (None if ok is None else previous)
-    return found
 
 
 def _expect_to_dict(sweep: SweepResult) -> dict[str, Any]:
@@ -99,29 +88,7 @@ def sweep_to_dict(sweep: SweepResult) -> dict[str, Any]:
         "duration_seconds": round(sweep.duration_seconds, 6),
         "connections": sweep.connections,
         "expect": _expect_to_dict(sweep),
-    } | ({"clients": _clients(sweep)} if target.clients else {})
-
-
-def deep_scan_to_dict(result: DeepResult) -> dict[str, Any]:
-    """When and how a target's deep scan went (its per-address answers go under each address's `deep`)."""
-    return {
-        "started_at": result.started_at,
-        "duration_seconds": round(result.duration_seconds, 6),
-        "success": result.success,
-        "error": result.error,
-    }
-
-
-def _with_deep(entry: dict[str, Any], result: DeepResult | None) -> dict[str, Any]:
-    """A target's JSON with its deep scan: `deep_scan` for the target, `deep` in each address it scanned."""
-    if result is None:
-        return entry
-    by_address = {a.address: a for a in result.addresses}
-    for address in entry["addresses"]:
-        found = by_address.get(address["address"])
-        address["deep"] = None if found is None else deep_to_dict(found)
-    entry["deep_scan"] = deep_scan_to_dict(result)
-    return entry
+    } | ({"clients": client_verdicts(sweep)} if target.clients else {})
 
 
 def render_json(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] | None = None) -> str:
@@ -132,21 +99,11 @@ def render_json(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] | 
             closed[sweep.target.range] = closed.get(sweep.target.range, 0) + 1
     deep = deep or {}
     document: dict[str, Any] = {
-        "targets": [_with_deep(sweep_to_dict(s), deep.get(s.target.name)) for s in sweeps if not s.closed]
+        "targets": [deep_json(sweep_to_dict(s), deep.get(s.target.name)) for s in sweeps if not s.closed]
     }
     if closed:
         document["ranges_closed_endpoints"] = closed
     return json.dumps(document, indent=2) + "\n"
-
-
-def _expiry(result: DeepResult | None, now: float) -> str:
-    """Days until the earliest leaf expiry among the addresses (`41d`, `EXPIRED`), `!` when a chain is not valid."""
-    certs = [a.certificate for a in result.addresses if a.certificate is not None] if result else []
-    if not certs:
-        return "-"
-    days = (min(c.not_after for c in certs) - now) / 86400
-    text = "EXPIRED" if days < 0 else f"{int(days)}d"
-    return text if all(c.valid for c in certs) else f"{text}!"
 
 
 def render_table(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] | None = None) -> str:
@@ -186,8 +143,8 @@ def render_table(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] |
         rows.append([sweep.target.name, address, *cells, http or "-", policy])
         if deep is not None:
             scanned = deep.get(sweep.target.name)
-            rows[-1] += [_expiry(scanned, now), strictest_profile(scanned.addresses if scanned else ())]
-            notes.extend(_deep_notes(sweep.target.name, scanned))
+            rows[-1] += [expiry(scanned, now), strictest_profile(scanned.addresses if scanned else ())]
+            notes.extend(deep_notes(sweep.target.name, scanned))
         if sweep.dns_error:
             notes.append(f"{sweep.target.name}: dns error: {sweep.dns_error}")
         if sweep.error:
@@ -202,7 +159,7 @@ def render_table(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] |
                     if outcome.state is ProtocolState.ERROR:
                         notes.append(f"{where}: {protocol.value}: error: {outcome.detail}")
         notes.extend(f"{sweep.target.name}: policy: {v}" for v in judged.violations)
-        cannot = [name for name, ok in _clients(sweep).items() if ok is False]
+        cannot = [name for name, ok in client_verdicts(sweep).items() if ok is False]
         if cannot:
             notes.append(f"{sweep.target.name}: clients that cannot connect: {', '.join(cannot)}")
         for dated, would in deadlines(sweep):
@@ -219,19 +176,3 @@ def render_table(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] |
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [headers, *rows]]
     return "\n".join(lines + (["", *notes] if notes else [])) + "\n"
-
-
-def _deep_notes(name: str, result: DeepResult | None) -> list[str]:
-    """A deep scan's errors and invalid certificates, one line each."""
-    if result is None:
-        return []
-    if result.error is not None:
-        return [f"{name}: deep scan error: {result.error}"]
-    notes = []
-    for each in result.addresses:
-        where = f"{name} {each.address}" if len(result.addresses) > 1 else name
-        if each.certificate is not None and each.certificate.error is not None:
-            notes.append(f"{where}: certificate not valid: {each.certificate.error}")
-        if each.error is not None:
-            notes.append(f"{where}: deep scan error: {each.error}")
-    return notes

@@ -73,6 +73,7 @@ class TargetStatus:
     clients: ClientStatuses = field(default_factory=dict)  # the target's client profiles, per address
     deep: DeepResult | None = None  # the last deep scan (targets with deep_interval)
     deep_states: Mapping[str, DeepState] = field(default_factory=dict)  # address -> suites, certificate, changes
+    findings: Mapping[str, object] = field(default_factory=dict)  # tier name -> last result, tiers using store.keep()
 
 
 def ended_at(sweep: SweepResult) -> float:

@@ -17,13 +17,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from scanner.config import Expectation
 from scanner.output.metrics import RENDER_SLICE_SECONDS
-from scanner.output.report import deep_scan_to_dict, sweep_to_dict
+from scanner.output.report import sweep_to_dict
 from scanner.protocols import ALL_PROTOCOLS, Protocol
 from scanner.results.deep import deep_to_dict, strictest_profile
 from scanner.results.sweep import ProtocolResult, ProtocolState
 from scanner.state.policy import deadlines, evaluate, has_policy, verdict, wanted
 from scanner.state.status import ProtocolStatus, TargetStatus, Transition, TransitionKind
 from scanner.state.store import ResultStore
+from scanner.tiers.clients import states_json
+from scanner.tiers.deep import scan_json
 from scanner.web.guard import WebGuard
 
 _T = TypeVar("_T")
@@ -206,24 +208,14 @@ def target_to_dict(status: TargetStatus) -> dict[str, Any]:
             }
             for address, statuses in status.addresses.items()
         },
-        "clients": {
-            address: {
-                client: {
-                    "compatible": s.state is ProtocolState.ACCEPTED,
-                    "last_change": s.last_change,
-                    "changes": s.changes,
-                }
-                for client, s in by_client.items()
-            }
-            for address, by_client in status.clients.items()
-        },
+        "clients": states_json(status),
         "last_success_at": status.last_success_at,
         "errors_total": {r.value: n for r, n in status.errors.items()},
         "last_sweep": None if status.last_sweep is None else sweep_to_dict(status.last_sweep),
         "deep_scan": None
         if status.deep is None
         else {
-            **deep_scan_to_dict(status.deep),
+            **scan_json(status.deep),
             "addresses": {a.address: deep_to_dict(a) for a in status.deep.addresses},
         },
         "transitions": [

@@ -39,7 +39,7 @@ def test_a_target_without_addresses_is_an_error_on_every_configured_protocol() -
 def test_readers_of_results_do_not_import_sslyze() -> None:
     modules = (
         "scanner.state.store, scanner.output.metrics, scanner.output.report, "
-        "scanner.web.app, scanner.state.policy, scanner.state.status"
+        "scanner.web.app, scanner.state.policy, scanner.state.status, scanner.tiers"
     )
     code = f"import sys, {modules}; print(sorted(m for m in sys.modules if m.split('.')[0] in ('sslyze', 'nassl')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

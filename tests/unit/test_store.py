@@ -69,7 +69,7 @@ def test_history_is_bounded(tmp_path: Path) -> None:
     store.set_targets([t])
     for i in range(HISTORY_PER_TARGET + 50):
         store.record(sweep(t, {T10: A if i % 2 else R}, at=float(i)))
-    count = store._db.execute("SELECT COUNT(*) FROM transition WHERE target = 't'").fetchone()[0]
+    count = store._file._db.execute("SELECT COUNT(*) FROM transition WHERE target = 't'").fetchone()[0]
     assert count == HISTORY_PER_TARGET
     assert store.status("t").addresses["127.0.0.1"][T10].changes == HISTORY_PER_TARGET + 49
     store.close()
@@ -158,8 +158,8 @@ def test_a_full_disk_stops_no_sweep_and_kept_transitions_are_written_later(tmp_p
     store.set_targets([t])
     store.record(sweep(t, {T10: A}, at=0))
     # SQLite's own limit on the file's pages: the same "database or disk is full" a full disk gives.
-    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
-    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    pages = store._file._db.execute("PRAGMA page_count").fetchone()[0]
+    store._file._db.execute(f"PRAGMA max_page_count = {pages}")
     flips = []
     for i in range(1, 41):
         flips += store.record(sweep(t, {T10: R if i % 2 else A}, at=100 * i))
@@ -167,7 +167,7 @@ def test_a_full_disk_stops_no_sweep_and_kept_transitions_are_written_later(tmp_p
     assert not store.writable and store.write_errors >= 1
     (status,) = store.snapshot()
     assert status.addresses["127.0.0.1"][T10].changes == 40
-    store._db.execute("PRAGMA max_page_count = 1073741823")
+    store._file._db.execute("PRAGMA max_page_count = 1073741823")
     store.record(sweep(t, {T10: A}, at=5000))  # no flip: only the kept ones are written
     assert store.writable
     store.close()
