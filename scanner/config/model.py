@@ -19,6 +19,10 @@ DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_RANGE_ENDPOINTS = 65536  # a /16 on one port
 DEFAULT_CONFIRM_SWEEPS = 2
 DEFAULT_DEEP_INTERVAL = 6 * 3600.0  # the deep tier (certificates, cipher suites); 0 turns it off
+DEFAULT_BURST_INTERVAL = 2.0  # re-probes of a flipped (address, version); 0 turns bursts off
+DEFAULT_BURST_FOR = 600.0  # how long a burst lasts at most, unless the version flips back first
+DEFAULT_PATTERN_WINDOW = 7 * 86400.0  # two refusal windows ended within it: periodic
+DEFAULT_PERMANENT_AFTER = 86400.0  # refused continuously for longer: permanent
 MAX_RANGE_ENDPOINTS = 2**24  # the most max_range_endpoints may allow
 
 
@@ -141,6 +145,10 @@ class TargetConfig:
     confirm_sweeps: int = DEFAULT_CONFIRM_SWEEPS  # sweeps a flip seen only as a closed/reset connection must hold
     deep_interval: float = DEFAULT_DEEP_INTERVAL  # seconds between deep scans; 0: no deep scans
     ca_file: str | None = None  # PEM CA certificate(s) trusted besides sslyze's stores, for the deep tier
+    burst_interval: float = DEFAULT_BURST_INTERVAL  # seconds between re-probes after a flip; 0: no bursts
+    burst_for: float = DEFAULT_BURST_FOR  # seconds a burst goes on at most
+    pattern_window: float = DEFAULT_PATTERN_WINDOW  # refusal windows ended within it count towards "periodic"
+    permanent_after: float = DEFAULT_PERMANENT_AFTER  # an open refusal window older than this is "permanent"
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ _HTTP_KEYS = ("path", "method", "host", "match")
 _RESERVED_LABELS = (
     "target", "protocol", "reason", "address", "name", "host", "port", "client", "policy",
     "cipher", "profile", "subject", "issuer", "serial", "fingerprint_sha256", "key", "error",
+    "kind", "pattern",
 )  # fmt: skip
 # Labels Prometheus itself sets or gives a meaning (scrape target, histogram bucket, summary quantile).
 _PROMETHEUS_LABELS = ("job", "instance", "le", "quantile")
@@ -143,9 +144,30 @@ def _confirm_sweeps(node: yaml.Node) -> int:
 
 def _deep_interval(node: yaml.Node) -> float:
     """A duration, or 0 (alone among durations) to turn the deep tier off."""
+    return _duration_or_off(node, "deep_interval")
+
+
+def _duration_or_off(node: yaml.Node, key: str) -> float:
+    """A duration, or 0 to turn the thing off."""
     if isinstance(node, yaml.ScalarNode) and re.fullmatch(r"0+(\.0*)?(ms|s|m|h)?", node.value.strip()):
         return 0.0
-    return duration_value(node, "deep_interval")
+    return duration_value(node, key)
+
+
+MAX_SPAN_DAYS = 90
+_SPAN_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+)d")
+
+
+def _span(node: yaml.Node, key: str) -> float:
+    """A duration that may also be given in days (7d), up to MAX_SPAN_DAYS: pattern_window, permanent_after."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == TAG_STR and (days := _SPAN_RE.fullmatch(node.value.strip())):
+        seconds = float(days.group(1)) * 86400
+        if seconds <= 0:
+            raise InvalidNode(node, f"{key}: bad duration {quote(node.value)}: must be greater than 0")
+        if seconds > MAX_SPAN_DAYS * 86400:
+            raise InvalidNode(node, f"{key}: bad duration {quote(node.value)}: must be at most {MAX_SPAN_DAYS}d")
+        return seconds
+    return duration_value(node, key)
 
 
 def _protocols(node: yaml.Node) -> tuple[Protocol, ...]:
@@ -262,6 +284,10 @@ LAYER_PARSERS: dict[str, typing.Callable[[yaml.Node], typing.Any]] = {
     "clients": target_profiles,
     "deep_interval": _deep_interval,
     "ca_file": _ca_file,
+    "burst_interval": lambda node: _duration_or_off(node, "burst_interval"),
+    "burst_for": lambda node: duration_value(node, "burst_for"),
+    "pattern_window": lambda node: _span(node, "pattern_window"),
+    "permanent_after": lambda node: _span(node, "permanent_after"),
 }
 # Keys whose default and target values combine instead of the target's replacing the default's.
 _MERGED: dict[str, typing.Callable[[Given | None, Given | None], typing.Any]] = {

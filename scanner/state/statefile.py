@@ -19,6 +19,7 @@ from scanner.protocols import Protocol
 from scanner.results.deep import DeepResult, DeepState, deep_from_dict, deep_to_dict
 from scanner.results.sweep import ProtocolState
 from scanner.state.status import ProtocolStatus, Transition, TransitionKind
+from scanner.state.windows import KEPT_WINDOWS, SeriesRow, WindowKind, WindowRow
 
 # The state file's messages keep the logger they always had: log filters select on it.
 log = logging.getLogger("scanner.state.store")
@@ -26,7 +27,7 @@ log = logging.getLogger("scanner.state.store")
 HISTORY_PER_TARGET = 1000
 # Marks a state file as ours ("TLSS"), so a foreign SQLite file is never mistaken for one.
 _APPLICATION_ID = 0x544C5353
-_SCHEMA_VERSION = 3
+_SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS protocol_state (
     target TEXT NOT NULL,
@@ -76,7 +77,31 @@ CREATE TABLE IF NOT EXISTS deep_scan (
     error TEXT,
     addresses TEXT NOT NULL  -- JSON: [[address, what --once --deep puts under "deep"], ...]
 );
+CREATE TABLE IF NOT EXISTS refusal_series (
+    target TEXT NOT NULL,
+    address TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    kind TEXT NOT NULL,  -- handshake or http
+    ended INTEGER NOT NULL DEFAULT 0,  -- refusal windows ended, all time
+    accepted_before REAL,  -- the open window, if any: last accepted observation before it
+    first_refused REAL,  -- its start (NULL: no window open)
+    last_refused REAL,
+    PRIMARY KEY (target, address, protocol, kind)
+);
+CREATE TABLE IF NOT EXISTS refusal_window (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    address TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    accepted_before REAL,
+    first_refused REAL NOT NULL,
+    last_refused REAL NOT NULL,
+    first_accepted REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refusal_window_by_target ON refusal_window (target, id);
 """
+# Format 3 -> 4: refusal windows (the two refusal_ tables, created by _SCHEMA like any missing table).
 _CERTIFICATE_ITEM = "certificate"
 # Format 2 -> 3: HTTP status changes are kept like handshake flips.
 _MIGRATE_FROM_2 = """
@@ -174,9 +199,39 @@ class StateFile:
             )
         }
 
-    def write(self, rows: Iterable[ProtocolRow], clients: Iterable[ClientRow], transitions: list[Transition]) -> None:
-        """Write states and transitions in one commit, trimming each target's history; raises sqlite3.Error."""
+    def refusals(self) -> tuple[list[SeriesRow], list[WindowRow]]:
+        """Each series' window count and open window; each target's most recent ended windows (oldest first)."""
+        series: list[SeriesRow] = []
+        for row in self._db.execute(
+            "SELECT target, address, protocol, kind, ended, accepted_before, first_refused, last_refused"
+            " FROM refusal_series"
+        ):
+            if _readable_window(row[2], row[3]):
+                series.append(row)
+        windows: list[WindowRow] = []
+        for row in self._db.execute(
+            "SELECT target, address, protocol, kind, accepted_before, first_refused, last_refused, first_accepted"
+            " FROM ("
+            " SELECT *, ROW_NUMBER() OVER (PARTITION BY target ORDER BY id DESC) AS n FROM refusal_window"
+            ") WHERE n <= ? ORDER BY target, id",
+            (KEPT_WINDOWS,),
+        ):
+            if _readable_window(row[2], row[3]):
+                windows.append(row)
+        return series, windows
+
+    def write(
+        self,
+        rows: Iterable[ProtocolRow],
+        clients: Iterable[ClientRow],
+        transitions: list[Transition],
+        series: Iterable[SeriesRow] = (),
+        windows: Iterable[WindowRow] = (),
+    ) -> None:
+        """Write states, transitions and refusal windows in one commit, trimming each target's history; raises
+        sqlite3.Error."""
         with self._db:
+            self._write_refusals(list(series), list(windows))
             self._db.executemany(
                 f"INSERT OR REPLACE INTO protocol_state ({_STATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 list(rows),
@@ -200,6 +255,24 @@ class StateFile:
                     "(SELECT id FROM transition WHERE target = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                     (target, target, HISTORY_PER_TARGET),
                 )
+
+    def _write_refusals(self, series: list[SeriesRow], windows: list[WindowRow]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO refusal_series (target, address, protocol, kind, ended, accepted_before,"
+            " first_refused, last_refused) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            series,
+        )
+        self._db.executemany(
+            "INSERT INTO refusal_window (target, address, protocol, kind, accepted_before, first_refused,"
+            " last_refused, first_accepted) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            windows,
+        )
+        for target in {w[0] for w in windows}:
+            self._db.execute(
+                "DELETE FROM refusal_window WHERE target = ? AND id <= "
+                "(SELECT id FROM refusal_window WHERE target = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (target, target, HISTORY_PER_TARGET),
+            )
 
     def write_deep(self, result: DeepResult, states: dict[str, DeepState]) -> None:
         """Write a deep scan and the states it left per address in one commit; raises sqlite3.Error."""
@@ -243,6 +316,13 @@ class StateFile:
             transition = Transition(target, a, Protocol(p), at, o, n, TransitionKind(kind), client)
             found.setdefault(target, []).append(transition)
         return {target: tuple(each) for target, each in found.items()}
+
+
+def _readable_window(protocol: object, kind: object) -> bool:
+    if protocol in Protocol.__members__.values() and kind in WindowKind.__members__.values():
+        return True
+    log.warning("state file: ignoring an unreadable refusal window row (%r, %r)", protocol, kind)
+    return False
 
 
 def restored_deep(target: TargetConfig, saved: SavedDeep) -> DeepResult | None:
@@ -321,7 +401,7 @@ def _connect(path: str) -> sqlite3.Connection:
         if tables and version == 2:
             with db:
                 db.executescript(_MIGRATE_FROM_2)
-        elif tables and version != _SCHEMA_VERSION:
+        elif tables and version not in (3, _SCHEMA_VERSION):
             raise _Unusable(f"state file format {version}, this version reads {_SCHEMA_VERSION}")
     except BaseException:
         db.close()

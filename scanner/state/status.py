@@ -14,6 +14,7 @@ from scanner.config import TargetConfig
 from scanner.protocols import Protocol
 from scanner.results.deep import DeepResult, DeepState
 from scanner.results.sweep import ErrorReason, Evidence, ProtocolResult, ProtocolState, SweepResult
+from scanner.state.windows import EMPTY, RefusalHistory
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ class TargetStatus:
     deep: DeepResult | None = None  # the last deep scan (targets with deep_interval)
     deep_states: Mapping[str, DeepState] = field(default_factory=dict)  # address -> suites, certificate, changes
     findings: Mapping[str, object] = field(default_factory=dict)  # tier name -> last result, tiers using store.keep()
+    windows: RefusalHistory = EMPTY  # refusal windows (scanner.state.windows), daemon only
 
 
 def ended_at(sweep: SweepResult) -> float:

@@ -39,6 +39,7 @@ from scanner.state.status import (
     error_reasons,
     retries,
 )
+from scanner.state.windows import WindowBook, observations
 
 __all__ = ["HISTORY_PER_TARGET", "MAX_UNWRITTEN_TRANSITIONS", "ResultStore"]
 
@@ -90,6 +91,7 @@ class _Record:
     deep_scans: int = 0
     findings: dict[str, object] | None = None  # tier name -> its last result, for tiers kept with keep()
     kept: int = 0  # results kept with keep()
+    bursts: int = 0  # burst re-probes recorded
 
 
 class ResultStore:
@@ -113,6 +115,8 @@ class ResultStore:
         self._answers = _Answers()
         # target -> its last deep scan as read from the file, until the target is configured
         self._saved_deep: dict[str, SavedDeep] = self._file.deep_scans()
+        self._windows = WindowBook()  # refusal windows, every target's
+        self._windows.restore(*self._file.refusals())
 
     def _record(self, target: TargetConfig) -> _Record:
         """The target's record, made on its first result (a target recorded before set_targets, in tests)."""
@@ -186,7 +190,7 @@ class ResultStore:
     def version(self, name: str) -> int:
         """Changes whenever a result of any tier is recorded for the target."""
         record = self._records[name]
-        return record.sweeps + record.deep_scans + record.kept
+        return record.sweeps + record.deep_scans + record.kept + record.bursts
 
     def keep(self, tier: str, target: TargetConfig, result: object) -> None:
         """Keep a tier's latest result for the target, in memory (TargetStatus.findings): a tier without tables."""
@@ -206,6 +210,7 @@ class ResultStore:
         """Take in one sweep: update the determined states, count flips, and persist them."""
         name = sweep.target.name
         record = self._record(sweep.target)
+        previous = record.last_sweep
         record.last_sweep = self._answers.sweep(sweep)
         record.sweeps += 1
         self.generation += 1
@@ -215,15 +220,7 @@ class ResultStore:
             record.last_success_at = ended_at(sweep)
         record.errors.update(error_reasons(sweep))
         record.retries += retries(sweep)
-        known = self._known.setdefault(name, {})
-        changed, transitions = advance(known, sweep)
-        for address, statuses in changed.items():
-            known.setdefault(address, {}).update(statuses)
-            for p, s in statuses.items():
-                self._unwritten_rows[(name, address, p.value)] = (
-                    name, address, p.value, s.state.value, s.last_change, s.changes,
-                    s.http_status, s.http_last_change, s.http_changes,
-                )  # fmt: skip
+        transitions = self._advance(sweep, previous)
         known_clients = self._known_clients.setdefault(name, {})
         changed_clients, client_transitions = advance_clients(known_clients, sweep)
         for address, by_client in changed_clients.items():
@@ -233,15 +230,55 @@ class ResultStore:
                 self._unwritten_client_rows[(name, address, client)] = row
         transitions += client_transitions
         self._unwritten_transitions.extend(transitions)
-        if self._unwritten_rows or self._unwritten_client_rows or self._unwritten_transitions:
-            self._write()
+        self._write_pending()
         return transitions
+
+    def record_burst(self, sweep: SweepResult) -> list[Transition]:
+        """Take in a burst re-probe (a sweep of one version on one address): its flips and refusal windows count
+        like a sweep's; the last sweep, its errors and the per-sweep figures stay those of the last full sweep."""
+        record = self._record(sweep.target)
+        record.bursts += 1
+        self.generation += 1
+        transitions = self._advance(sweep, None, burst=True)
+        self._unwritten_transitions.extend(transitions)
+        self._write_pending()
+        return transitions
+
+    def _advance(self, sweep: SweepResult, previous: SweepResult | None, burst: bool = False) -> list[Transition]:
+        """The determined states and refusal windows after `sweep` (rows left to write); its transitions."""
+        name = sweep.target.name
+        known = self._known.setdefault(name, {})
+        changed, transitions = advance(known, sweep)
+        self._windows.observe(name, observations(known, changed, sweep, previous), burst)
+        for address, statuses in changed.items():
+            known.setdefault(address, {}).update(statuses)
+            for p, s in statuses.items():
+                self._unwritten_rows[(name, address, p.value)] = (
+                    name, address, p.value, s.state.value, s.last_change, s.changes,
+                    s.http_status, s.http_last_change, s.http_changes,
+                )  # fmt: skip
+        return transitions
+
+    def _write_pending(self) -> None:
+        if (
+            self._unwritten_rows
+            or self._unwritten_client_rows
+            or self._unwritten_transitions
+            or self._windows.unwritten_series
+        ):
+            self._write()
 
     def _write(self) -> None:
         """Write what is pending; on failure keep it for the next sweep, and say so once per change of state."""
         rows, transitions = list(self._unwritten_rows.values()), list(self._unwritten_transitions)
         try:
-            self._file.write(rows, self._unwritten_client_rows.values(), transitions)
+            self._file.write(
+                rows,
+                self._unwritten_client_rows.values(),
+                transitions,
+                self._windows.unwritten_series.values(),
+                self._windows.unwritten_windows,
+            )
         except sqlite3.Error as exc:
             self.write_errors += 1
             if self.writable:
@@ -258,6 +295,8 @@ class ResultStore:
         self._unwritten_rows.clear()
         self._unwritten_client_rows.clear()
         self._unwritten_transitions.clear()
+        self._windows.unwritten_series.clear()
+        self._windows.unwritten_windows.clear()
 
     def transitions(self, limit: int = 20) -> dict[str, tuple[Transition, ...]]:
         """The most recent transitions of every target that has some, newest first, in one query."""
@@ -277,6 +316,7 @@ class ResultStore:
             deep=record.deep,
             deep_states=dict(self._deep.get(name, {})),
             findings=dict(record.findings or {}),
+            windows=self._windows.history(name),
         )
 
     def snapshot(self, with_transitions: int = 0) -> list[TargetStatus]:

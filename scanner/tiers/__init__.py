@@ -21,11 +21,13 @@ from scanner.tiers.base import ScheduledTier, Tier
 from scanner.tiers.clients import CLIENTS
 from scanner.tiers.deep import DEEP
 from scanner.tiers.sweep import SWEEP
+from scanner.tiers.windows import WINDOWS_TIER
 
 TIERS: tuple[Tier, ...] = (
     SWEEP,  # every `interval`: one handshake per protocol version per address
     CLIENTS,  # with each sweep: a handshake as each configured client profile
     DEEP,  # every `deep_interval`: certificates, cipher suites, Mozilla profiles
+    WINDOWS_TIER,  # with each sweep and burst: refusal windows and their pattern
 )
 
 __all__ = ["TIERS", "ScheduledTier", "Tier"]

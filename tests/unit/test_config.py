@@ -27,7 +27,8 @@ INVALID = CONFIGS / "invalid"
 KNOWN = "SSLv2, SSLv3, TLSv1.0, TLSv1.1, TLSv1.2, TLSv1.3"
 TARGET_KEYS = (
     "host, port, name, sni, address, interval, timeout, protocols, expect, http, labels, "
-    "addresses, starttls, client_cert, https_proxy, confirm_sweeps, clients, deep_interval, ca_file"
+    "addresses, starttls, client_cert, https_proxy, confirm_sweeps, clients, deep_interval, ca_file, "
+    "burst_interval, burst_for, pattern_window, permanent_after"
 )
 HINT = "use e.g. 500ms, 3s, 5m, 1h"
 P = Protocol
@@ -46,7 +47,8 @@ INVALID_FILES = {
     "unknown_key_defaults.yaml": (
         3,
         'unknown key "port" in defaults (allowed: interval, timeout, protocols, expect, http, labels, '
-        "addresses, starttls, client_cert, https_proxy, confirm_sweeps, clients, deep_interval, ca_file)",
+        "addresses, starttls, client_cert, https_proxy, confirm_sweeps, clients, deep_interval, ca_file, "
+        "burst_interval, burst_for, pattern_window, permanent_after)",
     ),
     "unknown_key_target.yaml": (3, f'unknown key "timout" in target (allowed: {TARGET_KEYS})'),
     "unknown_key_expect.yaml": (5, 'unknown key "allow" in expect (allowed: accept, reject, http_ok)'),
@@ -80,7 +82,7 @@ INVALID_FILES = {
         4,
         'label name "target" is reserved for the scanner\'s own labels '
         "(target, protocol, reason, address, name, host, port, client, policy, cipher, profile, subject, issuer, "
-        "serial, fingerprint_sha256, key, error)",
+        "serial, fingerprint_sha256, key, error, kind, pattern)",
     ),
     "dunder_label.yaml": (3, 'label name "__name__" is reserved: names starting with "__" are for Prometheus'),
     "label_not_string.yaml": (4, 'label "tier": expected a string value, got 1 (quote it)'),
