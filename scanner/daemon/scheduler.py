@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scanner.config import TargetConfig
+from scanner.daemon.burst import Bursts
 from scanner.daemon.pool import Sweeper
 from scanner.results.sweep import SweepResult
 from scanner.state.store import ResultStore
@@ -95,6 +96,11 @@ class Scheduler:
         # target -> its first sweep, until every target of the first round has one (then the summary, then None)
         self._first_round: dict[str, SweepResult | None] | None = None
         self.first_round_done = asyncio.Event()
+        self.bursts = Bursts(engine, store, self._configured, self.tiers)  # re-probes after flips
+
+    def _configured(self, name: str) -> TargetConfig | None:
+        entry = self._entries.get(name)
+        return None if entry is None else entry.target
 
     def apply(self, targets: Iterable[TargetConfig]) -> None:
         """Schedule these targets: new ones start within the first-round spread, removed ones stop."""
@@ -136,6 +142,7 @@ class Scheduler:
             self._dispatcher.cancel()
         for task in self._tier_tasks:
             task.cancel()  # a scheduled tier says nothing urgent: not worth delaying a shutdown for
+        await self.bursts.stop()
         dispatcher = [] if self._dispatcher is None else [self._dispatcher]
         await asyncio.gather(*dispatcher, *self._tasks, *self._tier_tasks, return_exceptions=True)
         self.running = False
@@ -201,6 +208,7 @@ class Scheduler:
             log.exception("recording the sweep of %s failed", entry.target.name)
             return
         log_transitions(self.tiers, transitions)
+        self.bursts.flipped(entry.target, transitions)
         entry.failing = SWEEP.report(sweep, entry.failing)
         self._first_round_swept(sweep)
         if sweep.addresses:
