@@ -11,10 +11,10 @@ window open on any address is open, and the most severe address's verdict is the
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from scanner.state.status import TargetStatus
-from scanner.state.windows import Pattern, pattern, worst
+from scanner.state.windows import Pattern, Window, pattern, worst
 from scanner.tiers.base import Tier
 from scanner.tiers.series import Add, Family, Labels
 
@@ -56,7 +56,6 @@ class WindowsTier(Tier):
         history = status.windows
         if not history.counts and not history.open:
             return
-        target = status.target
         now = time.time()
         for protocol, kind in history.series():
             labels = at(("kind", kind.value), ("protocol", protocol.value))
@@ -68,13 +67,61 @@ class WindowsTier(Tier):
                 add(WINDOW_START, labels, last.first_refused)
                 add(WINDOW_END, labels, last.end(now))
             add(WINDOW_OPEN, labels, float(any(w.open for w in windows)))
-            verdict = worst(
-                pattern([w for w in windows if w.address == a], now, target.pattern_window, target.permanent_after)
-                for a in {w.address for w in windows}
-            )
+            judged = verdict(status, windows, now)
             for each in Pattern:
                 add(PATTERN, at(("kind", kind.value), ("pattern", each.value), ("protocol", protocol.value)),
-                    float(each is verdict))  # fmt: skip
+                    float(each is judged))  # fmt: skip
 
 
 WINDOWS_TIER = WindowsTier()
+
+
+def verdict(status: TargetStatus, windows: list[Window], now: float) -> Pattern:
+    """The pattern of one version's windows (of one kind): the most severe of its addresses'."""
+    target = status.target
+    return worst(
+        pattern([w for w in windows if w.address == a], now, target.pattern_window, target.permanent_after)
+        for a in {w.address for w in windows}
+    )
+
+
+def window_json(window: Window, now: float) -> dict[str, Any]:
+    return {
+        "address": window.address,
+        "protocol": window.protocol.value,
+        "kind": window.kind.value,
+        "last_accepted_before": window.accepted_before,
+        "first_refused": window.first_refused,
+        "last_refused": window.last_refused,
+        "first_accepted_after": window.first_accepted,
+        "open": window.open,
+        "duration_seconds": window.end(now) - window.first_refused,
+    }
+
+
+def windows_json(status: TargetStatus, now: float) -> dict[str, Any]:
+    """GET /api/v1/targets/{name}/windows: the verdict per version and kind, and the windows (ended oldest first,
+    then the open ones)."""
+    target, history = status.target, status.windows
+    versions = []
+    for protocol, kind in history.series():
+        windows = history.windows(protocol, kind)
+        versions.append(
+            {
+                "protocol": protocol.value,
+                "kind": kind.value,
+                "windows_total": history.total(protocol, kind),
+                "open": any(w.open for w in windows),
+                "pattern": verdict(status, windows, now).value,
+            }
+        )
+    return {
+        "name": target.name,
+        "now": now,
+        "burst_interval_seconds": target.burst_interval,
+        "burst_for_seconds": target.burst_for,
+        "pattern_window_seconds": target.pattern_window,
+        "permanent_after_seconds": target.permanent_after,
+        "protocols": versions,
+        "windows": [window_json(w, now) for w in (*history.ended, *history.open)],
+    }

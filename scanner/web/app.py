@@ -26,11 +26,14 @@ from scanner.state.status import ProtocolStatus, TargetStatus, Transition, Trans
 from scanner.state.store import ResultStore
 from scanner.tiers.clients import states_json
 from scanner.tiers.deep import scan_json
+from scanner.tiers.windows import windows_json
 from scanner.web.guard import WebGuard
+from scanner.web.timeline import busy, timeline_svg
 
 _T = TypeVar("_T")
 
 RECENT_TRANSITIONS = 20
+TIMELINES = 100  # refusal-window timelines on the status page: the targets with windows first, then quiet ones
 MAX_QUEUED_SCRAPES = 64  # /metrics requests waiting for a render; more at once get 503
 # A connection must complete its request head within this long (and an idle keep-alive one is closed after it):
 # slow clients cannot hold connections open.
@@ -108,6 +111,7 @@ def make_app(state: WebState, guard: WebGuard) -> web.Application:
     app.router.add_get("/", status_page)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/targets", targets_api)
+    app.router.add_get("/api/v1/targets/{name}/windows", windows_api)
     app.router.add_get("/probe", probe)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
@@ -237,6 +241,15 @@ async def targets_api(request: web.Request) -> web.StreamResponse:
     return await _send(request, "application/json; charset=utf-8", _targets_json(request.app[STATE].store))
 
 
+async def windows_api(request: web.Request) -> web.Response:
+    """One target's refusal windows and their verdicts; 404 for a name that is not configured."""
+    store = request.app[STATE].store
+    name = request.match_info["name"]
+    if name not in store:
+        return web.json_response({"error": f"no target named {name!r}"}, status=404)
+    return web.json_response(windows_json(store.status(name), time.time()))
+
+
 async def _targets_json(store: ResultStore) -> AsyncIterator[bytes]:
     """`{"targets": [...]}` as json.dumps writes it, written out a slice of targets at a time (21 MB at 10,000)."""
     yield b'{"targets": ['
@@ -306,6 +319,9 @@ td.error {{ background: #fff3c4; }} td.unknown {{ background: #eee; color: #777;
 td.changed {{ outline: 3px solid #d32f2f; outline-offset: -3px; font-weight: bold; }}
 .err, td.http-bad {{ color: #b71c1c; font-weight: bold; }}
 .labels {{ color: #666; font-size: .75rem; }}
+figure.timeline {{ margin: 0 0 .8rem 0; max-width: 800px; }}
+figure.timeline svg {{ width: 100%; height: auto; display: block; }}
+figcaption {{ font-size: .85rem; font-weight: bold; }}
 </style></head><body>
 <h1>tls-scanner</h1>
 <nav><a href="/metrics">/metrics</a><a href="/api/v1/targets">/api/v1/targets</a></nav>
@@ -321,6 +337,12 @@ the state shown is the one before it. Outlined cells changed within the last hou
 {violations}
 </ul>
 {deep}
+<h2>Refusal windows, last 24 hours</h2>
+<p>One lane per version, times in UTC; red: the handshake was refused, orange (lower half): HTTP answered 4xx/5xx
+over an accepted handshake; paler while still open. Hover a window for its exact bounds.</p>
+<div id="timelines">
+{timelines}
+</div>
 <h2>Recent transitions</h2>
 <div class="scroll"><table id="transitions"><thead><tr><th>When</th><th>Target</th><th>Address</th><th>Protocol</th>
 <th>From</th><th>To</th></tr></thead>
@@ -441,6 +463,20 @@ def _deep_section(snapshot: list[TargetStatus], now: float) -> str:
     )
 
 
+def _timelines(snapshot: list[TargetStatus], now: float) -> str:
+    """A timeline per target: those with a refusal window in the last 24 hours first, up to TIMELINES in all."""
+    ordered = sorted(snapshot, key=lambda s: not busy(s.windows, now))
+    shown = [
+        f'<figure class="timeline"><figcaption>{html.escape(s.target.name)}</figcaption>'
+        f"{timeline_svg(s.target.name, s.target.protocols, s.windows, now)}</figure>"
+        for s in ordered[:TIMELINES]
+    ]
+    if len(ordered) > TIMELINES:
+        quiet = len(ordered) - TIMELINES
+        shown.append(f"<p>{quiet} more targets not drawn; their windows: /api/v1/targets/NAME/windows.</p>")
+    return "\n".join(shown) or "<p>No targets yet.</p>"
+
+
 async def status_page(request: web.Request) -> web.Response:
     now = time.time()
     snapshot: list[TargetStatus] = []
@@ -470,6 +506,7 @@ async def status_page(request: web.Request) -> web.Response:
         rows="\n".join(rows) or '<tr><td colspan="14">No targets yet.</td></tr>',
         violations="\n".join(violations) or "<li>None.</li>",
         deep=_deep_section(snapshot, now),
+        timelines=_timelines(snapshot, now),
         transitions="\n".join(
             f"<tr><td>{_when(t.at)}</td><td>{html.escape(t.target)}</td><td>{html.escape(t.address or '-')}</td>"
             f"<td>{t.protocol.value}</td>{_transition_cells(t)}</tr>"

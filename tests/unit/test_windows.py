@@ -338,3 +338,64 @@ def test_bursts_are_capped() -> None:
         return running
 
     assert run(main()) == MAX_BURSTS
+
+
+# --- the timeline and the JSON ----------------------------------------------------------------------------------
+
+
+def test_the_timeline_draws_a_lane_per_version_and_each_recent_window_with_its_exact_times() -> None:
+    import xml.etree.ElementTree as ET
+
+    from scanner.state.windows import RefusalHistory
+    from scanner.web.timeline import timeline_svg
+
+    now = 1_764_892_800.0  # 2025-12-05 00:00:00 UTC
+    history = RefusalHistory(
+        open=(Window("10.0.0.1", T10, H, now - 100, now - 60, now - 2),),
+        ended=(
+            Window("10.0.0.1", T10, H, now - 2 * DAY, now - 2 * DAY + 1, now - 2 * DAY + 30, now - 2 * DAY + 32),
+            Window("10.0.0.1", T10, H, now - 3601, now - 3600, now - 3570, now - 3568),
+            Window("10.0.0.1", T12, HTTP, None, now - 7200, now - 7000, now - 6000),
+        ),
+        counts={("10.0.0.1", T10, H): 2, ("10.0.0.1", T12, HTTP): 1},
+    )
+    svg = timeline_svg("pypi <files>", (T10, T12, Protocol.TLSv1_3), history, now)
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.get("viewBox", "").startswith("0 0 800 ")
+    assert [t.text for t in root.iter(f"{ns}text") if t.text and t.text.startswith("TLS")] == [
+        "TLSv1.0", "TLSv1.2", "TLSv1.3"
+    ]  # fmt: skip
+    windows = [r for r in root.iter(f"{ns}rect") if "window" in (r.get("class") or "")]
+    assert [(r.get("data-protocol"), r.get("class")) for r in windows] == [
+        ("TLSv1.0", "window handshake ended"),
+        ("TLSv1.0", "window handshake open"),
+        ("TLSv1.2", "window http ended"),
+    ]  # the window of two days ago is not drawn
+    titles = [r.find(f"{ns}title").text or "" for r in windows]  # type: ignore[union-attr]
+    assert "from 2025-12-04 23:00:00 UTC to 2025-12-04 23:00:32 UTC (32 s)" in titles[0]
+    assert "last accepted before: 2025-12-04 22:59:59 UTC" in titles[0]
+    assert "still open" in titles[1] and "on 10.0.0.1" in titles[1]
+    assert "HTTP 4xx/5xx" in titles[2] and "last accepted before: unknown" in titles[2]
+    assert all(float(r.get("width", 0)) >= 3 for r in windows)  # a 32 s window still shows
+    assert "<script" not in svg and "pypi &lt;files&gt;" in svg
+
+
+def test_the_windows_json() -> None:
+    from scanner.tiers.windows import windows_json
+
+    store = ResultStore(None)
+    t = target()
+    store.set_targets([t])
+    for at, state in [(100, A), (200, R), (300, A), (400, R)]:
+        store.record(sweep(t, {T10: state}, at=at))
+    found = windows_json(store.status("t"), now=1000.0)
+    assert found["protocols"] == [
+        {"protocol": "TLSv1.0", "kind": "handshake", "windows_total": 1, "open": True, "pattern": "none"}
+    ]
+    assert [(w["first_refused"], w["first_accepted_after"], w["open"]) for w in found["windows"]] == [
+        (200.5, 300.5, False),
+        (400.5, None, True),
+    ]
+    assert found["windows"][1]["duration_seconds"] == 599.5
+    assert (found["burst_interval_seconds"], found["pattern_window_seconds"]) == (2.0, 7 * DAY)
