@@ -14,7 +14,7 @@ from scanner.state.windows import RefusalHistory, Window, WindowKind
 SPAN_SECONDS = 86400.0
 WIDTH = 800  # the viewBox: it scales down with the page, and is readable at 800 px
 LEFT, RIGHT, TOP = 72, 12, 18  # margins: lane names on the left, hour labels on top
-LANE, GAP = 18, 5
+LANE, GAP = 22, 6
 MIN_WIDTH = 3.0  # a 30 s window is 0.25 px wide in 24 h: drawn this wide so it shows
 TICK_HOURS = 3
 COLOURS = {WindowKind.HANDSHAKE: "#d32f2f", WindowKind.HTTP: "#ef6c00"}
@@ -63,7 +63,7 @@ def timeline_svg(name: str, protocols: Sequence[Protocol], history: RefusalHisto
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" viewBox="0 0 {WIDTH} {height}" '
         f'width="{WIDTH}" height="{height}" role="img" aria-label="refusal windows of {html.escape(name)}, '
-        f'last 24 hours" data-target="{html.escape(name)}" font-family="system-ui, sans-serif" font-size="11">',
+        f'last 24 hours" data-target="{html.escape(name)}" font-family="system-ui, sans-serif" font-size="12">',
         f"<title>{html.escape(name)}: refusal windows from {_utc(start)} to {_utc(now)}</title>",
     ]
     first_tick = (int(start) // (TICK_HOURS * 3600) + 1) * TICK_HOURS * 3600
@@ -78,7 +78,7 @@ def timeline_svg(name: str, protocols: Sequence[Protocol], history: RefusalHisto
     for lane, protocol in enumerate(protocols):
         y = TOP + lane * (LANE + GAP)
         parts.append(
-            f'<text x="{LEFT - 6}" y="{y + LANE - 5}" text-anchor="end" fill="#222">{protocol.value}</text>'
+            f'<text x="{LEFT - 6}" y="{y + LANE - 6}" text-anchor="end" fill="#222">{protocol.value}</text>'
             f'<rect x="{LEFT}" y="{y}" width="{plot}" height="{LANE}" fill="#e8f5e9" stroke="#b0bec5" '
             f'stroke-width="0.5"><title>{protocol.value}</title></rect>'
         )
