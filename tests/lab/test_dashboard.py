@@ -345,6 +345,7 @@ def test_rules_fire_on_the_daemons_real_series(stack: Stack) -> None:
     got = {(a["metric"]["alertname"], a["metric"].get("target"), a["metric"].get("protocol")) for a in firing}
     assert {("TLSProtocolBrownoutStarted", "web", "TLSv1.0"), ("TLSProtocolBrownoutStarted", "web", "TLSv1.1")} <= got
     assert {("TLSHTTPBrownout", "legacy-403", "TLSv1.0"), ("TLSHTTPBrownout", "legacy-403", "TLSv1.1")} <= got
+    assert {("TLSBrownoutWindowStarted", "web", "TLSv1.0"), ("TLSBrownoutWindowStarted", "web", "TLSv1.1")} <= got
     assert not {g for g in got if g[0].startswith("TLS") and g[2] in {"SSLv2", "SSLv3", "TLSv1.2", "TLSv1.3"}}, got
     assert not {g for g in got if g[0] == "TLSHTTPBrownout" and g[1] == "web"}, got
     started = next(a for a in firing if a["metric"]["alertname"] == "TLSProtocolBrownoutStarted")

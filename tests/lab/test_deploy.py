@@ -50,7 +50,9 @@ UNIT = DEPLOY / "systemd" / "tls-scanner.service"
 
 # Every family the daemon exports (scanner/output/metrics.py), the per-address/shard/range/probe ones included.
 # Every family the scanner defines (what rules and panels may query).
-FAMILIES = {family.name for family in vars(scanner_metrics).values() if isinstance(family, scanner_metrics.Family)}
+FAMILIES = {family.name for family in vars(scanner_metrics).values() if isinstance(family, scanner_metrics.Family)} | {
+    family.name for family in scanner_metrics.TARGET_FAMILIES
+}  # the tiers' families live in their own modules
 # Families added by the network-wide change; a live query that only they can answer may come back empty from a
 # daemon that does not export them (tests/lab/test_dashboard.py checks the daemon's own output before allowing that).
 NEWER_FAMILIES = {
@@ -239,6 +241,9 @@ EXPECTED_RECEIVER = {
     "TLSProtocolRefused": "brownouts",
     "TLSHTTPBrownout": "brownouts",
     "TLSProtocolBrownoutEnded": "brownouts-info",
+    "TLSBrownoutWindowStarted": "brownouts",
+    "TLSBrownoutPeriodic": "brownouts-info",
+    "TLSRefusalLooksPermanent": "oncall",
 }
 
 
