@@ -4,6 +4,7 @@ once:   `--once` on N endpoints vs the sslyze CLI on the same endpoints; wall ti
 daemon: the daemon on N targets; time until every target has a result, RSS, /metrics latency and size.
 web:    slowloris connections and a storm of concurrent scrapes; /-/healthy latency meanwhile (bench/web.py).
 wan:    --once on N endpoints behind a loopback delay proxy (bench/wan.py); sslyze CLI and sslscan on a subset.
+bursts: two daemons on N targets, with and without burst re-probing, as TLS 1.0 flips on 100 (bench/bursts.py).
 
 Loopback only; every process started here is stopped by its pid; benchmarks run one after the other.
 """
@@ -916,7 +917,7 @@ def _busy() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["once", "daemon", "web", "wan", "all"])
+    parser.add_argument("which", choices=["once", "daemon", "web", "wan", "bursts", "all"])
     parser.add_argument(
         "--endpoints", type=int, default=None, help="once: nginx server blocks (default 40); wan: endpoints (500)"
     )
@@ -951,6 +952,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--workers", default=None, help="daemon: `workers:` in the config (default: not set, auto)")
     parser.add_argument("--no-peers", action="store_true", help="wan: skip the sslyze CLI and sslscan")
+    parser.add_argument("--burst-targets", type=int, default=100, help="bursts: targets TLS 1.0 is dropped on")
+    parser.add_argument("--burst-window", type=float, default=60, help="bursts: each CPU window (s)")
     parser.add_argument("--profile", type=Path, default=None, help="wan: py-spy the first full run into this file")
     parser.add_argument(
         "--scanner-root", type=Path, default=REPO, help="directory `python -m scanner` runs in (default: this repo)"
@@ -987,6 +990,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             label, _, root = spec.partition("=")
             roots[label] = Path(root).resolve()
         results["wan"] = wan.bench_wan(args, run_measured, dict(PROFILES), nginx_servers, roots)
+    if args.which == "bursts":
+        from bench import bursts
+
+        results["bursts"] = bursts.bench_bursts(args)
     results["total_s"] = time.monotonic() - started
     results["load_after"] = _busy()
     path = save(args.which, results)

@@ -163,6 +163,8 @@ class ResultStore:
         return transitions
 
     def close(self) -> None:
+        self._windows.flush()  # the open windows' last refusals, written at most once a minute while running
+        self._write_pending()
         self._file.close()
 
     def set_targets(self, targets: Iterable[TargetConfig]) -> None:

@@ -22,6 +22,9 @@ if TYPE_CHECKING:  # status.py imports this module (TargetStatus.windows)
 
 KEPT_WINDOWS = 100  # ended windows kept in memory per target (the counts are kept whole)
 BURST_SEEN_LIMIT = 4096  # series whose last burst observation is remembered
+# An open window's row is written as it opens and ends, and in between when its last refusal moved this far: a
+# version refused for good costs no write per sweep (nor per burst), and a crash loses at most this much of it.
+WRITE_EVERY_SECONDS = 60.0
 
 
 class WindowKind(enum.StrEnum):
@@ -209,6 +212,7 @@ class WindowBook:
     def __init__(self) -> None:
         self._targets: dict[str, _Target] = {}
         self._burst_seen: dict[tuple[str, Series], float] = {}  # last accepted burst observation of a series
+        self._written: dict[tuple[str, Series], float] = {}  # an open window's last refusal as last written
         self.unwritten_series: dict[tuple[str, Series], SeriesRow] = {}
         self.unwritten_windows: list[WindowRow] = []
 
@@ -260,9 +264,24 @@ class WindowBook:
                 news.append(ended)
             elif track is not None and track.confirmed and not was_open:
                 news.append(track)
-            if ended is not None or (track is not None and track.confirmed) or was_open:
+            if ended is not None or (was_open and track is None):
+                self._written.pop(key, None)
                 self.unwritten_series[key] = self._series_row(target, each.series, book)
+            elif track is not None and track.confirmed:
+                written = self._written.get(key)
+                if written is None or track.last_refused - written >= WRITE_EVERY_SECONDS:
+                    self._written[key] = track.last_refused
+                    self.unwritten_series[key] = self._series_row(target, each.series, book)
         return news
+
+    def flush(self) -> None:
+        """Queue every open window whose last refusal moved since it was written (on shutdown)."""
+        for target, book in self._targets.items():
+            for series, track in book.tracks.items():
+                key = (target, series)
+                if track.confirmed and self._written.get(key) != track.last_refused:
+                    self._written[key] = track.last_refused
+                    self.unwritten_series[key] = self._series_row(target, series, book)
 
     def _series_row(self, target: str, series: Series, book: _Target) -> SeriesRow:
         track = book.tracks.get(series)

@@ -399,3 +399,20 @@ def test_the_windows_json() -> None:
     ]
     assert found["windows"][1]["duration_seconds"] == 599.5
     assert (found["burst_interval_seconds"], found["pattern_window_seconds"]) == (2.0, 7 * DAY)
+
+
+def test_an_open_window_is_written_at_most_once_a_minute_and_on_close(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    t = target()
+    store = ResultStore(path)
+    store.set_targets([t])
+    for at, state in [(100, A), (200, R), (210, R), (220, R)]:
+        store.record(sweep(t, {T10: state}, at=at))
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT first_refused, last_refused FROM refusal_series").fetchall() == [(200.5, 200.5)]
+    store.record(sweep(t, {T10: R}, at=270))  # a minute after the last write
+    assert db.execute("SELECT last_refused FROM refusal_series").fetchall() == [(270.5,)]
+    store.record(sweep(t, {T10: R}, at=280))
+    store.close()
+    assert db.execute("SELECT last_refused FROM refusal_series").fetchall() == [(280.5,)]
+    db.close()

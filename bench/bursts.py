@@ -1,0 +1,110 @@
+"""`python bench/run.py bursts`: what burst re-probing costs. Two daemons on the same N=2000 targets in the same run,
+one with bursts (the default `burst_interval: 2s`), one without (`burst_interval: 0`); after both finished their
+first round, the CPU of each (main process and workers) over a window with no flip, then TLS 1.0 is dropped on
+`--burst-targets` (100) server blocks by an nginx reload (each block on its own loopback address from
+`--address-base`, port 443), and once the bursting daemon has a refusal window open on
+each, the CPU of each over the same window again while the bursts run. The cost of the bursts is the bursting
+daemon's CPU over the other's in the burst window, corrected by the same ratio in the quiet window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from tests.lab.servers import NginxServer, child_pids, wait_for
+
+TARGET_EXTRA_CPU = 0.10  # issue #21: bursts on 100 of 2,000 targets add < 10 % CPU to the daemon
+_OPEN = re.compile(r'^tls_scanner_refusal_window_open\{[^}]*kind="handshake"[^}]*\} 1(\.0)?$', re.M)
+
+
+def _config(path: Path, servers: list[NginxServer], burst_interval: str) -> None:
+    lines = ["defaults:", "  timeout: 5s", "  interval: 60s", f"  burst_interval: {burst_interval}", "targets:"]
+    for server in servers:
+        lines += [f"  - name: {server.name}", f"    host: {server.listen}", f"    port: {server.port}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def bench_bursts(args: argparse.Namespace) -> dict[str, Any]:
+    from bench import run
+
+    n, flipped = args.targets, args.burst_targets
+    window = args.burst_window
+    print(
+        f"\n=== bursts: {n} targets, TLS 1.0 dropped on {flipped}, two daemons side by side, {window:.0f}s windows ==="
+    )
+    result: dict[str, Any] = {"targets": n, "flipped": flipped, "window_s": window}
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tls-bench-bursts-")))
+        # Each server block on its own loopback address (as on the Internet): on ports of one address the
+        # per-address politeness cap (8 connections) would be shared by the whole fleet of both daemons.
+        lab, nginx = stack.enter_context(run.nginx_lab(n, args.nginx_workers, args.address_base))
+        legacy = [i for i, s in enumerate(lab.servers) if "TLSv1.0" in s.ssl_protocols][:flipped]
+        daemons: dict[str, tuple[subprocess.Popen[bytes], str, Path]] = {}
+        ports = run.free_ports(2)
+        for (name, burst), port in zip((("bursts", "2s"), ("none", "0")), ports, strict=True):
+            config, state = work / f"{name}.yaml", work / f"{name}.db"
+            _config(config, lab.servers, burst)
+            log = (work / f"{name}.log").open("wb")
+            stack.callback(log.close)
+            cmd = [sys.executable, "-m", "scanner", "--config", str(config), "--state-file", str(state)]
+            cmd += ["--web.listen-address", f"{run.HOST}:{port}", "--log-level", "warning"]
+            proc = subprocess.Popen(cmd, cwd=run.SCANNER_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            stack.callback(run._stop_daemon, proc, result.setdefault(f"{name}_exit", {}))
+            daemons[name] = (proc, f"http://{run.HOST}:{port}", state)
+
+        def cpu(name: str) -> float:
+            proc = daemons[name][0]
+            return run._cpu_seconds([proc.pid, *child_pids(proc.pid)])
+
+        def measure(label: str) -> dict[str, float]:
+            start = {name: cpu(name) for name in daemons}
+            time.sleep(window)
+            cores = {name: (cpu(name) - start[name]) / window for name in daemons}
+            print(f"  {label}: CPU bursts {cores['bursts']:.3f} cores, none {cores['none']:.3f} cores")
+            return cores
+
+        started = time.monotonic()
+        for name, (proc, _, state) in daemons.items():
+            wait_for(lambda p=proc, s=state: p.poll() is not None or run._determined(s) >= n, args.round_timeout,
+                     interval=0.5, what=f"the first round of daemon {name}")  # fmt: skip
+            if proc.poll() is not None:
+                raise RuntimeError(f"daemon {name} exited: {(work / f'{name}.log').read_text()[-2000:]}")
+        print(f"  both first rounds done in {time.monotonic() - started:.0f}s")
+        time.sleep(5)
+        quiet = measure("quiet window")
+        servers = list(lab.servers)
+        for i in legacy:
+            servers[i] = replace(servers[i], ssl_protocols=[p for p in servers[i].ssl_protocols if p != "TLSv1.0"])
+        nginx.reload(servers)
+        flipped_at = time.monotonic()
+
+        def all_open() -> bool:
+            body = run._get(daemons["bursts"][1] + "/metrics", 30)[1].decode()
+            return len(_OPEN.findall(body)) >= len(legacy)
+
+        wait_for(all_open, 150, interval=2.0, what="a refusal window open on every flipped target")
+        result["all_open_after_s"] = time.monotonic() - flipped_at
+        print(f"  every flipped target has an open window {result['all_open_after_s']:.0f}s after the reload")
+        burst = measure("burst window")
+        result["quiet_cores"], result["burst_cores"] = quiet, burst
+        baseline = quiet["bursts"] / quiet["none"] if quiet["none"] else 1.0
+        extra = burst["bursts"] / (burst["none"] * baseline) - 1 if burst["none"] else float("nan")
+        result["extra_cpu"] = extra
+        result["extra_cores"] = burst["bursts"] - burst["none"] * baseline
+        result["burst_probes_per_s"] = len(legacy) / 2.0
+        ok = extra < TARGET_EXTRA_CPU
+        print(
+            f"  bursts on {len(legacy)} of {n} targets: {extra * 100:+.1f}% CPU ({result['extra_cores']:+.3f} cores)"
+            f" over the daemon without bursts  {run.verdict(ok)} (goal < {TARGET_EXTRA_CPU * 100:.0f}%)"
+        )
+        result["ok"] = ok
+    return result
