@@ -44,8 +44,17 @@ def narrowed(target: TargetConfig, protocol: Protocol) -> TargetConfig:
 
 
 def flips_back(started_by: Transition, t: Transition) -> bool:
-    """Whether `t` undoes the flip that started a burst (a 200 -> 403 is undone by any answer back to 200)."""
-    return t.kind is started_by.kind and t.new == started_by.old
+    """Whether `t` undoes the flip that started a burst: accepted again, or for an HTTP status, back on the same side
+    of 400 (a 200 -> 403 is undone by a 200 or a 301)."""
+    if t.kind is not started_by.kind:
+        return False
+    if t.kind is TransitionKind.HTTP:
+        return _http_ok(t.new) == _http_ok(started_by.old)
+    return t.new == started_by.old
+
+
+def _http_ok(status: str) -> bool:
+    return status.isdigit() and int(status) < 400
 
 
 class Bursts:

@@ -40,6 +40,8 @@ def families_of(tiers: Sequence[Tier]) -> tuple[Family, ...]:
 
 
 TARGET_FAMILIES = families_of(TIERS)
+_ONCE_TIERS = tuple(tier for tier in TIERS if not tier.daemon_only)  # what one sweep alone can say
+_ONCE_FAMILIES = families_of(_ONCE_TIERS)
 
 RANGES = gauge("tls_scanner_range_endpoints", "Endpoints of a network range by whether they accepted TCP")
 TARGETS = Family("tls_scanner_targets", "gauge", "Targets configured (on this shard)")
@@ -276,8 +278,8 @@ def render_sweeps(
     def status(sweep: SweepResult) -> TargetStatus:
         return deep_alone(sweep_status(sweep), deep.get(sweep.target.name))
 
-    built = [(s.target, _build(status(s), TIERS, TARGET_FAMILIES)) for s in sweeps]
-    families = _expose(built, TARGET_FAMILIES, shard, None)
+    built = [(s.target, _build(status(s), _ONCE_TIERS, _ONCE_FAMILIES)) for s in sweeps]
+    families = _expose(built, _ONCE_FAMILIES, shard, None)
     return b"".join(part for family in families for part in family).decode()
 
 

@@ -33,6 +33,7 @@ class Tier(ABC):
     name: ClassVar[str]  # in the log and in task names ("sweep", "deep scan")
     families: ClassVar[tuple[Family, ...]] = ()  # its per-target families, in the order they are exposed
     kinds: ClassVar[tuple[TransitionKind, ...]] = ()  # the transitions it records
+    daemon_only: ClassVar[bool] = False  # its families need the daemon's history: not in `--once` nor /probe
 
     def log_transition(self, t: Transition) -> None:
         """Log one of its transitions (a kind in `kinds`), at warning: a change is news."""

@@ -51,6 +51,7 @@ class WindowsTier(Tier):
 
     name = "windows"
     families: ClassVar[tuple[Family, ...]] = (WINDOWS, WINDOW_START, WINDOW_END, WINDOW_OPEN, PATTERN)
+    daemon_only = True  # one sweep has no windows: `--once` and /probe stay as they were
 
     def lines(self, status: TargetStatus, at: Labels, add: Add) -> None:
         history = status.windows

@@ -416,3 +416,26 @@ def test_an_open_window_is_written_at_most_once_a_minute_and_on_close(tmp_path: 
     store.close()
     assert db.execute("SELECT last_refused FROM refusal_series").fetchall() == [(280.5,)]
     db.close()
+
+
+def test_once_and_probe_output_carry_no_window_families() -> None:
+    from scanner.output.metrics import render_probe, render_sweeps
+
+    one = sweep(target(), {T10: R, T12: A})
+    assert "refusal" not in render_sweeps([one]).replace("because a refusal came", "")
+    assert "tls_scanner_refusal_" not in render_probe(one)
+
+
+def test_what_ends_a_burst() -> None:
+    from scanner.daemon.burst import flips_back
+    from scanner.state.status import Transition, TransitionKind
+
+    def flip(old: str, new: str, kind: TransitionKind = TransitionKind.HANDSHAKE) -> Transition:
+        return Transition("t", "a", T10, 0, old, new, kind)
+
+    http = TransitionKind.HTTP
+    assert flips_back(flip(A, R), flip(R, A))
+    assert not flips_back(flip(A, R), flip("200", "403", http))
+    assert flips_back(flip("200", "403", http), flip("403", "301", http))
+    assert not flips_back(flip("200", "403", http), flip("403", "503", http))
+    assert not flips_back(flip("200", "403", http), flip(R, A))
