@@ -31,7 +31,7 @@ from scanner.engine.locate import Located, locate
 from scanner.errors import WorkerError
 from scanner.logs import JsonFormatter
 from scanner.results.deep import DeepResult
-from scanner.results.sweep import ErrorReason, SweepResult
+from scanner.results.sweep import ErrorReason, SweepResult, ended_sweep
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,8 @@ class WorkerPool:
     async def sweep(self, target: TargetConfig, addresses: list[str] | None = None) -> SweepResult:
         located = await locate(target, addresses, self.resolver)
         if located.error is not None:
-            return located.failed(target)
+            error, reason = located.error, ErrorReason.DNS
+            return ended_sweep(target, located.started_at, located.clock, error=error, error_reason=reason)
         request = SweepRequest(next(self._ids), target, located)
         result = await self._ask(located.route or target.host, request)
         assert isinstance(result, SweepResult)
@@ -323,5 +324,13 @@ class WorkerPool:
 def _failed(request: SweepRequest | DeepRequest, why: str) -> SweepResult | DeepResult:
     """The error result of a request its worker could not answer: never a verdict on the target."""
     if isinstance(request, SweepRequest):
-        return request.located.result(request.target, error=why, error_reason=ErrorReason.OTHER)
+        located = request.located
+        return ended_sweep(
+            request.target,
+            located.started_at,
+            located.clock,
+            error=why,
+            error_reason=ErrorReason.OTHER,
+            dns_error=located.dns_error,
+        )
     return DeepResult(request.target, request.started_at, time.time() - request.started_at, error=why)

@@ -16,8 +16,8 @@ from scanner.config import AddressMode, Config, SafeConfig, TargetConfig, is_ip
 from scanner.daemon.memory import trim_periodically
 from scanner.daemon.pool import make_sweeper, worker_count
 from scanner.daemon.scheduler import Scheduler
-from scanner.engine.locate import DEADLINE_GRACE_SECONDS
 from scanner.engine.resolve import resolve
+from scanner.engine.sweep import DEADLINE_GRACE_SECONDS
 from scanner.errors import ConfigError, ResolveError
 from scanner.hostport import join_host_port, parse_host_port, parse_port, split_host_port
 from scanner.output.metrics import ScannerMetrics, render_probe
