@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from scanner.config.endpoints import HttpCheck, TargetConfig
-from scanner.config.profiles import ClientProfile
+from scanner.config import ClientProfile, HttpCheck, TargetConfig
 from scanner.engine import sweep as sweep_module
 from scanner.engine.attempts import REFUSALS_TO_BELIEVE, TIMED_OUT, Attempt
 from scanner.engine.locate import Located
