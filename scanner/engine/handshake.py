@@ -1,8 +1,8 @@
 """The sslyze adapter: one blocking sslyze handshake at one version, run in a thread, abortable from the loop.
 
-The sweep engine's TLS library (`Sslyze`, a scanner.engine.attempts.TlsLibrary), and with scanner.engine.deep the only
-module that touches sslyze and nassl (including their private connection class); it hands back results as plain
-values from scanner.results.sweep.
+The sweep engine's TLS library (`Sslyze`, a scanner.engine.attempts.TlsLibrary). Besides scanner.engine.deep, the only
+module that touches sslyze and nassl (including their private connection class); it hands back results as plain values
+from scanner.results.sweep.
 """
 
 from __future__ import annotations
@@ -359,12 +359,12 @@ def credentials(target: TargetConfig) -> ClientAuthenticationCredentials | None:
 class Sslyze:
     """The sweep engine's TLS library (scanner.engine.attempts.TlsLibrary): sslyze's connection, nassl's OpenSSLs."""
 
-    def peers(self, target: TargetConfig) -> Callable[[str], Peer]:
+    @staticmethod
+    def peers(target: TargetConfig) -> Callable[[str], Peer]:
         """What makes the target's Peer for an address; raises when the target's client certificate is unusable."""
         return functools.partial(Peer, target, credentials=credentials(target))
 
-    def profile_attempt(self, profile: ClientProfile, protocol: Protocol) -> Attempt:
-        return profile_attempt(profile, protocol)
+    profile_attempt = staticmethod(profile_attempt)
 
 
 STARTTLS = {
