@@ -261,7 +261,7 @@ def bench_wan(
     """--once on N endpoints behind the delay proxy; the sslyze CLI and sslscan on a 20-endpoint subset."""
     n, rtt, subset_n = args.endpoints, args.rtt_ms, min(args.subset, args.endpoints)
     print(f"\n=== W. wan: {n} endpoints at {rtt:.0f} ms RTT (delay proxy), --once; {subset_n} for the ratio ===")
-    from tests.lab.servers import NginxServer, free_ports
+    from bench.servers import NginxServer, free_ports
 
     all_protocols = ("SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")
     names = list(profiles)

@@ -22,7 +22,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.lab.servers import Managed, child_pids, free_ports, missing, stop_process
+from bench.servers import Managed, child_pids, free_ports, stop_process
+from tests.lab.servers import missing
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

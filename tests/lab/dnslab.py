@@ -21,7 +21,8 @@ from typing import Any, Self
 import dns.exception
 import dns.resolver
 
-from tests.lab.servers import Managed, free_ports, missing
+from bench.servers import Managed, free_ports
+from tests.lab.servers import missing
 
 DNSMASQ_MISSING_REASON = "dnsmasq not installed (Debian package dnsmasq-base; tests/run.sh installs it)"
 # Names under these zones are answered from the hosts file or NXDOMAIN, never forwarded.

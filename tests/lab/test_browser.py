@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.servers import NginxLab, NginxServer, free_ports
 from tests.lab.daemon import Daemon, Scrape, require_binary, write_config
-from tests.lab.servers import NginxLab, NginxServer, free_ports, require_nginx
+from tests.lab.servers import require_nginx
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"

@@ -10,21 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from bench.servers import Endpoint, NginxLab, NginxServer, free_ports
 from scanner.config.endpoints import load_config
 from scanner.errors import ConfigError
 from scanner.protocols import Protocol
 from tests.lab.daemon import REPO, run_once, run_scanner
 from tests.lab.peers import ConnectProxy
-from tests.lab.servers import (
-    Endpoint,
-    LabCerts,
-    NginxLab,
-    NginxServer,
-    TLSServer,
-    closing_server,
-    free_ports,
-    require_nginx,
-)
+from tests.lab.servers import LabCerts, TLSServer, closing_server, require_nginx
 
 PROTOCOLS = ["SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 MODERN = {"SSLv2": "rejected", "SSLv3": "rejected", "TLSv1.0": "rejected", "TLSv1.1": "rejected"} | {

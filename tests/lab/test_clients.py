@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from bench.servers import NginxServer, free_ports
 from tests.lab.daemon import Daemon, run_once
-from tests.lab.servers import NginxLabFactory, NginxServer, free_ports
+from tests.lab.servers import NginxLabFactory
 
 NGINX_ALL = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 NGINX_MODERN = ["TLSv1.2", "TLSv1.3"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.servers import NginxServer, free_ports
 from scanner.config.endpoints import TargetConfig
 from scanner.engine.sweep import SweepEngine
 from scanner.protocols import Protocol as P
@@ -17,7 +18,7 @@ from scanner.state.store import ResultStore
 from tests.lab.daemon import Daemon, run_once, write_config
 from tests.lab.dnslab import DnsLab
 from tests.lab.peers import FlakyForwarder
-from tests.lab.servers import LabStack, NginxLabFactory, NginxServer, closed_port, free_ports
+from tests.lab.servers import LabStack, NginxLabFactory, closed_port
 
 NGINX_ALL = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 NGINX_MODERN = ["TLSv1.2", "TLSv1.3"]

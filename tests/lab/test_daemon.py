@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
+from bench.servers import NginxServer, free_ports
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
 from tests.lab.daemon import (
@@ -31,7 +32,7 @@ from tests.lab.daemon import (
     until,
     write_config,
 )
-from tests.lab.servers import LabStack, NginxLabFactory, NginxServer, free_ports, tarpit
+from tests.lab.servers import LabStack, NginxLabFactory, tarpit
 
 ACCEPTED = "tls_scanner_protocol_accepted"
 CHANGES = "tls_scanner_protocol_changes_total"

@@ -20,9 +20,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.servers import NginxLab, NginxServer, free_ports, stop_process
 from scanner.cli import build_parser
 from tests.lab.daemon import Daemon, require_binary, until, write_config
-from tests.lab.servers import NginxLab, NginxServer, free_ports, require_nginx, stop_process
+from tests.lab.servers import require_nginx
 from tests.lab.test_deploy import DEPLOY, FAMILIES, NEWER_FAMILIES, PROMETHEUS, RULES, metric_names, recorded
 
 DASHBOARD_PATH = DEPLOY / "grafana" / "dashboards" / "tls-scanner.json"

@@ -20,11 +20,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.certs import CertPaths
+from bench.servers import NginxServer, free_ports
 from scanner.config.endpoints import TargetConfig
 from scanner.engine.deep import deep_scan
 from scanner.protocols import Protocol
 from tests.lab.daemon import Daemon, Scrape, require_binary, write_config
-from tests.lab.servers import CertPaths, NginxLabFactory, NginxServer, free_ports
+from tests.lab.servers import NginxLabFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 DAY = datetime.timedelta(days=1)

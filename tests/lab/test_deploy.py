@@ -27,13 +27,14 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from bench.servers import free_ports
 from scanner.cli import DEFAULT_LISTEN_ADDRESS, DEFAULT_STATE_FILE, build_parser, misused
 from scanner.config.endpoints import load_config
 from scanner.output import metrics as scanner_metrics
 from scanner.protocols import Protocol
 from scanner.web.config import WebConfig, WebGuard, load_web_config
 from tests.lab.daemon import require_binary, until
-from tests.lab.servers import LabStack, free_ports, missing
+from tests.lab.servers import LabStack, missing
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

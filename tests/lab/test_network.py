@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bench.servers import NginxServer, free_ports
 from scanner.config.endpoints import load_config
 from scanner.engine.sweep import SweepEngine
 from scanner.output.metrics import ScannerMetrics
@@ -27,7 +28,7 @@ from scanner.results.sweep import ErrorReason, SweepResult
 from scanner.state.store import ResultStore
 from tests.lab.daemon import REPO, Daemon, Scrape, promtool_check, run_once
 from tests.lab.dnslab import DnsLab, require_dnsmasq
-from tests.lab.servers import LabCerts, NginxLabFactory, NginxServer, TLSServer, free_ports
+from tests.lab.servers import LabCerts, NginxLabFactory, TLSServer
 
 ACCEPTED = "tls_scanner_protocol_accepted"
 ERROR = "tls_scanner_protocol_error"

@@ -19,13 +19,14 @@ from urllib.parse import quote
 import pytest
 import yaml
 
+from bench.servers import NginxLab, NginxServer, free_ports
 from scanner.config.endpoints import load_config
 from scanner.daemon.service import Service
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
 from tests.lab.daemon import Daemon, Scrape, promtool_check
 from tests.lab.dnslab import DnsLab, require_dnsmasq
-from tests.lab.servers import LabCerts, NginxLab, NginxServer, TLSServer, free_ports, require_nginx, tarpit
+from tests.lab.servers import LabCerts, TLSServer, require_nginx, tarpit
 
 ACCEPTED = "tls_scanner_protocol_accepted"
 SUCCESS = "tls_scanner_probe_success"

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.servers import free_ports
 from scanner.protocols import Protocol
 from tests.lab.daemon import until
-from tests.lab.servers import LabCerts, LabStack, closed_port, free_ports
+from tests.lab.servers import LabCerts, LabStack, closed_port
 from tests.lab.test_readme import blocks, section
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.servers import NginxServer, free_ports
 from tests.lab.daemon import REPO, Daemon, write_config
-from tests.lab.servers import NginxLabFactory, NginxServer, free_ports
+from tests.lab.servers import NginxLabFactory
 
 NGINX_ALL = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 NGINX_MODERN = ["TLSv1.2", "TLSv1.3"]

@@ -16,9 +16,11 @@ from pathlib import Path
 import bcrypt
 import pytest
 
+from bench.certs import CertPaths
+from bench.servers import free_ports
 from scanner.protocols import Protocol
 from tests.lab.daemon import REPO, Daemon, prometheus_query, prometheus_server, until, write_config
-from tests.lab.servers import CertPaths, LabCerts, LabStack, free_ports
+from tests.lab.servers import LabCerts, LabStack
 
 PASSWORD = "s3cret"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
+from bench.servers import alive, child_pids
 from scanner.protocols import Protocol as P
 from tests.lab.daemon import Daemon, established_connections, run_once, until
-from tests.lab.servers import LabStack, alive, child_pids, tarpit
+from tests.lab.servers import LabStack, tarpit
 
 DaemonFactory = Callable[..., Daemon]
 
