@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple, Self
+from typing import Any, NamedTuple, Self
 
 from bench.certs import CertPaths, make_cert
 from scanner.protocols import Protocol
@@ -182,7 +182,7 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def stop_process(process: subprocess.Popen[bytes], grace: float) -> None:
+def stop_process(process: subprocess.Popen[Any], grace: float) -> None:
     """SIGTERM, then SIGKILL if it has not exited after `grace` seconds."""
     process.terminate()
     try:

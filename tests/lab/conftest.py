@@ -1,4 +1,4 @@
-"""Pytest fixtures over the loopback test lab in tests/lab/servers.py."""
+"""Pytest fixtures over the loopback test lab: servers (tests/lab/servers.py, bench/servers.py) and daemons."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.daemon import Daemons
 from tests.lab.servers import LabCerts, LabStack, NginxLabFactory, make_lab_certs, require_nginx
 
 
@@ -36,3 +37,13 @@ def requires_nginx() -> None:
 def nginx_lab(requires_nginx: None, lab: LabStack) -> NginxLabFactory:
     """Start NginxLab instances (tmp_certs.server by default) that stop when the test ends."""
     return lab.nginx
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Daemons]:
+    """Start `python -m scanner` daemons (state file and logs under tmp_path); all are stopped by pid at the end."""
+    daemons = Daemons(tmp_path)
+    try:
+        yield daemons
+    finally:
+        daemons.close()

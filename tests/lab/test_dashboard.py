@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.servers import NginxLab, NginxServer, free_ports, stop_process
 from scanner.cli import build_parser
-from tests.lab.daemon import Daemon, require_binary, until, write_config
+from tests.lab.daemon import Daemon, lab_config, require_binary, until, write_config
 from tests.lab.servers import require_nginx
 from tests.lab.test_deploy import DEPLOY, FAMILIES, NEWER_FAMILIES, PROMETHEUS, RULES, metric_names, recorded
 
@@ -270,7 +270,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         {"reject": ["TLSv1.0", "TLSv1.1"], "from": "2099-01-01", "name": "retire-legacy"},
     ]
     targets[0]["deep_interval"] = "2s"  # web is deep-scanned too: the deep tier's panels need its series
-    config = write_config(tmp / "scanner.yaml", targets)
+    config = write_config(tmp / "scanner.yaml", lab_config(targets))
     shard = ["--shard", "0/1"] if "--shard" in build_parser().format_usage() else []
     with contextlib.ExitStack() as cleanup:
         nginx = NginxLab([NginxServer("web", web, NGINX_ALL), *servers]).start()
