@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Self, TypeVar
 
 from bench.certs import CertPaths, make_cert
 from scanner.protocols import Protocol
@@ -44,6 +44,8 @@ __all__ = [
 
 # OpenSSL 3 refuses TLS 1.0/1.1 (SHA-1 signatures, small keys) unless the security level is lowered.
 LEGACY_CIPHERS = "DEFAULT:@SECLEVEL=0"
+
+T = TypeVar("T")
 
 _NGINX_NAMES: dict[Protocol, str] = {
     Protocol.SSLv2: "SSLv2",
@@ -74,12 +76,15 @@ def address_family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, *, interval: float = 0.02, what: str = "") -> None:
-    """Poll predicate until it is true, or raise TimeoutError after timeout seconds."""
+def wait_for(probe: Callable[[], T | None], timeout: float = 10.0, *, interval: float = 0.02, what: str = "") -> T:
+    """Call probe until it returns something truthy and return that; TimeoutError after timeout seconds."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        value = probe()
+        if value:
+            return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate!r}")
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what or probe!r}")
         time.sleep(interval)
 
 

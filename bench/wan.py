@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import os
 import resource
 import shutil
 import signal
@@ -189,6 +188,8 @@ def delay_proxy(
     mapping: list[tuple[str, int, int]], rtt_ms: float, work: Path, tcp_rtt: bool = True
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run the delay proxy for mapping (listen host, listen port, nginx port); stop it by its pid."""
+    from bench.servers import stop_process  # here: `python bench/wan.py proxy` runs without the bench package
+
     map_file = work / "proxy-map.json"
     map_file.write_text(json.dumps(mapping))
     cmd = [
@@ -212,12 +213,7 @@ def delay_proxy(
         yield proc
     finally:
         if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+            stop_process(proc, 10)
         err.close()
 
 

@@ -11,35 +11,21 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, Self, TypeVar
+from typing import IO, Any, Self
 from urllib.parse import quote
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from bench.servers import Managed, child_pids, free_ports, stop_process
+from bench.servers import Managed, child_pids, free_ports, stop_process, wait_for
 from tests.lab.servers import missing
 
 REPO = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
 Completed = subprocess.CompletedProcess[str]
-
-
-def until(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Call probe every 50 ms until it returns something truthy, and return it; TimeoutError after timeout s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def require_binary(name: str, package: str) -> str:
@@ -51,11 +37,14 @@ def require_binary(name: str, package: str) -> str:
 
 
 @contextlib.contextmanager
-def prometheus_server(directory: Path, config: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A real Prometheus with `config` (prometheus.yml text) on a free loopback port: (process, port); stopped at
-    the end, by pid."""
+def prometheus_server(
+    directory: Path, config: str, port: int | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A real Prometheus with `config` (prometheus.yml text) on loopback (port, or a free one): (process, port);
+    stopped at the end, by pid."""
     binary = require_binary("prometheus", "prometheus")
-    (port,) = free_ports(1)
+    if port is None:
+        (port,) = free_ports(1)
     (directory / "prometheus.yml").write_text(config)
     args = [
         binary,
@@ -167,7 +156,9 @@ class Daemon(Managed):
                     *args, "--state-file", self.state_file, *self.extra, stdout=log, stderr=log, new_session=True
                 )
             process = self.process
-            until(partial(self._up_or_exited, process), timeout, "the daemon to answer /-/healthy")
+            wait_for(
+                partial(self._up_or_exited, process), timeout, interval=0.05, what="the daemon to answer /-/healthy"
+            )
             if process.poll() is None:
                 return self
             self.process = None
@@ -219,7 +210,7 @@ class Daemon(Managed):
             return scrape if predicate(scrape) else None
 
         try:
-            return until(probe, timeout, what)
+            return wait_for(probe, timeout, interval=0.05, what=what)
         except TimeoutError as exc:
             ours = [line for line in last[0].text.splitlines() if line.startswith("tls_scanner")] if last else []
             raise TimeoutError(

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
-from bench.servers import NginxServer, free_ports
+from bench.servers import NginxServer, free_ports, wait_for
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
 from tests.lab.daemon import (
@@ -29,7 +29,6 @@ from tests.lab.daemon import (
     prometheus_server,
     require_binary,
     run_once,
-    until,
     write_config,
 )
 from tests.lab.servers import LabStack, NginxLabFactory, tarpit
@@ -365,7 +364,7 @@ def test_endpoints(nginx_lab: NginxLabFactory, start_daemon: Daemons, tmp_path: 
     config = write_config(tmp_path / "c.yaml", lab_config([target("web", web_port), target("steady", steady_port)]))
     d = start_daemon(config, debug=True)
     assert d.get("/-/healthy") == (200, "Healthy.\n")
-    assert until(lambda: d.get("/-/ready")[0] == 200, 5, "/-/ready 200")
+    assert wait_for(lambda: d.get("/-/ready")[0] == 200, 5, what="/-/ready 200")
     status, body, headers = d.request("GET", "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=")
 
@@ -410,7 +409,7 @@ def test_sigterm_during_a_hung_sweep_exits_cleanly(lab: LabStack, start_daemon: 
     pit = lab.peer(tarpit)
     config = write_config(tmp_path / "c.yaml", lab_config([target("pit", pit.port, timeout="2s")]))
     d = start_daemon(config, debug=True)
-    until(lambda: established_connections(d.pid, pit.port) > 0, 5, "the daemon to hang on the tarpit")
+    wait_for(lambda: established_connections(d.pid, pit.port) > 0, 5, what="the daemon to hang on the tarpit")
     assert d.metrics().value(LAST_SCAN, target="pit") is None  # the first sweep is still in flight
     d.send(signal.SIGTERM)
     try:
@@ -461,7 +460,7 @@ def test_real_prometheus_scrapes_the_matrix(lab: LabStack, start_daemon: Daemons
                 ("count", ""): float(len(series))
             }
 
-        got = until(matrix, 30, "Prometheus to return tls_scanner_protocol_accepted")
+        got = wait_for(matrix, 30, what="Prometheus to return tls_scanner_protocol_accepted")
         assert got.pop(("count", "")) == len(want)
         assert got == want
         up = prometheus_query(port, "up")

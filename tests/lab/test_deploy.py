@@ -27,13 +27,13 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bench.servers import free_ports
+from bench.servers import free_ports, wait_for
 from scanner.cli import DEFAULT_LISTEN_ADDRESS, DEFAULT_STATE_FILE, build_parser, misused
 from scanner.config.endpoints import load_config
 from scanner.output import metrics as scanner_metrics
 from scanner.protocols import Protocol
 from scanner.web.config import WebConfig, WebGuard, load_web_config
-from tests.lab.daemon import require_binary, until
+from tests.lab.daemon import require_binary
 from tests.lab.servers import LabStack, missing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -580,7 +580,7 @@ def test_docker_run_image_starts_the_daemon_with_its_state_in_the_volume(tmp_pat
             finally:
                 conn.close()
 
-        until(up, 30, "the image's daemon to be ready")
+        wait_for(up, 30, what="the image's daemon to be ready")
         assert (workdir / DEFAULT_STATE_FILE).is_file()
         assert '"level": "info"' in log.read_text(), "CMD's --log-format=json"
     finally:

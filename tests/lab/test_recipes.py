@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers import free_ports
+from bench.servers import free_ports, wait_for
 from scanner.protocols import Protocol
-from tests.lab.daemon import until
 from tests.lab.servers import LabCerts, LabStack, closed_port
 from tests.lab.test_readme import blocks, section
 
@@ -225,7 +224,7 @@ def serve_once(root: Path, log: Path, port: int, *extra: str) -> str:
             found = re.search(r"serves (\S+/)", log.read_text())
             return found.group(1) if found and healthy(found.group(1)) else None
 
-        url = until(up, 30, "run.sh to print its URL and the daemon to answer on it")
+        url = wait_for(up, 30, what="run.sh to print its URL and the daemon to answer on it")
         assert url.endswith(f"127.0.0.1:{port}/")
     finally:
         if process.poll() is None:

@@ -16,7 +16,7 @@ import bcrypt
 import pytest
 
 from bench.certs import CertPaths
-from bench.servers import free_ports
+from bench.servers import free_ports, wait_for
 from scanner.protocols import Protocol
 from tests.lab.daemon import (
     REPO,
@@ -26,7 +26,6 @@ from tests.lab.daemon import (
     prometheus_query,
     prometheus_server,
     run_scanner,
-    until,
     write_config,
 )
 from tests.lab.servers import LabCerts, LabStack
@@ -117,7 +116,7 @@ def test_certificate_rotation_on_sighup(secured: Daemon, tmp_certs: LabCerts, tm
     web_config = tmp_path / "web.yml"
     write_web_config(web_config, renewed)
     secured.send(signal.SIGHUP)
-    after = until(lambda: (s := served_serial()) != before and s, 10, "the renewed certificate to be served")
+    after = wait_for(lambda: (s := served_serial()) != before and s, 10, what="the renewed certificate to be served")
     assert after != before
     assert secured.get("/-/healthy")[0] == 200
     # A broken web config on reload keeps the one in force, and /-/reload says why.
@@ -156,7 +155,7 @@ def test_real_prometheus_scrapes_over_https_with_basic_auth(
             answer = prometheus_query(port, 'up == 1 and on() count(tls_scanner_protocol_accepted{target="web"}) > 0')
             return answer is not None and answer.get("status") == "success" and bool(answer["data"]["result"])
 
-        until(up_and_scanned, 30, "Prometheus to scrape the daemon over HTTPS with basic auth (up == 1)")
+        wait_for(up_and_scanned, 30, what="Prometheus to scrape the daemon over HTTPS with basic auth (up == 1)")
 
 
 @pytest.fixture
@@ -241,7 +240,7 @@ def test_state_file_is_private_under_umask_000(lab: LabStack, tmp_path: Path) ->
     ]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        until(lambda: len(list(state.parent.iterdir())) == 3 or None, 15, "the state file and its WAL")
+        wait_for(lambda: len(list(state.parent.iterdir())) == 3 or None, 15, what="the state file and its WAL")
         modes = {p.name: p.stat().st_mode & 0o777 for p in state.parent.iterdir()}
     finally:
         process.send_signal(signal.SIGTERM)

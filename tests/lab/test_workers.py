@@ -9,9 +9,9 @@ import signal
 import time
 from pathlib import Path
 
-from bench.servers import alive, child_pids
+from bench.servers import alive, child_pids, wait_for
 from scanner.protocols import Protocol as P
-from tests.lab.daemon import Daemons, established_connections, lab_config, run_once, until, write_config
+from tests.lab.daemon import Daemons, established_connections, lab_config, run_once, write_config
 from tests.lab.servers import LabStack, tarpit
 
 
@@ -45,7 +45,7 @@ def test_a_killed_worker_is_an_error_not_a_rejection_and_is_replaced(
     ]
     d = start_daemon(write_config(tmp_path / "c.yaml", {"workers": 2, **lab_config(targets, timeout="5s")}), debug=True)
     d.wait_sweep("good")
-    until(lambda: established_connections(d.pid, pit.port) > 0, 10, "a worker to hang on the tarpit")
+    wait_for(lambda: established_connections(d.pid, pit.port) > 0, 10, what="a worker to hang on the tarpit")
     before = child_pids(d.pid)
     assert len(before) == 2
     for pid in before:
@@ -54,7 +54,7 @@ def test_a_killed_worker_is_an_error_not_a_rejection_and_is_replaced(
     scrape = d.wait_sweep("pit", after=killed_at - 5, timeout=15)
     assert scrape.value("tls_scanner_scan_success", target="pit") == 0.0
     assert scrape.value("tls_scanner_protocol_accepted", target="pit", protocol="TLSv1.2", address="127.0.0.1") is None
-    until(lambda: len([p for p in child_pids(d.pid) if p not in before]) == 2, 10, "two new workers")
+    wait_for(lambda: len([p for p in child_pids(d.pid) if p not in before]) == 2, 10, what="two new workers")
     scrape = d.wait_sweep("good", after=time.time(), timeout=15)
     for protocol in ("TLSv1.2", "TLSv1.3"):
         labels = {"target": "good", "protocol": protocol, "address": "127.0.0.1"}
@@ -80,7 +80,7 @@ def test_no_worker_outlives_the_daemon(lab: LabStack, start_daemon: Daemons, tmp
     assert len(workers) == 2
     first.send(signal.SIGTERM)
     assert first.wait(10) == 0, first.log_text()[-2000:]
-    until(lambda: not any(alive(pid) for pid in workers), 5, "the workers to exit after SIGTERM")
+    wait_for(lambda: not any(alive(pid) for pid in workers), 5, what="the workers to exit after SIGTERM")
 
     second = start_daemon(config, debug=True)
     second.wait_sweep("t")
@@ -88,7 +88,7 @@ def test_no_worker_outlives_the_daemon(lab: LabStack, start_daemon: Daemons, tmp
     assert len(workers) == 2
     second.send(signal.SIGKILL)
     second.wait(5)
-    until(lambda: not any(alive(pid) for pid in workers), 5, "the workers to exit after the daemon's SIGKILL")
+    wait_for(lambda: not any(alive(pid) for pid in workers), 5, what="the workers to exit after the daemon's SIGKILL")
 
 
 def test_ctrl_c_to_the_process_group_stops_cleanly(lab: LabStack, start_daemon: Daemons, tmp_path: Path) -> None:
@@ -106,4 +106,4 @@ def test_ctrl_c_to_the_process_group_stops_cleanly(lab: LabStack, start_daemon: 
         os.kill(pid, signal.SIGINT)
     assert d.wait(10) == 0, d.log_text()[-2000:]
     assert "Traceback" not in d.log_text()
-    until(lambda: not any(alive(pid) for pid in workers), 5, "the workers to exit")
+    wait_for(lambda: not any(alive(pid) for pid in workers), 5, what="the workers to exit")
