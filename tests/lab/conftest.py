@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +21,8 @@ def tmp_certs(tmp_path_factory: pytest.TempPathFactory) -> LabCerts:
 @pytest.fixture
 def lab(tmp_certs: LabCerts) -> Iterator[LabStack]:
     """Start lab servers on demand (lab.tls_server, lab.peer, lab.nginx); all stop when the test ends."""
-    stack = LabStack(tmp_certs)
-    try:
+    with contextlib.closing(LabStack(tmp_certs)) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 @pytest.fixture
@@ -42,8 +40,5 @@ def nginx_lab(requires_nginx: None, lab: LabStack) -> NginxLabFactory:
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Daemons]:
     """Start `python -m scanner` daemons (state file and logs under tmp_path); all are stopped by pid at the end."""
-    daemons = Daemons(tmp_path)
-    try:
+    with contextlib.closing(Daemons(tmp_path)) as daemons:
         yield daemons
-    finally:
-        daemons.close()

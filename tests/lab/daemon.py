@@ -1,4 +1,6 @@
-"""Run `python -m scanner` as a real daemon subprocess on loopback, scrape it, and always stop it by pid."""
+"""`python -m scanner` in the lab: write its config (write_config, lab_config), run the CLI to its end (run_scanner,
+run_once), run the daemon on loopback (Daemon, Daemons behind the start_daemon fixture), scrape it; every process is
+stopped by pid."""
 
 from __future__ import annotations
 
@@ -59,6 +61,22 @@ def prometheus_server(
         yield process, port
     finally:
         stop_process(process, 10)
+
+
+def answers_ok(port: int, path: str, *, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> bool:
+    """Tell whether GET path answers 200 (False while nothing accepts the connection)."""
+    conn: http.client.HTTPConnection
+    if tls is None:
+        conn = http.client.HTTPConnection(host, port, timeout=2)
+    else:
+        conn = http.client.HTTPSConnection(host, port, timeout=2, context=tls)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 def prometheus_query(port: int, query: str) -> dict[str, Any] | None:
@@ -150,7 +168,7 @@ class Daemon(Managed):
         """Start the daemon and wait until /-/healthy answers (a taken port is retried with another one)."""
         for _ in range(3):
             self.port = free_ports(1)[0]
-            args = ["--config", self.config, "--web.listen-address", f"127.0.0.1:{self.port}"]
+            args = ("--config", self.config, "--web.listen-address", f"127.0.0.1:{self.port}")
             with self.log.open("ab") as log:
                 self.process = start_scanner(
                     *args, "--state-file", self.state_file, *self.extra, stdout=log, stderr=log, new_session=True

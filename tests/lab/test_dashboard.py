@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.servers import NginxLab, NginxServer, free_ports, wait_for
 from scanner.cli import build_parser
-from tests.lab.daemon import Daemon, lab_config, prometheus_server, require_binary, write_config
+from tests.lab.daemon import Daemon, answers_ok, lab_config, prometheus_server, require_binary, write_config
 from tests.lab.servers import require_nginx
 from tests.lab.test_deploy import DEPLOY, FAMILIES, NEWER_FAMILIES, PROMETHEUS, RULES, metric_names, recorded
 
@@ -295,14 +295,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         def ready() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"prometheus exited: {log.read_text()[-2000:]}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", prometheus_port, timeout=2)
-                conn.request("GET", "/-/ready")
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
-            finally:
-                conn.close()
+            return answers_ok(prometheus_port, "/-/ready")
 
         wait_for(ready, 60, what="Prometheus to be ready")
         before = 'target_protocol:tls_scanner_protocol_accepted:max{target="web",protocol="TLSv1.0"} == 1'

@@ -33,7 +33,7 @@ from scanner.config.endpoints import load_config
 from scanner.output import metrics as scanner_metrics
 from scanner.protocols import Protocol
 from scanner.web.config import WebConfig, WebGuard, load_web_config
-from tests.lab.daemon import require_binary
+from tests.lab.daemon import answers_ok, require_binary
 from tests.lab.servers import LabStack, missing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -571,14 +571,7 @@ def test_docker_run_image_starts_the_daemon_with_its_state_in_the_volume(tmp_pat
         def up() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"the daemon exited: {log.read_text()}")
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            try:
-                conn.request("GET", "/-/ready")
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
-            finally:
-                conn.close()
+            return answers_ok(port, "/-/ready")
 
         wait_for(up, 30, what="the image's daemon to be ready")
         assert (workdir / DEFAULT_STATE_FILE).is_file()

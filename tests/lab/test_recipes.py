@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import re
 import shutil
@@ -19,6 +18,7 @@ import pytest
 
 from bench.servers import free_ports, wait_for
 from scanner.protocols import Protocol
+from tests.lab.daemon import answers_ok
 from tests.lab.servers import LabCerts, LabStack, closed_port
 from tests.lab.test_readme import blocks, section
 
@@ -193,21 +193,12 @@ def healthy(url: str) -> bool:
     match = re.fullmatch(r"(https?)://([^/]+):(\d+)/", url)
     assert match, url
     scheme, host, port = match.groups()
-    conn: http.client.HTTPConnection
     if scheme == "https":
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        conn = http.client.HTTPSConnection(host, int(port), timeout=2, context=context)
-    else:
-        conn = http.client.HTTPConnection(host, int(port), timeout=2)
-    try:
-        conn.request("GET", "/-/healthy")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
+        return answers_ok(int(port), "/-/healthy", host=host, tls=context)
+    return answers_ok(int(port), "/-/healthy", host=host)
 
 
 def serve_once(root: Path, log: Path, port: int, *extra: str) -> str:
