@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TextIO
 
 from scanner import __version__
-from scanner.config.endpoints import Config, TargetConfig, load_config, parse_config
+from scanner.config import Config, TargetConfig, load_config, parse_config
 from scanner.daemon.pool import Sweeper, make_sweeper, worker_count
 from scanner.errors import ConfigError, StateFileError
 from scanner.logs import setup_logging
@@ -21,6 +21,7 @@ from scanner.results.deep import DeepResult
 from scanner.results.sweep import SweepResult
 from scanner.state.policy import verdict
 from scanner.targets import ALL, Shard, expand
+from scanner.web.config import load_web_config
 
 DEFAULT_CONFIG = "config/endpoints.yaml"
 MIN_TARGETS_IN_FLIGHT = 32  # --once: a rate-limited address must not hold up a short list's other targets
@@ -183,8 +184,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert config is not None
     web_config = None
     if args.web_config_file is not None:
-        from scanner.web.config import load_web_config  # bcrypt and aiohttp: only the daemon needs them
-
         try:
             web_config = load_web_config(args.web_config_file)
         except ConfigError as exc:

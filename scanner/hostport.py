@@ -3,21 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 _BRACKETED = re.compile(r"\[([^\]]*)\](?::(.*))?")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a target listens: host (the SNI and Host name), port, and an optional pinned connect address."""
-
-    host: str
-    port: int
-    address: str | None = None
-
-    def __str__(self) -> str:
-        return join_host_port(self.host, self.port)
 
 
 def bracket(host: str) -> str:

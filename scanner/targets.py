@@ -8,7 +8,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, replace
 
-from scanner.config.endpoints import Config, TargetConfig, is_ip
+from scanner.config import Config, TargetConfig, is_ip
 from scanner.hostport import join_host_port, parse_host_port
 
 

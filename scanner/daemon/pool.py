@@ -26,8 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from scanner.config.endpoints import Politeness, Resolver, TargetConfig
+from scanner.config import Politeness, Resolver, TargetConfig
 from scanner.engine.locate import Located, locate
+from scanner.errors import WorkerError
 from scanner.logs import JsonFormatter
 from scanner.results.deep import DeepResult
 from scanner.results.sweep import ErrorReason, SweepResult
@@ -150,10 +151,6 @@ async def read_frame(reader: asyncio.StreamReader) -> object | None:
 
 
 # --- the pool ----------------------------------------------------------------------------------------------------
-
-
-class WorkerError(Exception):
-    """A sweep raised inside a worker (its traceback is in the worker's log)."""
 
 
 @dataclass

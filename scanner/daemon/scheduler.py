@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scanner.config.endpoints import TargetConfig
+from scanner.config import TargetConfig
 from scanner.daemon.pool import Sweeper
 from scanner.results.deep import DeepResult
 from scanner.results.sweep import ErrorReason, ProtocolState, SweepResult

@@ -12,7 +12,7 @@ from dataclasses import replace
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, ProcessCollector, generate_latest
 
-from scanner.config.endpoints import AddressMode, Config, SafeConfig, TargetConfig, is_ip
+from scanner.config import AddressMode, Config, SafeConfig, TargetConfig, is_ip
 from scanner.daemon.memory import trim_periodically
 from scanner.daemon.pool import make_sweeper, worker_count
 from scanner.daemon.scheduler import Scheduler
@@ -24,7 +24,8 @@ from scanner.output.metrics import ScannerMetrics, render_probe
 from scanner.state.store import ResultStore
 from scanner.targets import ALL, Shard, expand, find_configured, probe_refusal
 from scanner.web.app import WebState, make_app, make_runner
-from scanner.web.config import WebConfig, WebGuard, load_web_config
+from scanner.web.config import WebConfig, load_web_config
+from scanner.web.guard import WebGuard
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum
 from sslyze.scanner.scanner import Scanner
 from sslyze.server_setting import ServerNetworkConfiguration, ServerNetworkLocation
 
-from scanner.config.endpoints import TargetConfig
+from scanner.config import TargetConfig
 from scanner.engine.handshake import STARTTLS
 from scanner.protocols import Protocol
 from scanner.results.deep import CertificateInfo, DeepAddressResult, DeepResult, MozillaProfile

@@ -22,8 +22,7 @@ from nassl import _nassl
 from nassl.ephemeral_key_info import OpenSslEcNidEnum
 from nassl.ssl_client import ClientCertificateRequested, OpenSslVerifyEnum, OpenSslVersionEnum, SslClient
 
-from scanner.config.endpoints import HttpCheck, StartTls, TargetConfig
-from scanner.config.profiles import ClientProfile
+from scanner.config import ClientProfile, HttpCheck, StartTls, TargetConfig
 from scanner.hostport import bracket, join_host_port
 from scanner.protocols import Protocol
 from scanner.results.sweep import ErrorReason, Evidence, ProtocolResult, ProtocolState

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from scanner.config.endpoints import Resolver, TargetConfig
+from scanner.config import Resolver, TargetConfig
 from scanner.engine.resolve import resolve
 from scanner.errors import ResolveError
 from scanner.results.sweep import ErrorReason, SweepResult

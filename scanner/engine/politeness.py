@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from scanner.config.endpoints import Politeness
+from scanner.config import Politeness
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import dns.asyncresolver
 
-from scanner.config.endpoints import AddressMode, Resolver, is_ip
+from scanner.config import AddressMode, Resolver, is_ip
 from scanner.errors import ResolveError
 
 MAX_ADDRESSES = 16  # per name: a CDN answering with more is sampled, not swept whole

@@ -10,8 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from scanner.config.endpoints import HttpCheck, Politeness, Resolver, TargetConfig
-from scanner.config.profiles import ClientProfile
+from scanner.config import ClientProfile, HttpCheck, Politeness, Resolver, TargetConfig
 from scanner.engine.handshake import Attempt, Peer, classify, client_attempt, credentials, first_attempt, next_attempt
 from scanner.engine.locate import DEADLINE_GRACE_SECONDS, Located, locate
 from scanner.engine.politeness import AddressGate

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from prometheus_client.utils import floatToGoString
 
 from scanner import __version__
-from scanner.config.endpoints import SafeConfig, TargetConfig
+from scanner.config import SafeConfig, TargetConfig
 from scanner.results.deep import DeepResult, DeepState, deep_changes
 from scanner.results.sweep import ErrorReason, ProtocolState, SweepResult
 from scanner.state.policy import deadlines, has_policy, verdict

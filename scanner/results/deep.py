@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scanner.config.endpoints import TargetConfig
+from scanner.config import TargetConfig
 from scanner.protocols import Protocol
 
 

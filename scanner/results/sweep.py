@@ -6,7 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from scanner.config.endpoints import TargetConfig
+from scanner.config import TargetConfig
 from scanner.protocols import Protocol
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from scanner.config.endpoints import DatedPolicy, Expectation, TargetConfig
+from scanner.config import DatedPolicy, Expectation, TargetConfig
 from scanner.protocols import Protocol
 from scanner.results.sweep import ProtocolResult, ProtocolState, SweepResult
 

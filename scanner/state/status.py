@@ -10,7 +10,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from scanner.config.endpoints import TargetConfig
+from scanner.config import TargetConfig
 from scanner.protocols import Protocol
 from scanner.results.deep import DeepResult, DeepState
 from scanner.results.sweep import ErrorReason, Evidence, ProtocolResult, ProtocolState, SweepResult

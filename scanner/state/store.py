@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from scanner.config.endpoints import TargetConfig
+from scanner.config import TargetConfig
 from scanner.errors import StateFileError
 from scanner.protocols import Protocol
 from scanner.results.deep import DeepResult, DeepState, deep_changes, deep_from_dict, deep_to_dict

@@ -15,7 +15,7 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from scanner.config.endpoints import Expectation
+from scanner.config import Expectation
 from scanner.output.metrics import RENDER_SLICE_SECONDS
 from scanner.output.report import deep_scan_to_dict, sweep_to_dict
 from scanner.protocols import ALL_PROTOCOLS, Protocol
@@ -24,7 +24,7 @@ from scanner.results.sweep import ProtocolResult, ProtocolState
 from scanner.state.policy import deadlines, evaluate, has_policy, verdict, wanted
 from scanner.state.status import ProtocolStatus, TargetStatus, Transition, TransitionKind
 from scanner.state.store import ResultStore
-from scanner.web.config import WebGuard
+from scanner.web.guard import WebGuard
 
 _T = TypeVar("_T")
 

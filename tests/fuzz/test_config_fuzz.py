@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scanner.config.endpoints import MAX_DURATION, Config, is_ip, load_config, parse_config
+from scanner.config import MAX_DURATION, Config, is_ip, load_config, parse_config
 from scanner.errors import ConfigError
 from scanner.output.metrics import INTERVAL, sample
 from scanner.targets import expand

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.servers import Endpoint, NginxLab, NginxServer, free_ports
-from scanner.config.endpoints import load_config
+from scanner.config import load_config
 from scanner.errors import ConfigError
 from scanner.protocols import Protocol
 from tests.lab.daemon import run_once, run_scanner, write_config

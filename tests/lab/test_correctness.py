@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.servers import NginxServer, free_ports
-from scanner.config.endpoints import TargetConfig
+from scanner.config import TargetConfig
 from scanner.engine.sweep import SweepEngine
 from scanner.protocols import Protocol as P
 from scanner.state.store import ResultStore

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.certs import CertPaths
 from bench.servers import NginxServer, free_ports
-from scanner.config.endpoints import TargetConfig
+from scanner.config import TargetConfig
 from scanner.engine.deep import deep_scan
 from scanner.protocols import Protocol
 from tests.lab.daemon import Daemons, Scrape, lab_config, require_binary, run_once, run_scanner, write_config

@@ -3,6 +3,7 @@ Kubernetes manifests and the systemd unit, each checked with the tool that owns 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 import http.server
@@ -24,15 +25,18 @@ from typing import Any
 
 import pytest
 import yaml
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from bench.servers import free_ports, wait_for
 from scanner.cli import DEFAULT_LISTEN_ADDRESS, DEFAULT_STATE_FILE, build_parser, misused
-from scanner.config.endpoints import load_config
+from scanner.config import load_config
 from scanner.output import metrics as scanner_metrics
 from scanner.protocols import Protocol
-from scanner.web.config import WebConfig, WebGuard, load_web_config
+from scanner.web.config import WebConfig, load_web_config
+from scanner.web.guard import WebGuard
 from tests.lab.daemon import answers_ok, require_binary
 from tests.lab.servers import LabStack, missing
 
@@ -421,11 +425,20 @@ def test_compose_structure_and_mounts() -> None:
 
 
 def assert_credentials_match(web_config: WebConfig, user: str, password: str) -> None:
-    """The kit's scraper credentials pass the kit's web config."""
+    """These credentials get past the web config's basic auth (through the guard's middleware), a wrong password not."""
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def status(guard: WebGuard, password: str) -> int:
+        authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        request = make_mocked_request("GET", "/metrics", headers={"Authorization": authorization})
+        return (await guard.middleware(request, ok)).status
+
     guard = WebGuard(web_config)
     try:
-        assert guard.check("Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
-        assert not guard.check("Basic " + base64.b64encode(f"{user}:wrong".encode()).decode())
+        assert asyncio.run(status(guard, password)) == 200
+        assert asyncio.run(status(guard, "wrong")) == 401
     finally:
         guard.close()
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from bench.servers import NginxServer, free_ports
-from scanner.config.endpoints import load_config
+from scanner.config import load_config
 from scanner.engine.sweep import SweepEngine
 from scanner.output.metrics import ScannerMetrics
 from scanner.protocols import ALL_PROTOCOLS

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from scanner.cli import scan_round
-from scanner.config.endpoints import Politeness, load_config
+from scanner.config import Politeness, load_config
 from scanner.protocols import Protocol
 from scanner.results.sweep import ProtocolState, SweepResult
 from scanner.targets import expand

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from bench.servers import Endpoint, NginxServer, free_ports
-from scanner.config.endpoints import HttpCheck, TargetConfig
+from scanner.config import HttpCheck, TargetConfig
 from scanner.engine.sweep import SweepEngine
 from scanner.protocols import ALL_PROTOCOLS, Protocol
 from scanner.results.sweep import ErrorReason, ProtocolState, SweepResult

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import pytest
 
 from bench.servers import NginxLab, NginxServer, free_ports
-from scanner.config.endpoints import load_config
+from scanner.config import load_config
 from scanner.daemon.service import Service
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P

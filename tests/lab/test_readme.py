@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import re
 from pathlib import Path
 
@@ -10,10 +9,10 @@ import yaml
 
 from scanner.cli import build_parser
 from scanner.output.metrics import TARGET_FAMILIES
-from scanner.web.config import WebGuard, load_web_config
+from scanner.web.config import load_web_config
 from tests.lab.daemon import REPO, require_binary
 from tests.lab.servers import LabCerts
-from tests.lab.test_deploy import run
+from tests.lab.test_deploy import assert_credentials_match, run
 
 README = (REPO / "README.md").read_text()
 
@@ -50,12 +49,7 @@ def test_web_config_example_loads_and_its_hash_is_for_the_documented_password(
     config = load_web_config(str(path))
     password = re.search(r"the hash is for the password `([^`]+)`", text)
     assert password is not None
-    guard = WebGuard(config)
-    try:
-        user = next(iter(document["basic_auth_users"]))
-        assert guard.check("Basic " + base64.b64encode(f"{user}:{password.group(1)}".encode()).decode())
-    finally:
-        guard.close()
+    assert_credentials_match(config, next(iter(document["basic_auth_users"])), password.group(1))
 
 
 def test_prometheus_scrape_example_is_valid(tmp_path: Path) -> None:

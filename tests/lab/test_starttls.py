@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scanner.config.endpoints import StartTls, load_config
+from scanner.config import StartTls, load_config
 from scanner.errors import ConfigError
 from tests.lab.daemon import run_once, run_scanner, write_config
 from tests.lab.peers import smtp_server, smtp_tls_context

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scanner.config.endpoints import Expectation, TargetConfig
+from scanner.config import Expectation, TargetConfig
 from scanner.protocols import Protocol
 from scanner.results.sweep import AddressResult, ErrorReason, ProtocolResult, ProtocolState, SweepResult
 from scanner.targets import Shard

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scanner.config.endpoints import (
+from scanner.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_INTERVAL,
     DEFAULT_TIMEOUT,

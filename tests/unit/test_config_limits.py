@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from scanner.config.endpoints import MAX_CONFIG_BYTES, STDIN, Config, SafeConfig, load_config, parse_config
+from scanner.config import MAX_CONFIG_BYTES, STDIN, Config, SafeConfig, load_config, parse_config
 from scanner.errors import ConfigError
 
 TOO_LARGE = "config is larger than 16 MiB"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scanner.config.endpoints import TargetConfig
-from scanner.hostport import Endpoint, join_host_port, parse_host_port, parse_port, split_host_port
+from scanner.config import parse_config
+from scanner.hostport import join_host_port, parse_host_port, parse_port, split_host_port
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,6 @@ def test_unclosed_bracket_is_refused() -> None:
 @pytest.mark.parametrize(("host", "port", "text"), [("::1", 443, "[::1]:443"), ("a.example", 80, "a.example:80")])
 def test_join_round_trips(host: str, port: int, text: str) -> None:
     assert join_host_port(host, port) == text
-    assert str(Endpoint(host, port)) == text
     assert parse_host_port(text) == (host, port)
 
 
@@ -49,7 +48,14 @@ def test_default_port_and_bad_port_message() -> None:
         parse_host_port("example.org:0")
 
 
-def test_target_endpoint() -> None:
-    target = TargetConfig(name="t", host="2001:db8::1", port=8443, address="2001:db8::2")
-    assert target.endpoint == Endpoint("2001:db8::1", 8443, "2001:db8::2")
-    assert str(target.endpoint) == "[2001:db8::1]:8443"
+def test_an_unnamed_target_is_named_host_port() -> None:
+    """The name joins host and port (IPv6 in brackets); a pinned address changes where it connects, not its name."""
+    target = parse_config(
+        "targets:\n  - {host: '2001:db8::1', port: 8443, address: '2001:db8::2'}\n", "<test>"
+    ).targets[0]
+    assert (target.name, target.host, target.port, target.address) == (
+        "[2001:db8::1]:8443",
+        "2001:db8::1",
+        8443,
+        "2001:db8::2",
+    )

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from scanner.config.endpoints import Config, Expectation, ProbeSettings, SafeConfig, TargetConfig
+from scanner.config import Config, Expectation, ProbeSettings, SafeConfig, TargetConfig
 from scanner.output import metrics as metrics_module
 from scanner.output.metrics import ScannerMetrics
 from scanner.protocols import Protocol

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scanner.config.endpoints import Expectation
+from scanner.config import Expectation
 from scanner.protocols import Protocol
 from scanner.state.policy import evaluate
 from tests.unit.factories import A, E, R, sweep, target
@@ -36,7 +36,7 @@ def test_evaluate(states: dict[Protocol, object], http: dict[Protocol, int], vio
 def test_a_dated_policy_is_enforced_from_its_date_and_reported_before() -> None:
     from dataclasses import replace
 
-    from scanner.config.endpoints import DatedPolicy
+    from scanner.config import DatedPolicy
     from scanner.state.policy import deadlines, has_policy, verdict
 
     dated = DatedPolicy("pypi-2018", Expectation(reject=frozenset({T10})), start=2000.0)

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 
-from scanner.config.endpoints import Politeness
+from scanner.config import Politeness
 from scanner.engine.politeness import AddressGate
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from scanner.config.endpoints import Expectation, TargetConfig
+from scanner.config import Expectation, TargetConfig
 from scanner.output.metrics import ScannerMetrics, render_probe, render_sweeps
 from scanner.protocols import Protocol
 from scanner.results.sweep import AddressResult, Evidence, ProtocolResult, ProtocolState, SweepResult

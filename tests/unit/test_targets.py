@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scanner.config.endpoints import Config, load_config
+from scanner.config import Config, load_config
 from scanner.targets import Shard, expand, find_configured, probe_refusal
 from tests.unit.factories import owner
 

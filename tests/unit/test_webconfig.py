@@ -1,4 +1,4 @@
-"""Tests for scanner.web.config: the --web.config.file (TLS, basic auth, extra headers), no sslyze involved."""
+"""Tests for scanner.web (config, guard, tls): the --web.config.file (TLS, basic auth, extra headers), no sslyze."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ import aiohttp
 import bcrypt
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from scanner.errors import ConfigError
-from scanner.web import config as webconfig
-from scanner.web.config import TlsSettings, WebConfig, WebGuard, load_web_config, parse_basic_auth, server_ssl_context
+from scanner.web.config import WebConfig, load_web_config
+from scanner.web.guard import WebGuard, parse_basic_auth
+from scanner.web.tls import CIPHER_SUITES, TlsSettings, server_ssl_context
 
 PASSWORD = b"secret"
 HASH = bcrypt.hashpw(PASSWORD, bcrypt.gensalt(4)).decode()  # cost 4 keeps the tests fast
@@ -174,25 +175,28 @@ TLS = "tls_server_config:\n  cert_file: @CERT@\n  key_file: @KEY@\n"
 BAD = [
     (
         "foo: 1\n",
-        "1: unknown key 'foo' in the web config; allowed: tls_server_config, http_server_config, basic_auth_users",
+        '1: unknown key "foo" at top level (allowed: tls_server_config, http_server_config, basic_auth_users)',
     ),
     ("rate_limit:\n  burst: 1\n", "1: rate_limit is not supported by tls-scanner; remove it"),
-    ("- a\n", "1: the web config must be a mapping, not a list"),
+    (
+        "- a\n",
+        "1: top level: expected a mapping with tls_server_config, http_server_config, basic_auth_users, got list",
+    ),
     (
         "basic_auth_users: {}\nbasic_auth_users: {}\n",
-        "2: duplicate key 'basic_auth_users' in the web config (first at line 1)",
+        '2: duplicate key "basic_auth_users" at top level (first on line 1)',
     ),
     ("tls_server_config: [\n", "2: invalid YAML: expected the node content, but found '<stream end>'"),
     ("a: 1\n---\nb: 2\n", "2: invalid YAML: expected a single document in the stream, but found another document"),
-    ("tls_server_config:\n  cert_file: @CERT@\n", "1: tls_server_config needs key_file"),
-    ("tls_server_config: []\n", "1: tls_server_config must be a mapping, not a list"),
+    ("tls_server_config:\n  cert_file: @CERT@\n", '1: tls_server_config: missing required key "key_file"'),
+    ("tls_server_config: []\n", f"1: tls_server_config: expected a mapping with {TLS_KEYS}, got list"),
     (TLS + "  cert: abc\n", "4: inline cert is not supported, use cert_file"),
     (TLS + "  client_allowed_sans: [a]\n", "4: client_allowed_sans is not supported by tls-scanner; remove it"),
-    (TLS + "  ciphers: []\n", f"4: unknown key 'ciphers' in tls_server_config; allowed: {TLS_KEYS}"),
-    (TLS + "  key_file: @KEY@\n", "4: duplicate key 'key_file' in tls_server_config (first at line 3)"),
-    ("tls_server_config:\n  cert_file: ''\n  key_file: @KEY@\n", "2: cert_file is empty"),
-    ("tls_server_config:\n  cert_file: 12\n  key_file: @KEY@\n", "2: cert_file must be a string, not a number"),
-    ("tls_server_config:\n  cert_file:\n  key_file: @KEY@\n", "2: cert_file must be a string, not empty"),
+    (TLS + "  ciphers: []\n", f'4: unknown key "ciphers" in tls_server_config (allowed: {TLS_KEYS})'),
+    (TLS + "  key_file: @KEY@\n", '4: duplicate key "key_file" in tls_server_config (first on line 3)'),
+    ("tls_server_config:\n  cert_file: ''\n  key_file: @KEY@\n", "2: cert_file: must not be empty"),
+    ("tls_server_config:\n  cert_file: 12\n  key_file: @KEY@\n", "2: cert_file: expected a string, got 12 (quote it)"),
+    ("tls_server_config:\n  cert_file:\n  key_file: @KEY@\n", "2: cert_file: expected a string, got null"),
     (
         "tls_server_config:\n  cert_file: nope.pem\n  key_file: @KEY@\n",
         "2: cannot read cert_file @DIR@/nope.pem: No such file or directory",
@@ -213,8 +217,8 @@ BAD = [
     ),
     (
         TLS + "  client_auth_type: Always\n",
-        "4: unknown client_auth_type 'Always'; one of: NoClientCert, RequestClientCert, RequireAnyClientCert, "
-        "VerifyClientCertIfGiven, RequireAndVerifyClientCert",
+        '4: unknown client_auth_type "Always" (known: NoClientCert, RequestClientCert, RequireAnyClientCert, '
+        "VerifyClientCertIfGiven, RequireAndVerifyClientCert)",
     ),
     (
         TLS + "  client_auth_type: RequireAndVerifyClientCert\n",
@@ -230,22 +234,25 @@ BAD = [
         "(Python's ssl cannot require a certificate without verifying it)",
     ),
     (TLS + "  client_ca_file: @CA@\n", "4: client_ca_file is set but client_auth_type is NoClientCert"),
-    (TLS + "  min_version: TLS14\n", "4: unknown min_version 'TLS14'; one of: TLS10, TLS11, TLS12, TLS13"),
-    (TLS + "  min_version: 1.2\n", "4: min_version must be a string, not a number"),
+    (TLS + "  min_version: TLS14\n", '4: unknown min_version "TLS14" (known: TLS10, TLS11, TLS12, TLS13)'),
+    (TLS + "  min_version: 1.2\n", "4: min_version: expected a string, got 1.2 (quote it)"),
     (TLS + "  min_version: TLS13\n  max_version: TLS12\n", "5: min_version TLS13 is above max_version TLS12"),
     (TLS + "  max_version: TLS11\n", "4: min_version TLS12 is above max_version TLS11"),
     (
         TLS + "  cipher_suites:\n    - TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\n    - TLS_RSA_WITH_RC4_128_SHA\n",
-        "6: unknown cipher suite 'TLS_RSA_WITH_RC4_128_SHA'; one of: " + ", ".join(webconfig.CIPHER_SUITES),
+        '6: unknown cipher suite "TLS_RSA_WITH_RC4_128_SHA" (known: ' + ", ".join(CIPHER_SUITES) + ")",
     ),
-    (TLS + "  cipher_suites: TLS_AES_128_GCM_SHA256\n", "4: cipher_suites must be a list, not a string"),
+    (
+        TLS + "  cipher_suites: TLS_AES_128_GCM_SHA256\n",
+        '4: cipher_suites: expected a list, got "TLS_AES_128_GCM_SHA256"',
+    ),
     (
         TLS + "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
         "4: cipher_suites lists only TLS 1.3 suites, which cannot be configured; add TLS 1.2 suites",
     ),
     (
         TLS + "  curve_preferences: [CurveP256, P-384]\n",
-        "4: unknown curve 'P-384'; one of: CurveP256, CurveP384, CurveP521, X25519",
+        '4: unknown curve "P-384" (known: CurveP256, CurveP384, CurveP521, X25519)',
     ),
     (
         TLS + "  curve_preferences:\n    - X25519\n    - CurveP256\n",
@@ -253,19 +260,19 @@ BAD = [
     ),
     (
         TLS + "  prefer_server_cipher_suites: maybe\n",
-        "4: prefer_server_cipher_suites must be true or false, not a string",
+        '4: prefer_server_cipher_suites: expected true or false, got "maybe"',
     ),
-    ("http_server_config:\n  http2: 1\n", "2: http2 must be true or false, not a number"),
-    ("http_server_config:\n  h2: true\n", "2: unknown key 'h2' in http_server_config; allowed: headers, http2"),
+    ("http_server_config:\n  http2: 1\n", "2: http2: expected true or false, got 1"),
+    ("http_server_config:\n  h2: true\n", '2: unknown key "h2" in http_server_config (allowed: headers, http2)'),
     (
         "http_server_config:\n  headers:\n    Content-Type: text/plain\n",
-        "3: header 'Content-Type' cannot be set; allowed: Strict-Transport-Security, X-Content-Type-Options, "
-        "X-Frame-Options, X-XSS-Protection, Content-Security-Policy",
+        '3: header "Content-Type" cannot be set (allowed: Strict-Transport-Security, X-Content-Type-Options, '
+        "X-Frame-Options, X-XSS-Protection, Content-Security-Policy)",
     ),
-    ("http_server_config:\n  headers:\n    X Frame: deny\n", "3: header name 'X Frame' is not a valid HTTP token"),
+    ("http_server_config:\n  headers:\n    X Frame: deny\n", '3: header name "X Frame" is not a valid HTTP token'),
     (
         "http_server_config:\n  headers:\n    X-Frame-Options: allow\n",
-        "3: header X-Frame-Options must be one of: deny, sameorigin; got 'allow'",
+        '3: header X-Frame-Options: expected one of deny, sameorigin, got "allow"',
     ),
     (
         'http_server_config:\n  headers:\n    Content-Security-Policy: "a\\r\\nSet-Cookie: x"\n',
@@ -273,24 +280,24 @@ BAD = [
     ),
     (
         "http_server_config:\n  headers:\n    X-Frame-Options: deny\n    x-frame-options: deny\n",
-        "4: header 'X-Frame-Options' given twice (first at line 3)",
+        '4: header "X-Frame-Options" given twice (first on line 3)',
     ),
-    ("http_server_config:\n  headers: [a]\n", "2: headers must be a mapping, not a list"),
+    ("http_server_config:\n  headers: [a]\n", "2: headers: expected a mapping, got list"),
     (
         "basic_auth_users:\n  alice: secret\n",
-        "2: password of 'alice' is not a bcrypt hash ($2a$, $2b$ or $2y$, cost 04-31)",
+        '2: password of "alice" is not a bcrypt hash ($2a$, $2b$ or $2y$, cost 04-31)',
     ),
     (
         "basic_auth_users:\n  alice: $2b$10$tooshort\n",
-        "2: password of 'alice' is not a bcrypt hash ($2a$, $2b$ or $2y$, cost 04-31)",
+        '2: password of "alice" is not a bcrypt hash ($2a$, $2b$ or $2y$, cost 04-31)',
     ),
-    ("basic_auth_users:\n  alice: 12\n", "2: password hash of 'alice' must be a string, not a number"),
-    ("basic_auth_users:\n  'a:b': @HASH@\n", "2: user name 'a:b' contains ':', which basic auth cannot carry"),
+    ("basic_auth_users:\n  alice: 12\n", '2: password hash of "alice": expected a string, got 12 (quote it)'),
+    ("basic_auth_users:\n  'a:b': @HASH@\n", '2: user name "a:b" contains ":", which basic auth cannot carry'),
     (
         "basic_auth_users:\n  alice: @HASH@\n  alice: @HASH@\n",
-        "3: duplicate key 'alice' in basic_auth_users (first at line 2)",
+        '3: duplicate key "alice" in basic_auth_users (first on line 2)',
     ),
-    ("basic_auth_users:\n  - alice\n", "2: basic_auth_users must be a mapping, not a list"),
+    ("basic_auth_users:\n  - alice\n", "2: basic_auth_users: expected a mapping, got list"),
 ]
 
 
@@ -322,13 +329,19 @@ def test_unreadable_binary_and_non_utf8_files(tmp_path: Path) -> None:
     assert str(info.value) == f"{latin1}:3: not UTF-8 (byte 0xe9)"
 
 
+def test_yaml_is_read_as_in_the_endpoints_file(write: Write) -> None:
+    """The same node helpers: merge keys work, and a user name may be written as a number."""
+    config = load_web_config(write("basic_auth_users:\n  <<: {alice: @HASH@}\n  1234: @HASH@\n"))
+    assert sorted(config.users) == ["1234", "alice"]
+
+
 @pytest.mark.parametrize("text", ["", "# nothing yet\n", "~\n", "tls_server_config:\nbasic_auth_users:\n"])
 def test_empty_config_means_no_tls_no_auth(write: Write, text: str) -> None:
     path = write(text)
     assert load_web_config(path) == WebConfig(path)
     guard = WebGuard(load_web_config(path))
     assert guard.ssl_context() is None
-    assert guard.check(None)
+    assert _passes(guard, None)
 
 
 def test_good_config_round_trip(write: Write, certs: Certs) -> None:
@@ -428,11 +441,21 @@ def test_ssl_context_settings(certs: Certs) -> None:
 
 
 def test_every_cipher_suite_maps_to_an_openssl_cipher(certs: Certs) -> None:
-    for go_name, openssl_name in webconfig.CIPHER_SUITES.items():
+    for go_name, openssl_name in CIPHER_SUITES.items():
         if openssl_name is None:
             continue
         ctx = server_ssl_context(TlsSettings(str(certs.cert), str(certs.key), cipher_suites=(go_name,)))
         assert openssl_name in {c["name"] for c in ctx.get_ciphers()}, go_name
+
+
+def _passes(guard: WebGuard, authorization: str | None) -> bool:
+    """Whether a request with this Authorization header gets past the guard's middleware to the handler."""
+    headers = {} if authorization is None else {"Authorization": authorization}
+
+    async def status() -> int:
+        return (await guard.middleware(make_mocked_request("GET", "/", headers=headers), _hello)).status
+
+    return asyncio.run(status()) == 200
 
 
 def _basic(user: str | bytes, password: bytes) -> str:
@@ -470,46 +493,46 @@ def test_parse_basic_auth() -> None:
 
 
 def test_basic_auth_accept_reject(guard: WebGuard, checkpw_calls: list[bytes]) -> None:
-    assert guard.check(_basic("alice", PASSWORD))
-    assert guard.check(_basic("bob", PASSWORD))
-    assert not guard.check(_basic("alice", b"wrong"))
-    assert not guard.check(_basic("Alice", PASSWORD))
+    assert _passes(guard, _basic("alice", PASSWORD))
+    assert _passes(guard, _basic("bob", PASSWORD))
+    assert not _passes(guard, _basic("alice", b"wrong"))
+    assert not _passes(guard, _basic("Alice", PASSWORD))
     for malformed in [None, "", "Basic", "Basic %%%", "Basic " + base64.b64encode(b"alice").decode(), "Digest x"]:
-        assert not guard.check(malformed)
+        assert not _passes(guard, malformed)
     assert len(checkpw_calls) == 4  # malformed headers cost no bcrypt
 
 
 def test_unknown_user_still_costs_one_bcrypt(guard: WebGuard, checkpw_calls: list[bytes]) -> None:
-    assert not guard.check(_basic("mallory", PASSWORD))  # the right password of another user does not help
-    assert not guard.check(_basic("mallory", PASSWORD))  # and is never cached
+    assert not _passes(guard, _basic("mallory", PASSWORD))  # the right password of another user does not help
+    assert not _passes(guard, _basic("mallory", PASSWORD))  # and is never cached
     assert checkpw_calls == [HASH.encode(), HASH.encode()]
 
 
 def test_cache_saves_bcrypt_but_not_failures(guard: WebGuard, checkpw_calls: list[bytes]) -> None:
-    assert guard.check(_basic("alice", PASSWORD))
-    assert guard.check(_basic("alice", PASSWORD))
+    assert _passes(guard, _basic("alice", PASSWORD))
+    assert _passes(guard, _basic("alice", PASSWORD))
     assert len(checkpw_calls) == 1
-    assert not guard.check(_basic("alice", b"wrong"))
-    assert not guard.check(_basic("alice", b"wrong"))
+    assert not _passes(guard, _basic("alice", b"wrong"))
+    assert not _passes(guard, _basic("alice", b"wrong"))
     assert len(checkpw_calls) == 3
     guard.update(guard.config)  # a reload starts with an empty cache
-    assert guard.check(_basic("alice", PASSWORD))
+    assert _passes(guard, _basic("alice", PASSWORD))
     assert len(checkpw_calls) == 4
 
 
 def test_cache_is_bounded(write: Write, checkpw_calls: list[bytes]) -> None:
     guard = WebGuard(load_web_config(write("basic_auth_users:\n  a: @HASH@\n  b: @HASH@\n  c: @HASH@\n")), cache_size=2)
     for user in "abc":
-        assert guard.check(_basic(user, PASSWORD))
-    assert guard.check(_basic("c", PASSWORD)) and guard.check(_basic("b", PASSWORD))
+        assert _passes(guard, _basic(user, PASSWORD))
+    assert _passes(guard, _basic("c", PASSWORD)) and _passes(guard, _basic("b", PASSWORD))
     assert len(checkpw_calls) == 3
-    assert guard.check(_basic("a", PASSWORD))  # evicted, least recently used
+    assert _passes(guard, _basic("a", PASSWORD))  # evicted, least recently used
     assert len(checkpw_calls) == 4
     guard.close()
 
 
 def test_too_long_password_is_refused(guard: WebGuard) -> None:
-    assert not guard.check(_basic("alice", b"x" * 100))
+    assert not _passes(guard, _basic("alice", b"x" * 100))
 
 
 async def _hello(request: web.Request) -> web.Response:
@@ -677,7 +700,7 @@ def test_cert_file_gone_before_update(write: Write, certs: Certs, tmp_path: Path
 
 
 def test_cache_keys_do_not_hold_passwords(guard: WebGuard) -> None:
-    assert guard.check(_basic("alice", PASSWORD))
+    assert _passes(guard, _basic("alice", PASSWORD))
     keys = list(guard._cache)
     assert len(keys) == 1 and len(keys[0]) == hashlib.sha256().digest_size
     assert PASSWORD not in keys[0]
