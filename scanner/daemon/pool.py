@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import pickle
+import signal
 import struct
 import sys
 import time
@@ -42,6 +43,8 @@ AUTO_TARGETS_PER_WORKER = 1000
 _HEADER = struct.Struct(">I")
 STOP_WAIT_SECONDS = 5.0  # for a worker to exit once its stdin is closed, before it is killed
 RESTART_DELAY_SECONDS = 1.0  # before a worker that died is started again
+# A worker ignores these: the parent stops it by closing its stdin (see scanner.daemon.worker).
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 class Sweeper(Protocol):
@@ -184,6 +187,7 @@ class WorkerPool:
         self._workers = [_Worker(i) for i in range(count)]
         self._ids = itertools.count()
         self._stopping = False
+        self._spawning = 0  # worker starts in progress, with the stop signals blocked here
         self._closing = False
         self._starting: asyncio.Task[None] | None = None
 
@@ -241,6 +245,11 @@ class WorkerPool:
         # glibc would give the handshake threads up to 8 malloc arenas per core, each keeping its freed OpenSSL
         # buffers resident; two are enough for threads that mostly wait on the network.
         env.setdefault("MALLOC_ARENA_MAX", "2")
+        # Born with the stop signals blocked (the mask survives exec): a Ctrl-C to the process group while the
+        # worker is still importing would otherwise end it with a KeyboardInterrupt traceback. The worker unblocks
+        # them once it ignores them; here they stay pending until the last concurrent start is through.
+        self._spawning += 1
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             worker.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -253,7 +262,11 @@ class WorkerPool:
         except OSError as exc:
             log.error("cannot start worker process %d: %s", worker.index, exc)
             worker.process = None
-        else:
+        finally:
+            self._spawning -= 1
+            if self._spawning == 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        if worker.process is not None:
             self._send(worker, self.settings)
             if self._stopping:
                 self._send(worker, Stop())
