@@ -51,7 +51,9 @@ UNIT = DEPLOY / "systemd" / "tls-scanner.service"
 
 # Every family the daemon exports (scanner/output/metrics.py), the per-address/shard/range/probe ones included.
 # Every family the scanner defines (what rules and panels may query).
-FAMILIES = {family.name for family in vars(scanner_metrics).values() if isinstance(family, scanner_metrics.Family)}
+FAMILIES = {f.name for f in vars(scanner_metrics).values() if isinstance(f, scanner_metrics.Family)} | {
+    f.name for f in scanner_metrics.TARGET_FAMILIES
+}
 # Families added by the network-wide change; a live query that only they can answer may come back empty from a
 # daemon that does not export them (tests/lab/test_dashboard.py checks the daemon's own output before allowing that).
 NEWER_FAMILIES = {
