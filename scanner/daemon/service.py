@@ -270,6 +270,7 @@ async def _serve(
         reload=service.reload,
         ready=lambda: service.scheduler.running,
         probe=service.probe,
+        configured=lambda: expand(service.config),
     )
     runner = make_runner(make_app(state, service.web))
     try:
