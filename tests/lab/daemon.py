@@ -110,6 +110,32 @@ def write_config(path: Path, config: str | Mapping[str, Any]) -> Path:
     return path
 
 
+class ConfigMapVolume:
+    """A directory laid out as the kubelet mounts a ConfigMap: each key a symlink through `..data` -> `..TIMESTAMP`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.versions = 0
+        root.mkdir()
+
+    def publish(self, files: dict[str, str]) -> None:
+        """Write a new timestamped directory and swap `..data` to it atomically, as the kubelet's AtomicWriter does."""
+        self.versions += 1
+        data = self.root / f"..2026_12_04_10_00_{self.versions:02d}.{os.getpid()}"
+        data.mkdir()
+        for name, text in files.items():
+            (data / name).write_text(text)
+        link = self.root / "..data_tmp"
+        link.symlink_to(data.name)
+        os.replace(link, self.root / "..data")
+        for name in files:
+            if not (self.root / name).is_symlink():
+                (self.root / name).symlink_to(f"..data/{name}")
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+
 class Scrape:
     """One parsed /metrics answer."""
 

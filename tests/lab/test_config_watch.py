@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -16,38 +15,12 @@ import pytest
 import yaml
 
 from scanner.protocols import Protocol as P
-from tests.lab.daemon import Daemon, until
+from tests.lab.daemon import ConfigMapVolume, Daemon, until
 from tests.lab.servers import LabStack
 
 RELOAD_OK = "tls_scanner_config_last_reload_successful"
 LAST_SCAN = "tls_scanner_last_scan_timestamp_seconds"
 PICKUP_SECONDS = 5.0  # the issue's bound: a change is in force this soon, with no signal
-
-
-class ConfigMapVolume:
-    """A directory laid out as the kubelet mounts a ConfigMap: each key a symlink through `..data` -> `..TIMESTAMP`."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.versions = 0
-        root.mkdir()
-
-    def publish(self, files: dict[str, str]) -> None:
-        """Write a new timestamped directory and swap `..data` to it atomically, as the kubelet's AtomicWriter does."""
-        self.versions += 1
-        data = self.root / f"..2026_12_04_10_00_{self.versions:02d}.{os.getpid()}"
-        data.mkdir()
-        for name, text in files.items():
-            (data / name).write_text(text)
-        link = self.root / "..data_tmp"
-        link.symlink_to(data.name)
-        os.replace(link, self.root / "..data")
-        for name in files:
-            if not (self.root / name).is_symlink():
-                (self.root / name).symlink_to(f"..data/{name}")
-
-    def path(self, name: str) -> Path:
-        return self.root / name
 
 
 def config_text(targets: dict[str, int], **extra: Any) -> str:
