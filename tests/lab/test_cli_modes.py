@@ -101,6 +101,8 @@ MISUSED = [
     (["--once", "--web.listen-address=:1"], "--web.listen-address only applies to the daemon, not with --once"),
     (["--once", "--web.config.file", "web.yml"], "--web.config.file only applies to the daemon, not with --once"),
     (["--check-config", "--state-file", "s.db"], "--state-file only applies to the daemon, not with --check-config"),
+    (["--once", "--no-config.watch"], "--config.watch only applies to the daemon, not with --once"),
+    (["--check-config", "--config.watch"], "--config.watch only applies to the daemon, not with --check-config"),
     (
         ["--check-config", "--web.listen-address=127.0.0.1:1"],
         "--web.listen-address only applies to the daemon, not with --check-config",
