@@ -105,6 +105,22 @@ def test_rendered_objects_validate_like_the_kustomize_ones(name: str) -> None:
             raise AssertionError(f"{document['kind']}: {exc.message} at {list(exc.path)}") from None
 
 
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["--set", "shards=0"], "/shards"),
+        (["--set", "persistence.enabled=yes"], "/persistence/enabled"),
+        (["--set", "webConfig.username=a:b"], "/webConfig/username"),
+        (["--set", "logFormat=xml"], "/logFormat"),
+        (["--set", "webConfig.enabled=true"], "webConfig.enabled needs webConfig.password"),
+    ],
+)
+def test_bad_values_are_refused_before_anything_renders(values: list[str], message: str) -> None:
+    """values.schema.json (and the chart's own checks) refuse a value that would render a broken release."""
+    result = run(helm(), "template", RELEASE, CHART, *values)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
 def test_prometheusrule_carries_the_shipped_rules_and_the_chart_files_are_generated() -> None:
     """The chart's rules are deploy/prometheus/rules/ through `deploy/generate.py chart`, never a hand copy."""
     for path, text in generator().chart_files().items():
@@ -218,8 +234,6 @@ def test_web_config_secret_guards_every_endpoint_and_the_probes_and_monitor_log_
     assert {auth["username"]["name"], auth["password"]["name"]} == {secret["metadata"]["name"]}
     assert_credentials_match(web_config, data[auth["username"]["key"]], data[auth["password"]["key"]])
     assert "--web.config.file=/etc/tls-scanner-web/web-config.yml" in c["args"]
-    result = run(helm(), "template", RELEASE, CHART, "--set", "webConfig.enabled=true")
-    assert result.returncode != 0 and "webConfig.enabled needs webConfig.password" in result.stderr
 
 
 def test_rendered_pod_runs_passes_its_probes_and_follows_a_configmap_update(lab: LabStack, tmp_path: Path) -> None:
