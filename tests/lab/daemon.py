@@ -4,6 +4,7 @@ stopped by pid."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -93,6 +94,11 @@ def prometheus_query(port: int, query: str) -> dict[str, Any] | None:
         return None
     finally:
         conn.close()
+
+
+def basic(user: str, password: str) -> str:
+    """The Authorization header value of HTTP basic auth."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def lab_config(targets: Sequence[Mapping[str, Any]], **defaults: Any) -> dict[str, Any]:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import bcrypt
-import pytest
 import yaml
 
+from bench.servers import wait_for
 from scanner.protocols import Protocol as P
-from tests.lab.daemon import ConfigMapVolume, Daemon, until
+from tests.lab.daemon import ConfigMapVolume, Daemon, Daemons, basic, lab_config
 from tests.lab.servers import LabStack
 
 RELOAD_OK = "tls_scanner_config_last_reload_successful"
@@ -24,34 +22,9 @@ PICKUP_SECONDS = 5.0  # the issue's bound: a change is in force this soon, with 
 
 
 def config_text(targets: dict[str, int], **extra: Any) -> str:
-    document = {
-        "defaults": {"interval": "1s", "timeout": "2s", "deep_interval": 0},
-        "targets": [{"name": name, "host": "127.0.0.1", "port": port} for name, port in targets.items()],
-        **extra,
-    }
-    return yaml.safe_dump(document, sort_keys=False)
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
-    """Daemons appended here are stopped by pid at the end."""
-    started: list[Daemon] = []
-    try:
-        yield started
-    finally:
-        for d in started:
-            d.stop()
-
-
-def start(daemons: list[Daemon], tmp_path: Path, config: Path, *extra: str, authorization: str | None = None) -> Daemon:
-    d = Daemon(config, tmp_path / f"state-{len(daemons)}.db", tmp_path / f"daemon-{len(daemons)}.log", *extra)
-    d.authorization = authorization
-    daemons.append(d)
-    return d.start()
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    """A lab config of these targets on 127.0.0.1 (extra: more top-level keys), as YAML text."""
+    config = lab_config([{"name": name, "host": "127.0.0.1", "port": port} for name, port in targets.items()])
+    return yaml.safe_dump(config | extra, sort_keys=False)
 
 
 def api_targets(d: Daemon) -> list[str]:
@@ -63,19 +36,19 @@ def api_targets(d: Daemon) -> list[str]:
 def wait_targets(d: Daemon, want: list[str], what: str) -> float:
     """Wait (at most PICKUP_SECONDS) until the daemon's targets are `want`; returns how long it took."""
     began = time.monotonic()
-    until(lambda: api_targets(d) == want, PICKUP_SECONDS, f"{what}: targets {want}\n{d.log_text()[-2000:]}")
+    wait_for(lambda: api_targets(d) == want, PICKUP_SECONDS, what=f"{what}: targets {want}")
     return time.monotonic() - began
 
 
 def test_configmap_edit_and_data_swap_reload_without_a_signal(
-    lab: LabStack, daemons: list[Daemon], tmp_path: Path
+    lab: LabStack, start_daemon: Daemons, tmp_path: Path
 ) -> None:
     """An in-place edit and an atomic `..data` swap each apply within 5 s; a broken one keeps the old targets."""
     ports = {name: lab.tls_server({P.TLSv1_2, P.TLSv1_3}).port for name in ("first", "second", "third")}
     volume = ConfigMapVolume(tmp_path / "config")
     volume.publish({"endpoints.yaml": config_text({"first": ports["first"]})})
     config = volume.path("endpoints.yaml")
-    d = start(daemons, tmp_path, config, "--log-level", "debug")
+    d = start_daemon(config, debug=True)
     d.wait_sweep("first", timeout=10)
 
     # In place, through the symlinks (what `kubectl cp` or an editor on the node would do).
@@ -109,12 +82,12 @@ def test_configmap_edit_and_data_swap_reload_without_a_signal(
     print(f"picked up: in-place edit {took_edit:.2f}s, ..data swap {took_swap:.2f}s")
 
 
-def test_no_config_watch_waits_for_a_signal(lab: LabStack, daemons: list[Daemon], tmp_path: Path) -> None:
+def test_no_config_watch_waits_for_a_signal(lab: LabStack, start_daemon: Daemons, tmp_path: Path) -> None:
     """With --no-config.watch an edit changes nothing until SIGHUP, as before."""
     ports = {name: lab.tls_server({P.TLSv1_3}).port for name in ("first", "second")}
     config = tmp_path / "c.yaml"
     config.write_text(config_text({"first": ports["first"]}))
-    d = start(daemons, tmp_path, config, "--no-config.watch")
+    d = start_daemon(config, "--no-config.watch")
     config.write_text(config_text({"first": ports["first"], "second": ports["second"]}))
     time.sleep(2.5)  # more than two checks' worth
     assert api_targets(d) == ["first"]
@@ -122,7 +95,7 @@ def test_no_config_watch_waits_for_a_signal(lab: LabStack, daemons: list[Daemon]
     wait_targets(d, ["first", "second"], "the SIGHUP")
 
 
-def test_web_config_change_applies_without_a_signal(lab: LabStack, daemons: list[Daemon], tmp_path: Path) -> None:
+def test_web_config_change_applies_without_a_signal(lab: LabStack, start_daemon: Daemons, tmp_path: Path) -> None:
     """A new password in the watched web config (a Secret, mounted the same way) is in force within 5 s."""
     volume = ConfigMapVolume(tmp_path / "web")
 
@@ -135,7 +108,7 @@ def test_web_config_change_applies_without_a_signal(lab: LabStack, daemons: list
     config = tmp_path / "c.yaml"
     config.write_text(config_text({"first": lab.tls_server({P.TLSv1_3}).port}))
     web = str(volume.path("web.yml"))
-    d = start(daemons, tmp_path, config, "--web.config.file", web, authorization=basic("alice", "old secret"))
+    d = start_daemon(config, "--web.config.file", web, authorization=basic("alice", "old secret"))
 
     def answers(password: str) -> int:
         d.authorization = basic("alice", password)
@@ -143,6 +116,6 @@ def test_web_config_change_applies_without_a_signal(lab: LabStack, daemons: list
 
     assert (answers("old secret"), answers("new secret")) == (200, 401)
     volume.publish({"web.yml": users("new secret")})
-    until(lambda: answers("new secret") == 200, PICKUP_SECONDS, "the new password")
+    wait_for(lambda: answers("new secret") == 200, PICKUP_SECONDS, what="the new password")
     assert answers("old secret") == 401
     assert "web config reloaded from" in d.log_text()

@@ -4,7 +4,6 @@ rules equal to deploy/prometheus/'s, and the rendered pod's command line run as 
 from __future__ import annotations
 
 import base64
-import http.client
 import os
 import shutil
 import subprocess
@@ -16,11 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
+from bench.servers import wait_for
 from scanner.config import load_config
 from scanner.protocols import Protocol as P
 from scanner.web.config import load_web_config
-from tests.lab.daemon import REPO, ConfigMapVolume, until
-from tests.lab.servers import LabStack, free_ports, missing
+from tests.lab.daemon import REPO, ConfigMapVolume, Daemons
+from tests.lab.servers import LabStack, missing
 from tests.lab.test_deploy import (
     DEPLOY,
     RULES,
@@ -236,7 +236,9 @@ def test_web_config_secret_guards_every_endpoint_and_the_probes_and_monitor_log_
     assert "--web.config.file=/etc/tls-scanner-web/web-config.yml" in c["args"]
 
 
-def test_rendered_pod_runs_passes_its_probes_and_follows_a_configmap_update(lab: LabStack, tmp_path: Path) -> None:
+def test_rendered_pod_runs_passes_its_probes_and_follows_a_configmap_update(
+    start_daemon: Daemons, lab: LabStack, tmp_path: Path
+) -> None:
     """The Deployment's own command line, its paths mapped to ConfigMap- and Secret-style directories here: the
     daemon answers its probes with their headers, and a new ConfigMap from `helm template` is in force by itself."""
     ports = {name: lab.tls_server({P.TLSv1_2, P.TLSv1_3}).port for name in ("first", "second")}
@@ -254,59 +256,47 @@ def test_rendered_pod_runs_passes_its_probes_and_follows_a_configmap_update(lab:
     web_volume.publish({"web-config.yml": only(documents, "Secret")["stringData"]["web-config.yml"]})
     (tmp_path / "state").mkdir()
     c = container(only(documents, "Deployment"))
-    (port,) = free_ports(1)
     moved = {
         "/etc/tls-scanner/": f"{tmp_path / 'config'}/",
         "/etc/tls-scanner-web/": f"{tmp_path / 'web'}/",
         "/var/lib/tls-scanner/": f"{tmp_path / 'state'}/",
-        f"--web.listen-address=:{c['ports'][0]['containerPort']}": f"--web.listen-address=127.0.0.1:{port}",
     }
+    listen = f"--web.listen-address=:{c['ports'][0]['containerPort']}"
+    assert listen in c["args"]
     args = []
     for arg in c["args"]:
         for old, new in moved.items():
             arg = arg.replace(old, new)
-        args.append(arg)
-    log = tmp_path / "daemon.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "scanner", *args], cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-    try:
+        if arg != listen:  # the daemon gets a free loopback port here
+            args.append(arg)
 
-        def get(path: str, headers: dict[str, str]) -> tuple[int, str]:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
-            try:
-                conn.request("GET", path, headers=headers)
-                response = conn.getresponse()
-                return response.status, response.read().decode()
-            except OSError:
-                return 0, ""
-            finally:
-                conn.close()
+    def headers(probe: dict[str, Any]) -> dict[str, str]:
+        return {h["name"]: h["value"] for h in probe["httpGet"].get("httpHeaders", [])}
 
-        def probe(spec: dict[str, Any]) -> int:
-            if process.poll() is not None:
-                raise AssertionError(f"the daemon exited: {log.read_text()[-3000:]}")
-            headers = {h["name"]: h["value"] for h in spec["httpGet"].get("httpHeaders", [])}
-            return get(spec["httpGet"]["path"], headers)[0]
+    # The rendered flags come after the helper's own, so theirs (--config, --state-file) are the ones in force.
+    login = headers(c["livenessProbe"])["Authorization"]
+    d = start_daemon(tmp_path / "config" / "endpoints.yaml", *args, authorization=login)
+    assert f"--config={tmp_path / 'config'}/endpoints.yaml" in args
 
-        until(lambda: probe(c["livenessProbe"]) == 200, 20, "the liveness probe to pass")
-        until(lambda: probe(c["readinessProbe"]) == 200, 20, "the readiness probe to pass")
-        assert get("/-/healthy", {})[0] == 401  # without the probe's header
+    def probe(spec: dict[str, Any]) -> int:
+        d.authorization = headers(spec).get("Authorization")
+        return d.get(spec["httpGet"]["path"])[0]
 
-        headers = {h["name"]: h["value"] for h in c["livenessProbe"]["httpGet"]["httpHeaders"]}
+    wait_for(lambda: probe(c["livenessProbe"]) == 200, 20, what="the liveness probe to pass")
+    wait_for(lambda: probe(c["readinessProbe"]) == 200, 20, what="the readiness probe to pass")
+    d.authorization = None
+    assert d.get("/-/healthy")[0] == 401  # without the probe's header
+    assert (tmp_path / "state" / "tls-scanner.db").is_file()
 
-        def targets() -> list[str]:
-            status, body = get("/api/v1/sd", headers)
-            return [g["targets"][0] for g in yaml.safe_load(body)] if status == 200 else []
+    def targets() -> list[str]:
+        d.authorization = login
+        status, body = d.get("/api/v1/sd")
+        return [g["targets"][0] for g in yaml.safe_load(body)] if status == 200 else []
 
-        assert targets() == ["first"]
-        updated = chart_config("first", "second")  # helm upgrade with a new config; the kubelet swaps ..data
-        config_volume.publish(only(updated, "ConfigMap")["data"])
-        web_volume.publish({"web-config.yml": only(updated, "Secret")["stringData"]["web-config.yml"]})  # new salt
-        until(lambda: targets() == ["first", "second"], 5, "the updated ConfigMap to be in force")
-        assert probe(c["readinessProbe"]) == 200
-    finally:
-        process.terminate()
-        process.wait(15)
-    assert process.returncode == 0, log.read_text()[-3000:]
+    assert targets() == ["first"]
+    updated = chart_config("first", "second")  # helm upgrade with a new config; the kubelet swaps ..data
+    config_volume.publish(only(updated, "ConfigMap")["data"])
+    web_volume.publish({"web-config.yml": only(updated, "Secret")["stringData"]["web-config.yml"]})  # new salt
+    wait_for(lambda: targets() == ["first", "second"], 5, what="the updated ConfigMap to be in force")
+    assert probe(c["readinessProbe"]) == 200
+    assert d.stop() == 0, d.log_text()[-3000:]

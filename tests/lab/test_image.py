@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.servers import wait_for
 from scanner.protocols import Protocol as P
-from tests.lab.daemon import REPO, until
+from tests.lab.daemon import REPO
 from tests.lab.servers import LabStack, missing
 
 BASE = "localhost/tls-scanner-base:bookworm"
@@ -151,7 +152,7 @@ def test_image_daemon_passes_its_healthcheck_read_only_and_stops_cleanly(image: 
                 raise AssertionError(f"the container is {state}:\n{podman('logs', name).stderr[-3000:]}")
             return podman("healthcheck", "run", name, check=False).returncode == 0
 
-        until(healthy, 30, "the image's HEALTHCHECK to pass")
+        wait_for(healthy, 30, interval=0.5, what="the image's HEALTHCHECK to pass")
         ready = "import urllib.request as r; print(r.urlopen('http://127.0.0.1:9913/-/ready', timeout=4).status)"
         assert podman("exec", name, "python", "-c", ready).stdout.strip() == "200"
         assert podman("exec", name, "id", "-u").stdout.strip() == "10001"
