@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import ssl
 import time
 from pathlib import Path
 from typing import Any
 
 import bcrypt
 import yaml
+from cryptography import x509
 
+from bench.certs import CertPaths
 from bench.servers import wait_for
 from scanner.protocols import Protocol as P
 from tests.lab.daemon import ConfigMapVolume, Daemon, Daemons, basic, lab_config
-from tests.lab.servers import LabStack
+from tests.lab.servers import LabCerts, LabStack
 
 RELOAD_OK = "tls_scanner_config_last_reload_successful"
 LAST_SCAN = "tls_scanner_last_scan_timestamp_seconds"
@@ -119,3 +123,39 @@ def test_web_config_change_applies_without_a_signal(lab: LabStack, start_daemon:
     wait_for(lambda: answers("new secret") == 200, PICKUP_SECONDS, what="the new password")
     assert answers("old secret") == 401
     assert "web config reloaded from" in d.log_text()
+
+
+def test_renewed_certificate_in_a_secret_is_served_without_a_signal(
+    lab: LabStack, tmp_certs: LabCerts, start_daemon: Daemons, tmp_path: Path
+) -> None:
+    """The web config's cert_file and key_file are watched too: a Secret swapped to a renewed certificate (what
+    cert-manager does) is served on new connections within 5 s, though the web config itself did not change."""
+    volume = ConfigMapVolume(tmp_path / "tls")
+
+    def publish(cert: CertPaths) -> None:
+        volume.publish({"tls.crt": cert.cert.read_text(), "tls.key": cert.key.read_text()})
+
+    publish(tmp_certs.server)
+    web = tmp_path / "web.yml"
+    web.write_text(
+        yaml.safe_dump(
+            {"tls_server_config": {"cert_file": str(volume.path("tls.crt")), "key_file": str(volume.path("tls.key"))}}
+        )
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(config_text({"first": lab.tls_server({P.TLSv1_3}).port}))
+    client = ssl.create_default_context(cafile=str(tmp_certs.ca.paths.cert))
+    d = start_daemon(config, "--web.config.file", str(web), tls=client)
+
+    def served_serial() -> int:
+        with socket.create_connection(("127.0.0.1", d.port), timeout=5) as sock:
+            with client.wrap_socket(sock, server_hostname="localhost") as tls:
+                der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return int(x509.load_der_x509_certificate(der).serial_number)
+
+    before = served_serial()
+    publish(tmp_certs.ca.issue("localhost", stem="renewed-in-secret"))
+    wait_for(lambda: served_serial() != before, PICKUP_SECONDS, what="the renewed certificate to be served")
+    assert d.get("/-/healthy")[0] == 200
+    assert d.log_text().count("web config reloaded from") == 1  # the certificate and key changed together: one reload
