@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from tests.lab.test_deploy import (
     require_python_tool,
     run,
 )
+from tests.lab.test_readme import blocks, section
 
 CHART = DEPLOY / "helm" / "tls-scanner"
 RELEASE = "scan"
@@ -300,3 +302,24 @@ def test_rendered_pod_runs_passes_its_probes_and_follows_a_configmap_update(
     wait_for(lambda: targets() == ["first", "second"], 5, what="the updated ConfigMap to be in force")
     assert probe(c["readinessProbe"]) == 200
     assert d.stop() == 0, d.log_text()[-3000:]
+
+
+def test_the_readme_install_and_upgrade_commands_render() -> None:
+    """README's Kubernetes section: its `helm install` and `helm upgrade` lines, run as `helm template` here."""
+    commands = [
+        shlex.split(line.split("#")[0])
+        for block in blocks(section("Kubernetes"), "sh")
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.startswith("helm ")
+    ]
+    assert [c[:2] for c in commands] == [["helm", "install"], ["helm", "upgrade"]]
+    for command in commands:
+        release, chart, *flags = command[2:]
+        assert (REPO / chart).resolve() == CHART and release == "tls-scanner"
+        # `helm upgrade --reuse-values` builds on the installed release, which `helm template` cannot see.
+        flags = [f.replace("=endpoints.yaml", "=config/endpoints.yaml") for f in flags if f != "--reuse-values"]
+        documents = render(*flags)
+        assert {"Deployment", "ConfigMap", "ServiceMonitor", "PrometheusRule"} <= {d["kind"] for d in documents}
+        if command[1] == "install":  # kube-prometheus-stack selects monitors and rules by its release label
+            for kind in ("ServiceMonitor", "PrometheusRule"):
+                assert only(documents, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack"
