@@ -13,7 +13,17 @@ import signal
 import sys
 
 from scanner.daemon.memory import trim_periodically
-from scanner.daemon.pool import Cancel, DeepRequest, Reply, Settings, Stop, SweepRequest, frame, read_frame
+from scanner.daemon.pool import (
+    STOP_SIGNALS,
+    Cancel,
+    DeepRequest,
+    Reply,
+    Settings,
+    Stop,
+    SweepRequest,
+    frame,
+    read_frame,
+)
 from scanner.engine.sweep import SweepEngine
 from scanner.logs import setup_logging
 
@@ -23,8 +33,9 @@ log = logging.getLogger(__name__)
 def main() -> None:
     # The parent decides when this process stops (by closing stdin): a Ctrl-C or a SIGTERM sent to the whole
     # process group (systemd's default) must not cut sweeps short behind its back.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # the pool starts us with them blocked
     # Replies get a private copy of stdout; anything else printing to fd 1 (a library, a stray print) goes to stderr
     # instead of corrupting the stream.
     replies = os.fdopen(os.dup(1), "wb", buffering=0)

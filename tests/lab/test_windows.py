@@ -8,14 +8,13 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.lab.daemon import Daemon, Scrape, write_config
-from tests.lab.servers import NginxLabFactory, NginxServer, free_ports
+from bench.servers import NginxServer, free_ports
+from tests.lab.daemon import Daemon, Daemons, Scrape, lab_config, write_config
+from tests.lab.servers import NginxLabFactory
 from tests.lab.test_browser import ARTIFACTS, png_pixels, run_chromium
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,26 +27,6 @@ ACCEPTED = "tls_scanner_protocol_accepted"
 NGINX_ALL = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 NGINX_MODERN = ["TLSv1.2", "TLSv1.3"]
 JITTER = 0.1  # scanner.daemon.scheduler.JITTER: an interval is stretched by up to this much
-
-DaemonFactory = Callable[..., Daemon]
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonFactory]:
-    """Start daemons (config, state file under tmp_path); every one still running is stopped by pid at the end."""
-    started: list[Daemon] = []
-
-    def start(config: Path, *extra: str) -> Daemon:
-        d = Daemon(config, tmp_path / "state.db", tmp_path / f"daemon-{len(started)}.log", "--log-level", "debug")
-        d.extra = (*d.extra, *extra)
-        started.append(d)
-        return d.start()
-
-    try:
-        yield start
-    finally:
-        for d in started:
-            d.stop()
 
 
 def target(name: str, port: int, **extra: Any) -> dict[str, Any]:
@@ -66,14 +45,14 @@ def timed_reload(reload: Callable[[], None]) -> tuple[float, float]:
 
 
 def test_two_brownouts_of_32s_at_a_15s_interval_are_two_windows_bounded_within_seconds(
-    nginx_lab: NginxLabFactory, daemon: DaemonFactory, tmp_path: Path
+    nginx_lab: NginxLabFactory, start_daemon: Daemons, tmp_path: Path
 ) -> None:
     """TLS 1.0 disabled by an nginx reload for 32 s, twice, 12 s apart: two windows; the bursts after each flip see the
     re-enable within 3 s; the start is the first sweep after the disable (within one interval)."""
     interval = 15.0
     (port,) = free_ports(1)
     nginx = nginx_lab([NginxServer("web", port, NGINX_ALL)])
-    d = daemon(write_config(tmp_path / "c.yaml", [target("web", port)], interval="15s"))
+    d = start_daemon(write_config(tmp_path / "c.yaml", lab_config([target("web", port)], interval="15s")), debug=True)
     d.wait_metrics(lambda s: s.value(ACCEPTED, target="web", protocol="TLSv1.0") == 1, 20, "TLSv1.0 accepted")
 
     def legacy(protocols: list[str]) -> Callable[[], None]:
@@ -112,11 +91,12 @@ def test_two_brownouts_of_32s_at_a_15s_interval_are_two_windows_bounded_within_s
 
 
 def test_an_http_403_window_behind_an_accepting_handshake(
-    nginx_lab: NginxLabFactory, daemon: DaemonFactory, tmp_path: Path
+    nginx_lab: NginxLabFactory, start_daemon: Daemons, tmp_path: Path
 ) -> None:
     (port,) = free_ports(1)
     nginx = nginx_lab([NginxServer("web", port, NGINX_ALL)])
-    d = daemon(write_config(tmp_path / "c.yaml", [target("web", port, http={"path": "/"})], interval="5s"))
+    config = lab_config([target("web", port, http={"path": "/"})], interval="5s")
+    d = start_daemon(write_config(tmp_path / "c.yaml", config), debug=True)
     d.wait_metrics(
         lambda s: s.value("tls_scanner_http_status_code", target="web", protocol="TLSv1.0") == 200, 15, "200"
     )
@@ -135,19 +115,19 @@ def test_an_http_403_window_behind_an_accepting_handshake(
 
 
 def test_a_restart_in_the_middle_of_a_window_keeps_it(
-    nginx_lab: NginxLabFactory, daemon: DaemonFactory, tmp_path: Path
+    nginx_lab: NginxLabFactory, start_daemon: Daemons, tmp_path: Path
 ) -> None:
     (port,) = free_ports(1)
     nginx = nginx_lab([NginxServer("web", port, NGINX_ALL)])
-    config = write_config(tmp_path / "c.yaml", [target("web", port)], interval="2s")
-    first = daemon(config)
+    config = write_config(tmp_path / "c.yaml", lab_config([target("web", port)], interval="2s"))
+    first = start_daemon(config, debug=True)
     first.wait_metrics(lambda s: s.value(ACCEPTED, target="web", protocol="TLSv1.0") == 1, 15, "TLSv1.0 accepted")
     nginx.reload([NginxServer("web", port, NGINX_MODERN)])
     first.wait_metrics(lambda s: value(s, OPEN) == 1, 10, "a window open")
     (opened,) = json.loads(first.get("/api/v1/targets/web/windows")[1])["windows"]
     first.kill9()  # no chance to write anything more: what the state file holds is what there is
 
-    second = daemon(config)
+    second = start_daemon(config, debug=True)
     scrape = second.metrics()  # before its first sweep
     assert value(scrape, OPEN) == 1 and value(scrape, WINDOWS) == 0
     (kept,) = json.loads(second.get("/api/v1/targets/web/windows")[1])["windows"]
@@ -206,11 +186,8 @@ def test_the_timeline_in_chromium(nginx_lab: NginxLabFactory, tmp_path: Path) ->
     real headless Chromium at 800 px: shaded windows, a title with the exact times, a screenshot for deploy/."""
     (port,) = free_ports(1)
     nginx = nginx_lab([NginxServer("files", port, NGINX_ALL)])
-    config = write_config(
-        tmp_path / "c.yaml",
-        [{"name": "files", "host": "127.0.0.1", "port": port, "protocols": ["TLSv1.0", "TLSv1.1", "TLSv1.2"]}],
-        interval="1s",
-    )
+    files = {"name": "files", "host": "127.0.0.1", "port": port, "protocols": ["TLSv1.0", "TLSv1.1", "TLSv1.2"]}
+    config = write_config(tmp_path / "c.yaml", lab_config([files]))
     state = tmp_path / "state.db"
     first = Daemon(config, state, tmp_path / "first.log").start()  # creates the state file
     first.stop()
