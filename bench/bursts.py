@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tests.lab.servers import NginxServer, child_pids
+from bench.servers import NginxServer, child_pids
 
 TARGET_EXTRA_CPU = 0.10  # issue #21: bursts on 100 of 2,000 targets add < 10 % CPU to the daemon
 _OPEN = re.compile(r'^tls_scanner_refusal_window_open\{[^}]*kind="handshake"[^}]*\} 1(\.0)?$', re.M)
