@@ -32,7 +32,16 @@ from tests.lab.servers import LabCerts, LabStack
 
 PASSWORD = "s3cret"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
-ENDPOINTS = ["/", "/metrics", "/api/v1/targets", "/probe?target=web", "/-/healthy", "/-/ready", "/-/reload"]
+ENDPOINTS = [
+    "/",
+    "/metrics",
+    "/api/v1/targets",
+    "/api/v1/targets/web/windows",
+    "/probe?target=web",
+    "/-/healthy",
+    "/-/ready",
+    "/-/reload",
+]
 
 
 def basic(user: str, password: str) -> str:
