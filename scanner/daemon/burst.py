@@ -27,11 +27,6 @@ log = logging.getLogger(__name__)
 # Bursts running at once, at most: a fleet-wide flip (a CDN's change) must not turn into a handshake storm; flips
 # beyond it are followed at the normal interval.
 MAX_BURSTS = 256
-# The bursts' budget: at most this share of the handshakes the sweeps make per second, and never less than
-# MIN_PROBES_PER_SECOND; past it each burst's interval is stretched. A burst's one-version sweep costs about one sweep
-# handshake (bench/README.md: 100 bursts at 2 s on 2,000 targets at 60 s were +20 % CPU), so bursts add under 10 %.
-BURST_SHARE = 0.08
-MIN_PROBES_PER_SECOND = 10.0
 _FLIPS = (TransitionKind.HANDSHAKE, TransitionKind.HTTP)
 
 Key = tuple[str, str, Protocol]  # (target, address, protocol)
@@ -80,7 +75,6 @@ class Bursts:
         self._stopping = False
         self._full_logged = False
         self.started = 0  # bursts started, all time
-        self.sweep_rate = 0.0  # handshakes a second the sweeps make (set by the scheduler on each apply)
         self.probes = 0  # burst sweeps done, all time
 
     def __len__(self) -> int:
@@ -108,11 +102,6 @@ class Bursts:
             burst.task = asyncio.create_task(self._run(key, burst), name=f"burst {t.target} {t.address} {t.protocol}")
             self.started += 1
 
-    def every(self, target: TargetConfig) -> float:
-        """Seconds between one burst's probes now: `burst_interval`, stretched while the bursts exceed their budget."""
-        budget = max(MIN_PROBES_PER_SECOND, BURST_SHARE * self.sweep_rate)
-        return max(target.burst_interval, len(self._bursts) / budget)
-
     def _end(self, key: Key) -> None:
         burst = self._bursts.pop(key, None)
         if burst is not None and burst.task is not None and burst.task is not asyncio.current_task():
@@ -130,7 +119,7 @@ class Bursts:
             until = loop.time() + target.burst_for
             log.info("%s %s %s: burst every %gs", name, address or "-", protocol.value, target.burst_interval)
             while True:
-                await asyncio.sleep(self.every(target))
+                await asyncio.sleep(target.burst_interval)
                 target = self.targets(name)
                 if target is None or self._stopping or target.burst_interval <= 0 or protocol not in target.protocols:
                     return

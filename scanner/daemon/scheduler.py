@@ -131,7 +131,6 @@ class Scheduler:
                     self._push(existing.due, target.name, None)
                 for tier in self.scheduled:
                     self._plan(existing, tier, replan=True)
-        self.bursts.sweep_rate = sum(len(t.protocols) / t.interval for t in targets)
         if self._dispatcher is None:
             self._dispatcher = asyncio.create_task(self._dispatch(), name="scheduler")
         self.running = True

@@ -439,26 +439,3 @@ def test_what_ends_a_burst() -> None:
     assert flips_back(flip("200", "403", http), flip("403", "301", http))
     assert not flips_back(flip("200", "403", http), flip("403", "503", http))
     assert not flips_back(flip("200", "403", http), flip(R, A))
-
-
-def test_bursts_stretch_their_interval_past_their_budget() -> None:
-    from scanner.daemon.burst import BURST_SHARE, MIN_PROBES_PER_SECOND
-    from scanner.state.status import Transition
-
-    async def main() -> tuple[float, float, float]:
-        found = Bursts(Scripted(), ResultStore(None), lambda name: None, ())  # type: ignore[arg-type]
-        t = target()
-        found.sweep_rate = 2000 * 6 / 60  # 2,000 targets of 6 versions at 60 s
-        found.flipped(t, [Transition("t", f"10.0.0.{i}", T10, 0, A, R) for i in range(10)])
-        few = found.every(t)
-        found.flipped(t, [Transition("t", f"10.0.1.{i}", T10, 0, A, R) for i in range(90)])
-        many = found.every(t)
-        found.sweep_rate = 1.0  # a small lab: the floor holds
-        small = found.every(t)
-        await found.stop()
-        return few, many, small
-
-    few, many, small = run(main())
-    assert few == 2.0  # within the budget: burst_interval
-    assert many == pytest.approx(100 / (BURST_SHARE * 200))  # 100 bursts share 16 probes a second
-    assert small == pytest.approx(100 / MIN_PROBES_PER_SECOND)
