@@ -18,6 +18,7 @@ DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_RANGE_ENDPOINTS = 65536  # a /16 on one port
 DEFAULT_CONFIRM_SWEEPS = 2
+DEFAULT_RANGE_INTERVAL = 3600.0  # between discovery passes over a `network:` range
 DEFAULT_DEEP_INTERVAL = 6 * 3600.0  # the deep tier (certificates, cipher suites); 0 turns it off
 MAX_RANGE_ENDPOINTS = 2**24  # the most max_range_endpoints may allow
 
@@ -141,6 +142,7 @@ class TargetConfig:
     confirm_sweeps: int = DEFAULT_CONFIRM_SWEEPS  # sweeps a flip seen only as a closed/reset connection must hold
     deep_interval: float = DEFAULT_DEEP_INTERVAL  # seconds between deep scans; 0: no deep scans
     ca_file: str | None = None  # PEM CA certificate(s) trusted besides sslyze's stores, for the deep tier
+    range_interval: float = DEFAULT_RANGE_INTERVAL  # ranges and defaults only: seconds between discovery passes
 
 
 @dataclass(frozen=True)

@@ -262,6 +262,7 @@ LAYER_PARSERS: dict[str, typing.Callable[[yaml.Node], typing.Any]] = {
     "clients": target_profiles,
     "deep_interval": _deep_interval,
     "ca_file": _ca_file,
+    "range_interval": lambda node: duration_value(node, "range_interval"),
 }
 # Keys whose default and target values combine instead of the target's replacing the default's.
 _MERGED: dict[str, typing.Callable[[Given | None, Given | None], typing.Any]] = {
@@ -269,3 +270,4 @@ _MERGED: dict[str, typing.Callable[[Given | None, Given | None], typing.Any]] = 
     "labels": _merge_labels,
 }
 LAYER_KEYS = tuple(LAYER_PARSERS)
+RANGE_ONLY_KEYS = ("range_interval",)  # in defaults and ranges only: a target has no range to discover

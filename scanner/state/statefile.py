@@ -230,6 +230,13 @@ class StateFile:
                 ),
             )
 
+    def forget(self, targets: Iterable[str]) -> None:
+        """Delete every row of these targets (retired range endpoints); raises sqlite3.Error."""
+        names = [(name,) for name in targets]
+        with self._db:
+            for table in _TARGET_TABLES:
+                self._db.executemany(f"DELETE FROM {table} WHERE target = ?", names)
+
     def transitions(self, limit: int) -> dict[str, tuple[Transition, ...]]:
         """The most recent transitions of every target that has some, newest first, in one query."""
         rows = self._db.execute(
@@ -243,6 +250,9 @@ class StateFile:
             transition = Transition(target, a, Protocol(p), at, o, n, TransitionKind(kind), client)
             found.setdefault(target, []).append(transition)
         return {target: tuple(each) for target, each in found.items()}
+
+
+_TARGET_TABLES = ("protocol_state", "transition", "client_state", "deep_state", "deep_scan")
 
 
 def restored_deep(target: TargetConfig, saved: SavedDeep) -> DeepResult | None:

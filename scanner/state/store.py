@@ -173,6 +173,24 @@ class ResultStore:
         self._records = records
         self.generation += 1
 
+    def forget(self, names: Iterable[str]) -> None:
+        """Drop what is known of these targets, in memory and in the state file: range endpoints that no longer
+        accept TCP are retired with their state, so the file does not grow with every address ever seen."""
+        names = [n for n in names if n not in self._records]
+        for name in names:
+            for held in (self._known, self._known_clients, self._deep, self._saved_deep):
+                held.pop(name, None)
+        for key in [k for k in self._unwritten_rows if k[0] in names]:
+            del self._unwritten_rows[key]
+        for key in [k for k in self._unwritten_client_rows if k[0] in names]:
+            del self._unwritten_client_rows[key]
+        if not names:
+            return
+        try:
+            self._file.forget(names)
+        except sqlite3.Error as exc:
+            log.warning("state file: cannot delete the rows of %d retired targets: %s", len(names), exc)
+
     def __contains__(self, name: object) -> bool:
         return name in self._records
 

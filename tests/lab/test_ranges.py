@@ -1,0 +1,223 @@
+"""Network ranges at scale: `--check-config` counts a /8 without listing it, `--once` over a /14 finds its one
+listener, and a daemon over a /16 picks up listeners that appear and retires those that go. Loopback only (Linux
+routes all of 127.0.0.0/8 to lo); correctness here, the times and RSS in bench/run.py ranges."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import selectors
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scanner.protocols import Protocol
+from tests.lab.daemon import Daemon, Scrape, promtool_check, run_once, run_scanner
+from tests.lab.servers import LabCerts, TLSServer
+
+RANGE_ENDPOINTS = "tls_scanner_range_endpoints"
+
+
+class Listeners:
+    """Plain TCP listeners that accept and close at once, all served by one selector thread; added and removed
+    while it runs."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._sockets: dict[tuple[str, int], socket.socket] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> Listeners:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for key in list(self._sockets):
+            self.remove(*key)
+        self._selector.close()
+
+    def add(self, host: str, port: int) -> None:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(64)
+        sock.setblocking(False)
+        self._sockets[(host, port)] = sock
+        self._selector.register(sock, selectors.EVENT_READ)
+
+    def remove(self, host: str, port: int) -> None:
+        sock = self._sockets.pop((host, port))
+        self._selector.unregister(sock)
+        sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._selector.select(0.05):
+                with contextlib.suppress(OSError):
+                    conn, _ = key.fileobj.accept()  # type: ignore[union-attr]
+                    conn.close()
+
+
+def listening(hosts: list[str]) -> tuple[Listeners, int]:
+    """Listeners on these hosts, all on one port that was free on each (tried a few times)."""
+    for _ in range(20):
+        port = random.randint(20000, 60000)
+        listeners = Listeners()
+        try:
+            for host in hosts:
+                listeners.add(host, port)
+        except OSError:
+            for key in list(listeners._sockets):
+                listeners.remove(*key)
+            continue
+        return listeners, port
+    raise RuntimeError("no port free on every host")
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    try:
+        yield started
+    finally:
+        for d in started:
+            d.stop()
+
+
+def test_check_config_counts_a_slash_8_without_listing_it(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "max_range_endpoints: 16777216\ntargets:\n  - 10.1.2.3:443\n  - network: 10.0.0.0/8\n    ports: [443]\n"
+    )
+    proc = run_scanner("--check-config", "--config", str(config), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == f"{config}: OK, 16777216 targets\n"  # the explicit target is one of the range's
+    proc = run_scanner("--check-config", "--config", str(config), "--shard", "1/4", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.endswith(" targets and about 4194303 of 16777215 range endpoints on this shard\n"), proc.stderr
+    config.write_text(config.read_text().replace("16777216", "16777215"))
+    proc = run_scanner("--check-config", "--config", str(config), timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"tls-scanner: {config}:4: network 10.0.0.0/8 with 1 port(s) brings the ranges to 16777216 endpoints, "
+        "more than max_range_endpoints (16777215)\n"
+    )
+
+
+def test_once_over_a_slash_14_reports_exactly_its_one_listener(tmp_certs: LabCerts, tmp_path: Path) -> None:
+    with TLSServer({Protocol.TLSv1_2, Protocol.TLSv1_3}, tmp_certs.server, host="127.1.2.3") as server:
+        port = server.endpoint.port
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            "max_range_endpoints: 262144\n"
+            "defaults: {timeout: 2s}\n"
+            f"targets:\n  - network: 127.0.0.0/14\n    ports: [{port}]\n    labels: {{zone: lo}}\n"
+        )
+        proc = run_once(config, "--format", "json", timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        document = json.loads(proc.stdout)
+        (target,) = document["targets"]
+        assert (target["name"], target["labels"]) == (f"127.1.2.3:{port}", {"zone": "lo"})
+        assert {p: s for p, s in target["protocols"].items() if s == "accepted"} == {
+            "TLSv1.2": "accepted",
+            "TLSv1.3": "accepted",
+        }
+        assert document["ranges"] == {"127.0.0.0/14": {"open": 1, "closed": 262143, "silent": 0}}
+        assert document["ranges_closed_endpoints"] == {"127.0.0.0/14": 262143}
+
+        proc = run_once(config, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[1].startswith(f"127.1.2.3:{port} ")
+        assert "range 127.0.0.0/14: 1 open, 262143 closed, 0 silent (TCP connect)" in proc.stdout
+
+
+def test_once_on_small_ranges_v6_and_shared_addresses(tmp_path: Path) -> None:
+    """Ports of one address under connections_per_address 1 and a rate limit; an IPv6 range; overlapping ranges
+    and an explicit target each swept once."""
+    listeners, port = listening(["127.0.0.5", "::1"])
+    with listeners:
+        config = tmp_path / "c.yaml"
+        document = {
+            "politeness": {"connections_per_address": 1, "connections_per_second": 20},
+            "defaults": {"timeout": "1s"},
+            "targets": [
+                f"127.0.0.5:{port}",
+                {"network": "127.0.0.4/30", "ports": [port, port + 1]},
+                {"network": "127.0.0.0/29", "ports": [port]},
+                {"network": "::1/128", "ports": [port]},
+            ],
+        }
+        config.write_text(yaml.safe_dump(document))
+        proc = run_once(config, "--format", "json", timeout=60)
+        assert proc.returncode == 3, proc.stderr  # plain TCP listeners: not TLS servers
+        found = json.loads(proc.stdout)
+        assert sorted(t["name"] for t in found["targets"]) == sorted([f"127.0.0.5:{port}", f"[::1]:{port}"])
+        assert found["ranges"] == {
+            "127.0.0.4/30": {"open": 0, "closed": 7, "silent": 0},  # 127.0.0.5:port is the explicit target's
+            "127.0.0.0/29": {"open": 0, "closed": 4, "silent": 0},  # the other 4 were the /30's
+            "::1/128": {"open": 1, "closed": 0, "silent": 0},
+        }
+
+
+def test_daemon_over_a_slash_16_adds_and_retires_listeners(
+    tmp_certs: LabCerts, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    hosts = [f"127.0.{i}.{(i * 7) % 250 + 1}" for i in range(1, 51)]
+    listeners, port = listening(hosts)
+    with listeners, TLSServer({Protocol.TLSv1_2}, tmp_certs.server, host="127.0.200.9") as tls:
+        config = tmp_path / "c.yaml"
+        document = {
+            "max_range_endpoints": 131072,
+            "defaults": {"interval": "1s", "timeout": "1s", "deep_interval": 0, "range_interval": "2s"},
+            "targets": [{"network": "127.0.0.0/16", "ports": [port, tls.endpoint.port]}],
+        }
+        config.write_text(yaml.safe_dump(document))
+        names = {f"{h}:{port}" for h in hosts} | {f"127.0.200.9:{tls.endpoint.port}"}
+        d = Daemon(config, tmp_path / "state.db", tmp_path / "daemon.log")
+        daemons.append(d)
+        d.start()
+
+        def found(expected: set[str]) -> Scrape:
+            return d.wait_metrics(
+                lambda s: (
+                    s.targets() == expected
+                    and s.value(RANGE_ENDPOINTS, range="127.0.0.0/16", state="open") == len(expected)
+                    and all(s.value("tls_scanner_scan_success", target=n) is not None for n in expected)
+                ),
+                60,
+                f"{len(expected)} range endpoints found and swept",
+            )
+
+        scrape = found(names)
+        assert scrape.value(RANGE_ENDPOINTS, range="127.0.0.0/16", state="closed") == 131072 - len(names)
+        assert scrape.value(RANGE_ENDPOINTS, range="127.0.0.0/16", state="silent") == 0
+        assert scrape.value("tls_scanner_targets") == len(names)
+        tls_name = f"127.0.200.9:{tls.endpoint.port}"
+        assert scrape.value("tls_scanner_protocol_accepted", target=tls_name, address="127.0.200.9",
+                            protocol="TLSv1.2") == 1  # fmt: skip
+        promtool_check(scrape.text)
+
+        for host in hosts[:10]:
+            listeners.remove(host, port)
+        for i in range(5):
+            listeners.add(f"127.0.250.{i + 1}", port)
+        tls.stop()
+        names = {f"{h}:{port}" for h in hosts[10:]} | {f"127.0.250.{i + 1}:{port}" for i in range(5)}
+        found(names)
+        with contextlib.closing(sqlite3.connect(tmp_path / "state.db")) as db:
+            rows = {t for (t,) in db.execute("SELECT DISTINCT target FROM protocol_state")}
+        assert tls_name not in rows  # retired with its state
+        assert "retired" in d.log_text()
