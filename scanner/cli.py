@@ -15,7 +15,7 @@ from scanner import __version__
 from scanner.config import Config, TargetConfig, load_config, parse_config
 from scanner.daemon.pool import Sweeper, make_sweeper, worker_count
 from scanner.daemon.ranges import Discovery, tallies, workload
-from scanner.errors import ConfigError, StateFileError
+from scanner.errors import ConfigError, StateFileError, WorkerError
 from scanner.logs import setup_logging
 from scanner.output.report import render_json, render_table
 from scanner.results.deep import DeepResult
@@ -233,7 +233,11 @@ def run_once(
     """Sweep every target once (with `deep`, deep-scan it too), print the report, and return the exit code."""
     targets = expand(config, shard)
     tty = progress if progress.isatty() else None
-    sweeps, deep_results, ranges = asyncio.run(scan_round(config, targets, tty, deep, shard))
+    try:
+        sweeps, deep_results, ranges = asyncio.run(scan_round(config, targets, tty, deep, shard))
+    except (WorkerError, OSError) as exc:  # a range's discovery could not finish: no report rather than half of one
+        print(f"tls-scanner: {exc}", file=progress)
+        return ExitCode.INCOMPLETE
     if output_format == "json":
         out.write(render_json(sweeps, deep_results, ranges))
     elif output_format == "prometheus":

@@ -90,6 +90,7 @@ class _Run:
         self.in_flight: collections.OrderedDict[int, tuple[socket.socket, str, int, float]] = collections.OrderedDict()
         self.busy: dict[str, int] = {}  # host -> its connects in flight
         self.turns: dict[str, float] = {}  # host -> monotonic time of its next connect under the rate limit
+        self._prune_turns_at = 1024  # past turns are dropped when the table grows past this (amortised O(1))
         self.held: collections.deque[Endpoint] = collections.deque()  # waiting for their address's turn
         self.responders: list[Endpoint] = []
         self.closed = 0
@@ -127,9 +128,10 @@ class _Run:
                 self._start(endpoint, now)
             else:
                 self.held.append(endpoint)
-        if self.gap:
+        if len(self.turns) > self._prune_turns_at:
             for host in [h for h, at in self.turns.items() if at <= now and h not in self.busy]:
                 del self.turns[host]
+            self._prune_turns_at = max(1024, 2 * len(self.turns))
 
     def _start(self, endpoint: Endpoint, now: float) -> None:
         host, port = endpoint
