@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -124,7 +123,7 @@ class RangeWatcher:
         self.shard = shard
         self.changed = changed
         self._found: dict[tuple[str, tuple[int, ...]], RangeRound] = {}
-        self._due: dict[tuple[str, tuple[int, ...]], float] = {}  # monotonic time of the next pass
+        self._due: dict[tuple[str, tuple[int, ...]], float] = {}  # loop time of the next pass
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -160,14 +159,15 @@ class RangeWatcher:
                 await self._task
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
             config = self.config
             for index, entry in enumerate(config.ranges):
                 key = _key(entry)
-                if self._due.get(key, 0.0) > time.monotonic():
+                if self._due.get(key, 0.0) > loop.time():
                     continue
-                started = time.monotonic()
+                started = loop.time()
                 try:
                     found = await self.discovery.range(config, index, self.shard)
                 except (WorkerError, OSError) as exc:
@@ -184,11 +184,11 @@ class RangeWatcher:
                     found.tally.open,
                     found.tally.closed,
                     found.tally.silent,
-                    time.monotonic() - started,
+                    loop.time() - started,
                 )
                 self.changed()
             if self.config is not config:
                 continue
-            wait = min(self._due.values(), default=time.monotonic() + 3600.0) - time.monotonic()
+            wait = min(self._due.values(), default=loop.time() + 3600.0) - loop.time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(wait, 0.0))

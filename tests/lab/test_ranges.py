@@ -221,3 +221,33 @@ def test_daemon_over_a_slash_16_adds_and_retires_listeners(
             rows = {t for (t,) in db.execute("SELECT DISTINCT target FROM protocol_state")}
         assert tls_name not in rows  # retired with its state
         assert "retired" in d.log_text()
+
+
+def test_daemon_reload_relabels_found_endpoints_and_retires_a_removed_range(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    listeners, port = listening(["127.0.3.2"])
+    with listeners:
+        config = tmp_path / "c.yaml"
+
+        def write(targets: list[object]) -> None:
+            defaults = {"interval": "1s", "timeout": "1s", "deep_interval": 0}
+            config.write_text(yaml.safe_dump({"defaults": defaults, "targets": targets}))
+
+        write([{"network": "127.0.3.0/28", "ports": [port], "labels": {"zone": "a"}}])
+        d = Daemon(config, tmp_path / "state.db", tmp_path / "daemon.log")
+        daemons.append(d)
+        d.start()
+        name = f"127.0.3.2:{port}"
+        d.wait_metrics(lambda s: s.value("tls_scanner_scan_success", target=name, zone="a") is not None, 30, "found")
+        write([{"network": "127.0.3.0/28", "ports": [port], "labels": {"zone": "b"}}])
+        assert d.request("POST", "/-/reload")[0] == 200
+        scrape = d.wait_metrics(
+            lambda s: s.value("tls_scanner_scan_success", target=name, zone="b") is not None, 30, "relabelled"
+        )
+        assert scrape.value(RANGE_ENDPOINTS, range="127.0.3.0/28", state="open") == 1  # not discovered again
+        write([f"127.0.3.2:{port + 1}"])
+        assert d.request("POST", "/-/reload")[0] == 200
+        scrape = d.wait_metrics(lambda s: name not in s.targets(), 30, "the range's endpoint retired")
+        assert scrape.find(RANGE_ENDPOINTS) == []
+        assert "retired 1 range endpoints" in d.log_text()
