@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -91,9 +92,15 @@ class Discovery:
 
     async def range(self, config: Config, index: int, shard: Shard) -> RangeRound:
         """One pass over the range `config.ranges[index]`, its blocks in parallel over the workers."""
+        entry = config.ranges[index]
         found = await asyncio.gather(*(self.block(b) for b in range_blocks(config, shard, only=index)))
         tally = sum((d.tally for d in found), RangeTally())
-        return RangeRound(config.ranges[index], tuple(e for d in found for e in d.responders), tally)
+        # Address after address, as the range reads (discovery goes port after port).
+        responders = sorted(
+            (e for d in found for e in d.responders),
+            key=lambda e: (ipaddress.ip_address(e[0]), entry.ports.index(e[1])),
+        )
+        return RangeRound(entry, tuple(responders), tally)
 
     async def all(self, config: Config, shard: Shard) -> list[RangeRound]:
         """One pass over every range, in config order."""
