@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import hashlib
 import ipaddress
@@ -91,12 +92,19 @@ def range_blocks(
             for port in previous.ports
             if port in entry.ports
         )
-        mine = frozenset((a, p) for a, p, v in explicit if v == network.version and p in entry.ports)
-        mine = frozenset((a, p) for a, p in mine if ipaddress.ip_address(a) in network)
+        base, addresses = int(network.network_address), network.num_addresses
+        # Explicit targets among the range's endpoints, by endpoint index: each block carries only its own.
+        mine = sorted(
+            (entry.ports.index(p) * addresses + a - base, a, p)
+            for a, p, v in explicit
+            if v == network.version and p in entry.ports and base <= a < base + addresses
+        )
         for start in range(0, entry.size, size):
+            stop = min(entry.size, start + size)
+            own = mine[bisect.bisect_left(mine, (start,)) : bisect.bisect_left(mine, (stop,))]
             yield RangeBlock(
-                entry.network, entry.ports, start, min(entry.size, start + size), entry.template.timeout,
-                earlier, mine, shard,
+                entry.network, entry.ports, start, stop, entry.template.timeout,
+                earlier, frozenset((a, p) for _, a, p in own), shard,
             )  # fmt: skip
 
 

@@ -67,10 +67,13 @@ def test_a_slash_8_is_counted_and_cut_into_blocks_without_listing_it(tmp_path: P
         "max_range_endpoints: 16777216\ntargets:\n  - 10.1.2.3:443\n  - {network: 10.0.0.0/8, ports: [443]}\n",
     )
     assert count_endpoints(config) == 2**24  # the explicit target is one of the range's endpoints
-    blocks = range_blocks(config)
-    first = next(blocks)
-    assert (first.start, first.stop, first.explicit) == (0, BLOCK_ENDPOINTS, frozenset({(0x0A010203, 443)}))
-    assert sum(1 for _ in blocks) == 2**24 // BLOCK_ENDPOINTS - 1
+    blocks = list(range_blocks(config))
+    assert len(blocks) == 2**24 // BLOCK_ENDPOINTS
+    assert (blocks[0].start, blocks[0].stop, blocks[-1].stop) == (0, BLOCK_ENDPOINTS, 2**24)
+    # The explicit target travels with its own block only (10.1.2.3 is endpoint 0x010203 of the range).
+    assert [(b.start, b.explicit) for b in blocks if b.explicit] == [
+        (0x010203 // BLOCK_ENDPOINTS * BLOCK_ENDPOINTS, frozenset({(0x0A010203, 443)}))
+    ]
 
 
 def test_find_configured_by_name_host_port_and_range(tmp_path: Path) -> None:
