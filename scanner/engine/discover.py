@@ -193,8 +193,8 @@ class _Run:
         wait = _MAX_POLL_SECONDS
         if self.in_flight:
             wait = min(wait, max(0.0, self.in_flight[next(iter(self.in_flight))][3] - now))
-        if self.held and not self.in_flight:
-            wait = min(wait, self.gap or wait)
+        if self.held and self.gap:
+            wait = min(wait, self.gap)  # a held endpoint's address may have its turn by then
         for fd, _ in self.poller.poll(wait):
             entry = self.in_flight.get(fd)
             if entry is not None:
