@@ -115,7 +115,8 @@ class Service:
         targets = self._apply_targets()
         self.ranges.start()
         where = f"{self.workers} worker processes" if self.workers else "this process"
-        log.info("scanning %d targets from %s, handshakes in %s", len(targets), self.config.path, where)
+        ranges = f" and {len(self.config.ranges)} ranges to discover" if self.config.ranges else ""
+        log.info("scanning %d targets%s from %s, handshakes in %s", len(targets), ranges, self.config.path, where)
 
     def reload(self) -> str | None:
         """Re-read the config and the web config; a bad one changes nothing. Returns the errors, or None."""
