@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from scanner.config import Config, Politeness, RangeConfig, TargetConfig
 from scanner.daemon.pool import Sweeper, WorkerPool
 from scanner.errors import WorkerError
+from scanner.hostport import parse_host_port
 from scanner.results.ranges import Discovered, RangeTally
 from scanner.targets import ALL, RangeBlock, Shard, block_endpoints, count_endpoints, range_blocks, range_target
 
@@ -154,6 +155,18 @@ class RangeWatcher:
     def targets(self) -> list[TargetConfig]:
         """The range endpoints that accepted TCP at their range's last pass, as targets with today's settings."""
         return [t for found in self._found.values() for t in found.targets()]
+
+    def covers(self, name: str) -> bool:
+        """Whether `name` is an `address:port` endpoint of a range that has had a pass (so its answer is known)."""
+        try:
+            host, port = parse_host_port(name)
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(
+            port in found.entry.ports and address in ipaddress.ip_network(found.entry.network)
+            for found in self._found.values()
+        )
 
     def tallies(self) -> Mapping[str, RangeTally]:
         return tallies(self._found.values())

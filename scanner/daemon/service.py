@@ -103,7 +103,8 @@ class Service:
         self.store.set_targets(targets)
         self.scheduler.apply(targets)
         ranged = {t.name for t in targets if t.range is not None}
-        retired = self._ranged - ranged
+        # Also what an earlier run kept of endpoints a pass has now found closed or silent (state file rows).
+        retired = (self._ranged - ranged) | {n for n in self.store.remembered() if self.ranges.covers(n)}
         self._ranged = ranged
         if retired:
             self.store.forget(retired)

@@ -173,6 +173,11 @@ class ResultStore:
         self._records = records
         self.generation += 1
 
+    def remembered(self) -> set[str]:
+        """Names with state kept (from the file or this run) that are not configured targets now."""
+        held = set(self._known) | set(self._known_clients) | set(self._deep) | set(self._saved_deep)
+        return {name for name in held if name not in self._records}
+
     def forget(self, names: Iterable[str]) -> None:
         """Drop what is known of these targets, in memory and in the state file: range endpoints that no longer
         accept TCP are retired with their state, so the file does not grow with every address ever seen."""

@@ -11,7 +11,8 @@ import selectors
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,41 @@ def test_daemon_reload_relabels_found_endpoints_and_retires_a_removed_range(
         scrape = d.wait_metrics(lambda s: name not in s.targets(), 30, "the range's endpoint retired")
         assert scrape.find(RANGE_ENDPOINTS) == []
         assert "retired 1 range endpoints" in d.log_text()
+
+
+def test_state_of_an_endpoint_gone_while_the_daemon_was_down_is_retired_at_the_next_pass(
+    tmp_certs: LabCerts, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    config = tmp_path / "c.yaml"
+    state = tmp_path / "state.db"
+    with TLSServer({Protocol.TLSv1_2}, tmp_certs.server, host="127.0.4.2") as tls:
+        name = f"127.0.4.2:{tls.endpoint.port}"
+        defaults = {"interval": "1s", "timeout": "1s", "deep_interval": 0}
+        targets = [{"network": "127.0.4.0/29", "ports": [tls.endpoint.port]}]
+        config.write_text(yaml.safe_dump({"defaults": defaults, "targets": targets}))
+        first = Daemon(config, state, tmp_path / "first.log")
+        daemons.append(first)
+        first.start()
+        first.wait_metrics(lambda s: s.value("tls_scanner_protocol_accepted", target=name, protocol="TLSv1.2") == 1,
+                           30, "the TLS server swept")  # fmt: skip
+        first.stop()
+    with contextlib.closing(sqlite3.connect(state)) as db:
+        assert {t for (t,) in db.execute("SELECT DISTINCT target FROM protocol_state")} == {name}
+    second = Daemon(config, state, tmp_path / "second.log")
+    daemons.append(second)
+    second.start()
+    second.wait_metrics(
+        lambda s: s.value(RANGE_ENDPOINTS, range="127.0.4.0/29", state="closed") == 8, 30, "the range passed"
+    )
+    assert until_true(lambda: "retired 1 range endpoints" in second.log_text())
+    with contextlib.closing(sqlite3.connect(state)) as db:
+        assert {t for (t,) in db.execute("SELECT DISTINCT target FROM protocol_state")} == set()
+
+
+def until_true(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
