@@ -290,3 +290,28 @@ def until_true(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_an_address_that_never_answers_is_counted_silent(tmp_path: Path) -> None:
+    """A listener whose accept queue is full drops SYNs: its connect times out, as a firewall's would."""
+    with socket.socket() as full:
+        full.bind(("127.0.5.5", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for each in fillers:
+                each.setblocking(False)
+                each.connect_ex(("127.0.5.5", port))
+            time.sleep(0.2)
+            config = tmp_path / "c.yaml"
+            config.write_text(f"defaults: {{timeout: 1s}}\ntargets:\n  - network: 127.0.5.4/30\n    ports: [{port}]\n")
+            proc = run_once(config, "--format", "json")
+            assert proc.returncode == 0, proc.stderr
+            document = json.loads(proc.stdout)
+            assert document["targets"] == []
+            assert document["ranges"] == {"127.0.5.4/30": {"open": 0, "closed": 3, "silent": 1}}
+            assert document["ranges_closed_endpoints"] == {"127.0.5.4/30": 4}
+        finally:
+            for each in fillers:
+                each.close()
