@@ -14,12 +14,12 @@ from typing import TextIO
 from scanner import __version__
 from scanner.config import Config, TargetConfig, load_config, parse_config
 from scanner.daemon.pool import Sweeper, make_sweeper, worker_count
-from scanner.daemon.ranges import Discovery, tallies, workload
+from scanner.daemon.ranges import Discovery, passes, workload
 from scanner.errors import ConfigError, StateFileError, WorkerError
 from scanner.logs import setup_logging
 from scanner.output.report import render_json, render_table
 from scanner.results.deep import DeepResult
-from scanner.results.ranges import RangeTally
+from scanner.results.ranges import RangePass
 from scanner.results.sweep import SweepResult
 from scanner.state.policy import verdict
 from scanner.targets import ALL, Shard, block_endpoints, count_endpoints, expand, range_blocks
@@ -259,7 +259,7 @@ def run_once(
 
 async def scan_round(
     config: Config, targets: Sequence[TargetConfig], progress: TextIO | None, deep: bool, shard: Shard = ALL
-) -> tuple[list[SweepResult], dict[str, DeepResult] | None, dict[str, RangeTally]]:
+) -> tuple[list[SweepResult], dict[str, DeepResult] | None, dict[str, RangePass]]:
     """One round over every target, after a discovery pass over the ranges (whose endpoints that accept TCP are
     swept too); with `deep`, then a deep scan of each swept target (not deep_interval 0)."""
     workers = worker_count(config.workers, workload(config, shard) if config.ranges else len(targets))
@@ -274,7 +274,7 @@ async def scan_round(
             found = [t for r in rounds for t in r.targets() if t.name not in names]
             targets = [*targets, *{t.name: t for t in found}.values()]
         sweeps = await sweep_all(sweeper, config, targets, progress)
-        return sweeps, (await deep_once(sweeper, sweeps) if deep else None), tallies(rounds)
+        return sweeps, (await deep_once(sweeper, sweeps) if deep else None), passes(rounds)
     finally:
         await sweeper.shutdown()
 

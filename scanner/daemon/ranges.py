@@ -12,14 +12,15 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from scanner.config import Config, Politeness, RangeConfig, TargetConfig
 from scanner.daemon.pool import Sweeper, WorkerPool
 from scanner.errors import WorkerError
 from scanner.hostport import parse_host_port
-from scanner.results.ranges import Discovered, RangeTally
+from scanner.results.ranges import Discovered, RangePass, RangeTally
 from scanner.targets import ALL, RangeBlock, Shard, block_endpoints, count_endpoints, range_blocks, range_target
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class RangeRound:
     entry: RangeConfig
     responders: tuple[tuple[str, int], ...]
     tally: RangeTally
+    started_at: float = 0.0  # unix time
+    seconds: float = 0.0
 
     def targets(self) -> list[TargetConfig]:
         return [range_target(self.entry, host, port) for host, port in self.responders]
@@ -94,6 +97,7 @@ class Discovery:
     async def range(self, config: Config, index: int, shard: Shard) -> RangeRound:
         """One pass over the range `config.ranges[index]`, its blocks in parallel over the workers."""
         entry = config.ranges[index]
+        started_at, clock = time.time(), time.monotonic()
         found = await asyncio.gather(*(self.block(b) for b in range_blocks(config, shard, only=index)))
         tally = sum((d.tally for d in found), RangeTally())
         # Address after address, as the range reads (discovery goes port after port).
@@ -101,18 +105,19 @@ class Discovery:
             (e for d in found for e in d.responders),
             key=lambda e: (ipaddress.ip_address(e[0]), entry.ports.index(e[1])),
         )
-        return RangeRound(entry, tuple(responders), tally)
+        return RangeRound(entry, tuple(responders), tally, started_at, time.monotonic() - clock)
 
     async def all(self, config: Config, shard: Shard) -> list[RangeRound]:
         """One pass over every range, in config order."""
         return [await self.range(config, index, shard) for index in range(len(config.ranges))]
 
 
-def tallies(rounds: Iterable[RangeRound]) -> dict[str, RangeTally]:
-    """The endpoints counted per network (two entries of one network, e.g. on other ports, add up)."""
-    found: dict[str, RangeTally] = {}
+def passes(rounds: Iterable[RangeRound]) -> dict[str, RangePass]:
+    """Each network's last pass (two entries of one network, e.g. on other ports, add up)."""
+    found: dict[str, RangePass] = {}
     for each in rounds:
-        found[each.entry.network] = found.get(each.entry.network, RangeTally()) + each.tally
+        one = RangePass(each.tally, each.started_at, each.seconds)
+        found[each.entry.network] = found[each.entry.network] + one if each.entry.network in found else one
     return found
 
 
@@ -144,7 +149,7 @@ class RangeWatcher:
         self.config = config
         keys = {_key(entry) for entry in config.ranges}
         self._found = {
-            key: RangeRound(entry, found.responders, found.tally)
+            key: replace(found, entry=entry)
             for entry in config.ranges
             if (found := self._found.get(key := _key(entry))) is not None
         }
@@ -168,8 +173,8 @@ class RangeWatcher:
             for found in self._found.values()
         )
 
-    def tallies(self) -> Mapping[str, RangeTally]:
-        return tallies(self._found.values())
+    def passes(self) -> Mapping[str, RangePass]:
+        return passes(self._found.values())
 
     async def stop(self) -> None:
         self.discovery.stopping = True
@@ -204,7 +209,7 @@ class RangeWatcher:
                     found.tally.open,
                     found.tally.closed,
                     found.tally.silent,
-                    loop.time() - started,
+                    found.seconds,
                 )
                 self.changed()
             if self.config is not config:

@@ -80,7 +80,7 @@ class Service:
             self.safe_config,
             shard,
             also=lambda: generate_latest(self.process_registry),
-            ranges=self.ranges.tallies,
+            ranges=self.ranges.passes,
         )
         self._probes = asyncio.Semaphore(config.probe.max_concurrent)
 

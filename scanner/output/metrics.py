@@ -21,7 +21,7 @@ from prometheus_client.utils import floatToGoString
 from scanner import __version__
 from scanner.config import SafeConfig, TargetConfig
 from scanner.results.deep import DeepResult
-from scanner.results.ranges import RangeTally
+from scanner.results.ranges import RangePass
 from scanner.results.sweep import SweepResult
 from scanner.state.status import TargetStatus, sweep_status
 from scanner.state.store import ResultStore
@@ -45,6 +45,12 @@ RANGES = gauge(
     "tls_scanner_range_endpoints",
     "Endpoints of a network range at its last discovery pass: open (accepted TCP), closed (refused), silent "
     "(no answer)",
+)
+RANGE_PASS_AT = Family(
+    "tls_scanner_range_last_discovery_timestamp_seconds", "gauge", "When the range's last discovery pass started"
+)
+RANGE_PASS_SECONDS = Family(
+    "tls_scanner_range_discovery_duration_seconds", "gauge", "How long the range's last discovery pass took"
 )
 TARGETS = Family(
     "tls_scanner_targets", "gauge", "Targets swept (on this shard): those configured, and range endpoints found open"
@@ -111,10 +117,11 @@ def _expose(
     shard: Shard | None,
     reload: SafeConfig | None,
     store: ResultStore | None = None,
-    ranges: Mapping[str, RangeTally] | None = None,
+    ranges: Mapping[str, RangePass] | None = None,
 ) -> Iterator[list[bytes]]:
     """The whole text exposition in pieces, a family after another: its header, then each target's lines (the cached
     bytes themselves, not a copy), and last the scanner's own state."""
+    ranged = sorted((ranges or {}).items())
     for index, family in enumerate(families):
         parts = [family.header().encode(), *(lines for _, entry in targets if (lines := entry.lines[index]))]
         for start in range(0, len(parts), _PARTS_PER_PIECE):
@@ -123,9 +130,11 @@ def _expose(
         RANGES.header()
         + "".join(
             sample(RANGES, {"range": r, "state": state}, count)
-            for r, tally in (ranges or {}).items()
-            for state, count in tally.counts().items()
-        )
+            for r, each in (ranges or {}).items()
+            for state, count in each.tally.counts().items()
+        ),
+        RANGE_PASS_AT.header() + "".join(sample(RANGE_PASS_AT, {"range": r}, p.started_at) for r, p in ranged),
+        RANGE_PASS_SECONDS.header() + "".join(sample(RANGE_PASS_SECONDS, {"range": r}, p.seconds) for r, p in ranged),
     ]
     own.append(TARGETS.header() + sample(TARGETS, {}, len(targets)))
     version = {"version": __version__, "sslyze_version": _sslyze_version()}
@@ -186,7 +195,7 @@ class ScannerMetrics:
         shard: Shard | None = None,
         also: Callable[[], bytes] | None = None,
         tiers: Sequence[Tier] = TIERS,
-        ranges: Callable[[], Mapping[str, RangeTally]] | None = None,
+        ranges: Callable[[], Mapping[str, RangePass]] | None = None,
     ) -> None:
         self.store = store
         self.ranges = ranges  # each range's endpoints by state, at its last discovery pass
@@ -276,7 +285,7 @@ def render_sweeps(
     sweeps: Iterable[SweepResult],
     shard: Shard | None = None,
     deep: Mapping[str, DeepResult] | None = None,
-    ranges: Mapping[str, RangeTally] | None = None,
+    ranges: Mapping[str, RangePass] | None = None,
 ) -> str:
     """The text exposition of one round of sweeps alone (`--once`, with `--deep` their deep scans, and what discovery
     found in the ranges), without a store."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.results.deep import DeepResult, strictest_profile
-from scanner.results.ranges import RangeTally
+from scanner.results.ranges import RangePass
 from scanner.results.sweep import AddressResult, ProtocolState, SweepResult
 from scanner.state.policy import deadlines, has_policy, verdict
 from scanner.tiers.clients import result_json as client_json
@@ -95,7 +95,7 @@ def sweep_to_dict(sweep: SweepResult) -> dict[str, Any]:
 def render_json(
     sweeps: Sequence[SweepResult],
     deep: Mapping[str, DeepResult] | None = None,
-    ranges: Mapping[str, RangeTally] | None = None,
+    ranges: Mapping[str, RangePass] | None = None,
 ) -> str:
     """Every scanned target (with `deep`, its deep scan); range endpoints that did not accept TCP are only counted:
     `ranges` by state, `ranges_closed_endpoints` all that did not accept (closed or silent)."""
@@ -105,15 +105,15 @@ def render_json(
         "targets": [deep_json(sweep_to_dict(s), deep.get(s.target.name)) for s in sweeps if not s.closed]
     }
     if ranges:
-        document["ranges"] = {network: tally.counts() for network, tally in ranges.items()}
+        document["ranges"] = {network: each.tally.counts() for network, each in ranges.items()}
     if closed:
         document["ranges_closed_endpoints"] = closed
     return json.dumps(document, indent=2) + "\n"
 
 
-def _not_open(sweeps: Sequence[SweepResult], ranges: Mapping[str, RangeTally] | None) -> dict[str, int]:
+def _not_open(sweeps: Sequence[SweepResult], ranges: Mapping[str, RangePass] | None) -> dict[str, int]:
     """Per range, its endpoints that did not accept TCP: at discovery, or gone by the time of their sweep."""
-    found = {network: tally.closed + tally.silent for network, tally in (ranges or {}).items()}
+    found = {network: each.tally.closed + each.tally.silent for network, each in (ranges or {}).items()}
     for sweep in sweeps:
         if sweep.closed and sweep.target.range is not None:
             found[sweep.target.range] = found.get(sweep.target.range, 0) + 1
@@ -123,7 +123,7 @@ def _not_open(sweeps: Sequence[SweepResult], ranges: Mapping[str, RangeTally] | 
 def render_table(
     sweeps: Sequence[SweepResult],
     deep: Mapping[str, DeepResult] | None = None,
-    ranges: Mapping[str, RangeTally] | None = None,
+    ranges: Mapping[str, RangePass] | None = None,
 ) -> str:
     """One row per target, one column per protocol, then the errors and policy violations below.
 
@@ -185,7 +185,8 @@ def render_table(
                     f"{sweep.target.name}: deadline {dated.name} ({day}) would be violated: "
                     + "; ".join(would.violations)
                 )
-    for network, tally in (ranges or {}).items():
+    for network, found in (ranges or {}).items():
+        tally = found.tally
         notes.append(f"range {network}: {tally.open} open, {tally.closed} closed, {tally.silent} silent (TCP connect)")
     if closed := sum(_not_open([s for s in sweeps if s.closed], None).values()):
         notes.append(f"{closed} range endpoint(s) did not accept TCP at their sweep")

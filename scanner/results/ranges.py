@@ -35,3 +35,16 @@ class Discovered:
     network: str
     responders: tuple[tuple[str, int], ...]
     tally: RangeTally
+
+
+@dataclass(frozen=True, slots=True)
+class RangePass:
+    """A range's last discovery pass: what it counted, when it started (unix time) and how long it took."""
+
+    tally: RangeTally
+    started_at: float
+    seconds: float
+
+    def __add__(self, other: RangePass) -> RangePass:
+        """Two entries of one network (on other ports): counted together, from the first start, for both durations."""
+        return RangePass(self.tally + other.tally, min(self.started_at, other.started_at), self.seconds + other.seconds)

@@ -206,6 +206,8 @@ def test_daemon_over_a_slash_16_adds_and_retires_listeners(
         assert scrape.value(RANGE_ENDPOINTS, range="127.0.0.0/16", state="closed") == 131072 - len(names)
         assert scrape.value(RANGE_ENDPOINTS, range="127.0.0.0/16", state="silent") == 0
         assert scrape.value("tls_scanner_targets") == len(names)
+        assert (scrape.value("tls_scanner_range_discovery_duration_seconds", range="127.0.0.0/16") or 0) > 0
+        assert (scrape.value("tls_scanner_range_last_discovery_timestamp_seconds", range="127.0.0.0/16") or 0) > 1.7e9
         tls_name = f"127.0.200.9:{tls.endpoint.port}"
         assert scrape.value("tls_scanner_protocol_accepted", target=tls_name, address="127.0.200.9",
                             protocol="TLSv1.2") == 1  # fmt: skip

@@ -7,8 +7,8 @@ import asyncio
 from dataclasses import replace
 
 from scanner.config import Config, RangeConfig, TargetConfig
-from scanner.daemon.ranges import Discovery, RangeRound, RangeWatcher, tallies
-from scanner.results.ranges import RangeTally
+from scanner.daemon.ranges import Discovery, RangeRound, RangeWatcher, passes
+from scanner.results.ranges import RangePass, RangeTally
 from scanner.targets import ALL, Shard
 from tests.unit.fakes import FakeSweeper, run
 
@@ -80,7 +80,8 @@ def test_each_range_is_discovered_at_start_then_every_range_interval_from_the_la
         ["10.0.0.1:443", "10.0.0.2:443"],  # appeared
         ["10.0.0.2:443"],  # 10.0.0.1 went away: retired
     ]
-    assert watcher.tallies() == {"10.0.0.0/30": RangeTally(1, 3, 0), "10.1.0.0/30": RangeTally(0, 4, 0)}
+    tallies = {network: found.tally for network, found in watcher.passes().items()}
+    assert tallies == {"10.0.0.0/30": RangeTally(1, 3, 0), "10.1.0.0/30": RangeTally(0, 4, 0)}
     found = watcher.targets()
     assert [(t.name, t.range, t.labels) for t in found] == [("10.0.0.2:443", "10.0.0.0/30", (("zone", "a"),))]
 
@@ -94,10 +95,13 @@ def test_a_reload_keeps_what_unchanged_ranges_found_with_new_settings_and_drops_
     # At the reload 10.0.0.0/30 is not discovered again (its interval has not passed), 10.2.0.0/30 is, at once.
     assert discovery.passes[2:] == [("10.2.0.0/30", 10)]
     assert [(t.name, t.labels) for t in watcher.targets()] == [("10.0.0.1:443", (("zone", "b"),))]
-    assert set(watcher.tallies()) == {"10.0.0.0/30", "10.2.0.0/30"}
+    assert set(watcher.passes()) == {"10.0.0.0/30", "10.2.0.0/30"}
 
 
-def test_tallies_add_up_entries_of_one_network() -> None:
+def test_passes_add_up_entries_of_one_network() -> None:
     a, b = _range("10.0.0.0/30", ports=(443,)), _range("10.0.0.0/30", ports=(8443,))
-    rounds = [RangeRound(a, (), RangeTally(1, 2, 1)), RangeRound(replace(b), (), RangeTally(0, 3, 1))]
-    assert tallies(rounds) == {"10.0.0.0/30": RangeTally(1, 5, 2)}
+    rounds = [
+        RangeRound(a, (), RangeTally(1, 2, 1), 100.0, 2.0),
+        RangeRound(replace(b), (), RangeTally(0, 3, 1), 90.0, 1.0),
+    ]
+    assert passes(rounds) == {"10.0.0.0/30": RangePass(RangeTally(1, 5, 2), 90.0, 3.0)}
