@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 
 from scanner.config import Config, Politeness, RangeConfig, TargetConfig
 from scanner.daemon.pool import Sweeper, WorkerPool
@@ -94,11 +95,21 @@ class Discovery:
         async with self._here:
             return await discover_in_thread(block, self.window, self.politeness, lambda: self.stopping)
 
-    async def range(self, config: Config, index: int, shard: Shard) -> RangeRound:
-        """One pass over the range `config.ranges[index]`, its blocks in parallel over the workers."""
+    async def range(
+        self, config: Config, index: int, shard: Shard, each: Callable[[Discovered], object] | None = None
+    ) -> RangeRound:
+        """One pass over the range `config.ranges[index]`, its blocks in parallel over the workers; `each` is told
+        what each block found as it is found."""
         entry = config.ranges[index]
         started_at, clock = time.time(), time.monotonic()
-        found = await asyncio.gather(*(self.block(b) for b in range_blocks(config, shard, only=index)))
+
+        async def one(block: RangeBlock) -> Discovered:
+            found = await self.block(block)
+            if each is not None:
+                each(found)
+            return found
+
+        found = await asyncio.gather(*(one(b) for b in range_blocks(config, shard, only=index)))
         tally = sum((d.tally for d in found), RangeTally())
         # Address after address, as the range reads (discovery goes port after port).
         responders = sorted(
@@ -128,14 +139,16 @@ def _key(entry: RangeConfig) -> tuple[str, tuple[int, ...]]:
 
 class RangeWatcher:
     """The daemon's ranges: discovered at start, then again every `range_interval` (from the start of the last
-    pass); calls `changed` after each pass, when the targets it found may differ."""
+    pass); calls `changed` when the targets it found may differ: after each pass, and during a pass whenever a block
+    found responders (a pass over a large silent range takes hours; its responders need not wait for the end)."""
 
     def __init__(self, discovery: Discovery, config: Config, shard: Shard, changed: Callable[[], object]) -> None:
         self.discovery = discovery
         self.config = config
         self.shard = shard
         self.changed = changed
-        self._found: dict[tuple[str, tuple[int, ...]], RangeRound] = {}
+        self._found: dict[tuple[str, tuple[int, ...]], RangeRound] = {}  # each range's last complete pass
+        self._partial: dict[tuple[str, tuple[int, ...]], RangeRound] = {}  # the pass in progress, so far
         self._due: dict[tuple[str, tuple[int, ...]], float] = {}  # loop time of the next pass
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -154,12 +167,19 @@ class RangeWatcher:
             if (found := self._found.get(key := _key(entry))) is not None
         }
         self._due = {key: at for key, at in self._due.items() if key in keys}
+        self._partial = {key: found for key, found in self._partial.items() if key in keys}
         self._wake.set()
         self.start()
 
     def targets(self) -> list[TargetConfig]:
-        """The range endpoints that accepted TCP at their range's last pass, as targets with today's settings."""
-        return [t for found in self._found.values() for t in found.targets()]
+        """The range endpoints that accepted TCP at their range's last pass or so far in the one in progress (only
+        the end of a pass retires), as targets with today's settings."""
+        entries = {_key(entry): entry for entry in self.config.ranges}
+        found = {t.name: t for found in self._found.values() for t in found.targets()}
+        for key, so_far in self._partial.items():
+            if key in entries:
+                found |= {t.name: t for t in (range_target(entries[key], h, p) for h, p in so_far.responders)}
+        return list(found.values())
 
     def covers(self, name: str) -> bool:
         """Whether `name` is an `address:port` endpoint of a range that has had a pass (so its answer is known)."""
@@ -174,7 +194,9 @@ class RangeWatcher:
         )
 
     def passes(self) -> Mapping[str, RangePass]:
-        return passes(self._found.values())
+        """Each range's last complete pass; a range's first pass, while it runs, as counted so far."""
+        first = [so_far for key, so_far in self._partial.items() if key not in self._found]
+        return passes([*self._found.values(), *first])
 
     async def stop(self) -> None:
         self.discovery.stopping = True
@@ -182,6 +204,18 @@ class RangeWatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    def _block_found(self, key: tuple[str, tuple[int, ...]], found: Discovered) -> None:
+        """A block of the pass in progress is done: count it, and make its responders targets now."""
+        so_far = self._partial.get(key)
+        if so_far is None:
+            return  # the range was removed by a reload meanwhile
+        seconds = time.time() - so_far.started_at
+        self._partial[key] = RangeRound(
+            so_far.entry, so_far.responders + found.responders, so_far.tally + found.tally, so_far.started_at, seconds
+        )
+        if found.responders:
+            self.changed()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -193,12 +227,15 @@ class RangeWatcher:
                 if self._due.get(key, 0.0) > loop.time():
                     continue
                 started = loop.time()
+                self._partial[key] = RangeRound(entry, (), RangeTally(), time.time())
                 try:
-                    found = await self.discovery.range(config, index, self.shard)
+                    found = await self.discovery.range(config, index, self.shard, partial(self._block_found, key))
                 except (WorkerError, OSError) as exc:
                     log.error("discovery of %s failed, trying again in %.0f s: %s", entry.network, RETRY_SECONDS, exc)
                     self._due[key] = started + RETRY_SECONDS
                     continue
+                finally:
+                    self._partial.pop(key, None)
                 if self.config is not config:
                     break  # reloaded meanwhile: start over with the new ranges
                 self._found[key] = found

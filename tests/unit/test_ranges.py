@@ -4,11 +4,12 @@ change between passes; no sockets."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import replace
 
 from scanner.config import Config, RangeConfig, TargetConfig
 from scanner.daemon.ranges import Discovery, RangeRound, RangeWatcher, passes
-from scanner.results.ranges import RangePass, RangeTally
+from scanner.results.ranges import Discovered, RangePass, RangeTally
 from scanner.targets import ALL, Shard
 from tests.unit.fakes import FakeSweeper, run
 
@@ -28,14 +29,20 @@ class _ScriptedDiscovery(Discovery):
         self.seconds = seconds
         self.passes: list[tuple[str, float]] = []
 
-    async def range(self, config: Config, index: int, shard: Shard) -> RangeRound:
+    async def range(
+        self, config: Config, index: int, shard: Shard, each: Callable[[Discovered], object] | None = None
+    ) -> RangeRound:
+        """Two blocks: the first half of the time finds the first responder, the rest the others."""
         entry = config.ranges[index]
         self.passes.append((entry.network, asyncio.get_running_loop().time()))
-        await asyncio.sleep(self.seconds)
         answers = self.script[entry.network]
-        hosts = answers.pop(0) if len(answers) > 1 else answers[0]
-        size = entry.size
-        return RangeRound(entry, tuple((h, 443) for h in hosts), RangeTally(len(hosts), size - len(hosts), 0))
+        hosts = [(h, 443) for h in (answers.pop(0) if len(answers) > 1 else answers[0])]
+        tally = RangeTally(len(hosts), entry.size - len(hosts), 0)
+        for block in (hosts[:1], hosts[1:]):
+            await asyncio.sleep(self.seconds / 2)
+            if each is not None:
+                each(Discovered(entry.network, tuple(block), RangeTally(len(block), 0, 0)))
+        return RangeRound(entry, tuple(hosts), tally)
 
 
 def _watch(
@@ -74,12 +81,12 @@ def test_each_range_is_discovered_at_start_then_every_range_interval_from_the_la
     watcher, seen = _watch(config, discovery, until=200)
     assert discovery.passes == [("10.0.0.0/30", 0), ("10.1.0.0/30", 1), ("10.0.0.0/30", 60), ("10.0.0.0/30", 120),
                                 ("10.0.0.0/30", 180)]  # fmt: skip
-    assert [names for _, names in seen][:4] == [
-        ["10.0.0.1:443"],
-        ["10.0.0.1:443"],  # the second range found nothing
-        ["10.0.0.1:443", "10.0.0.2:443"],  # appeared
-        ["10.0.0.2:443"],  # 10.0.0.1 went away: retired
-    ]
+    at = dict(seen)  # loop time -> the targets after the last change then
+    assert at[0.5] == ["10.0.0.1:443"]  # found by the pass's first block: a target before the pass ends
+    assert at[1.0] == at[2.0] == ["10.0.0.1:443"]  # the second range found nothing
+    assert at[61.0] == ["10.0.0.1:443", "10.0.0.2:443"]  # appeared
+    assert at[120.5] == ["10.0.0.1:443", "10.0.0.2:443"]  # 10.0.0.1 is gone, but only the end of a pass retires
+    assert at[121.0] == ["10.0.0.2:443"]
     tallies = {network: found.tally for network, found in watcher.passes().items()}
     assert tallies == {"10.0.0.0/30": RangeTally(1, 3, 0), "10.1.0.0/30": RangeTally(0, 4, 0)}
     found = watcher.targets()
@@ -91,7 +98,7 @@ def test_a_reload_keeps_what_unchanged_ranges_found_with_new_settings_and_drops_
     second = Config(path="x", targets=(), ranges=(_range("10.0.0.0/30", zone="b"), _range("10.2.0.0/30")))
     discovery = _ScriptedDiscovery({"10.0.0.0/30": [["10.0.0.1"]], "10.1.0.0/30": [["10.1.0.1"]], "10.2.0.0/30": [[]]})
     watcher, seen = _watch(first, discovery, until=30, reload_at=(10, second))
-    assert seen[1][1] == ["10.0.0.1:443", "10.1.0.1:443"]
+    assert dict(seen)[2.0] == ["10.0.0.1:443", "10.1.0.1:443"]
     # At the reload 10.0.0.0/30 is not discovered again (its interval has not passed), 10.2.0.0/30 is, at once.
     assert discovery.passes[2:] == [("10.2.0.0/30", 10)]
     assert [(t.name, t.labels) for t in watcher.targets()] == [("10.0.0.1:443", (("zone", "b"),))]
