@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.run import HOST, SynCounter, nginx_servers, run_measured, save  # noqa: E402
-from tests.lab.servers import NginxServer, free_ports  # noqa: E402
+from bench.servers import NginxServer, free_ports  # noqa: E402
 
 BLOCKS = {
     "modern": (["TLSv1.2", "TLSv1.3"], "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384"),

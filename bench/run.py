@@ -38,8 +38,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import ranges, wan, web  # noqa: E402
+from bench.servers import NginxError, NginxLab, NginxServer, child_pids, free_ports, stop_process, wait_for  # noqa: E402
 from scanner.protocols import ALL_PROTOCOLS, Protocol  # noqa: E402
-from tests.lab.servers import NginxError, NginxLab, NginxServer, child_pids, free_ports, wait_for  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 # Where `python -m scanner` runs from (--scanner-root): the work tree, or e.g. a `git archive` export of a commit.
@@ -801,12 +801,7 @@ def _stop_daemon(proc: subprocess.Popen[bytes], result: dict[str, Any]) -> None:
     if proc.poll() is not None:
         return
     start = time.monotonic()
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+    stop_process(proc, 20)
     result["shutdown_s"] = time.monotonic() - start
     result["exit_code"] = proc.returncode
 

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import os
 import resource
 import shutil
 import signal
@@ -189,6 +188,8 @@ def delay_proxy(
     mapping: list[tuple[str, int, int]], rtt_ms: float, work: Path, tcp_rtt: bool = True
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run the delay proxy for mapping (listen host, listen port, nginx port); stop it by its pid."""
+    from bench.servers import stop_process  # here: `python bench/wan.py proxy` runs without the bench package
+
     map_file = work / "proxy-map.json"
     map_file.write_text(json.dumps(mapping))
     cmd = [
@@ -212,12 +213,7 @@ def delay_proxy(
         yield proc
     finally:
         if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+            stop_process(proc, 10)
         err.close()
 
 
@@ -261,7 +257,7 @@ def bench_wan(
     """--once on N endpoints behind the delay proxy; the sslyze CLI and sslscan on a 20-endpoint subset."""
     n, rtt, subset_n = args.endpoints, args.rtt_ms, min(args.subset, args.endpoints)
     print(f"\n=== W. wan: {n} endpoints at {rtt:.0f} ms RTT (delay proxy), --once; {subset_n} for the ratio ===")
-    from tests.lab.servers import NginxServer, free_ports
+    from bench.servers import NginxServer, free_ports
 
     all_protocols = ("SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")
     names = list(profiles)

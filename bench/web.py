@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.queues
-import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -23,6 +21,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from bench.servers import stop_process
 
 HOST = "127.0.0.1"
 SLOW_WATCH_S = 20.0  # how long slow connections are watched for being closed
@@ -93,16 +93,7 @@ def run_web(root: Path, config: Path, port: int, targets: int, slowloris: int, s
         cmd += ["--web.listen-address", f"{HOST}:{port}", "--log-level", "warning"]
         proc = subprocess.Popen(cmd, cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
-        def stop() -> None:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
-
-        stack.callback(stop)
+        stack.callback(stop_process, proc, 20)
         base = f"http://{HOST}:{port}"
         deadline = time.monotonic() + 120
         body = b""

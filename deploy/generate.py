@@ -2,6 +2,7 @@
 
     python deploy/generate.py constraints      # deploy/constraints.txt from the Python environment it runs in
     python deploy/generate.py prometheusrule   # deploy/kubernetes/prometheusrule.yaml from the Prometheus rules
+    python deploy/generate.py chart            # the Helm chart's files/: the rules and the default config
 
 `constraints` pins the runtime dependency closure of pyproject.toml's [project].dependencies at the versions installed
 in the running interpreter (run it in the venv the tests pass in). Needs PyYAML and packaging.
@@ -23,6 +24,8 @@ REPO = DEPLOY.parent
 RULES = DEPLOY / "prometheus" / "rules" / "tls-scanner.rules.yml"
 PROMETHEUSRULE = DEPLOY / "kubernetes" / "prometheusrule.yaml"
 CONSTRAINTS = DEPLOY / "constraints.txt"
+CHART_FILES = DEPLOY / "helm" / "tls-scanner" / "files"
+DEFAULT_CONFIG = REPO / "config" / "endpoints.yaml"
 
 
 def project_requirements() -> list[Requirement]:
@@ -98,6 +101,19 @@ def render_prometheusrule() -> str:
     return header + yaml.dump(document, Dumper=_BlockDumper, sort_keys=False, width=4096, allow_unicode=True)
 
 
+def chart_files() -> dict[Path, str]:
+    """The Helm chart's copies of the rules and of the default config, as a chart reads only files inside it. The
+    config is copied as it is: it becomes the ConfigMap users edit."""
+    header = (
+        f"# Generated from {RULES.relative_to(REPO)} by `python deploy/generate.py chart`:\n"
+        "# edit that file, then run it (tests/lab/test_helm.py fails while the two differ).\n"
+    )
+    return {
+        CHART_FILES / RULES.name: header + RULES.read_text(),
+        CHART_FILES / DEFAULT_CONFIG.name: DEFAULT_CONFIG.read_text(),
+    }
+
+
 def main(argv: list[str]) -> int:
     if argv == ["constraints"]:
         CONSTRAINTS.write_text(render_constraints(installed_closure()))
@@ -105,6 +121,10 @@ def main(argv: list[str]) -> int:
     elif argv == ["prometheusrule"]:
         PROMETHEUSRULE.write_text(render_prometheusrule())
         print(f"wrote {PROMETHEUSRULE}")
+    elif argv == ["chart"]:
+        for path, text in chart_files().items():
+            path.write_text(text)
+            print(f"wrote {path}")
     else:
         print(__doc__, file=sys.stderr)
         return 2

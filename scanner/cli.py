@@ -41,6 +41,7 @@ DAEMON_ONLY = {
     "listen_address": "--web.listen-address",
     "web_config_file": "--web.config.file",  # also with --check-config, which validates it
     "state_file": "--state-file",
+    "config_watch": "--config.watch",
 }
 
 
@@ -98,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="daemon: exporter-toolkit web config (TLS, basic auth, headers) for every endpoint",
+    )
+    parser.add_argument(
+        "--config.watch",
+        dest="config_watch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="daemon: reload the config and web config files when their content changes, checked each second"
+        " (default on; --no-config.watch: only on SIGHUP or POST /-/reload)",
     )
     parser.add_argument(
         "--state-file",
@@ -204,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     listen_address = DEFAULT_LISTEN_ADDRESS if args.listen_address is None else args.listen_address
     state_file = DEFAULT_STATE_FILE if args.state_file is None else args.state_file
     try:
-        serve(config, listen_address, state_file, args.shard, web_config)
+        serve(config, listen_address, state_file, args.shard, web_config, watch=args.config_watch is not False)
     except (ValueError, OSError, StateFileError) as exc:
         print(f"tls-scanner: {exc}", file=sys.stderr)
         return ExitCode.USAGE

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import pickle
+import signal
 import struct
 import sys
 import time
@@ -32,7 +33,7 @@ from scanner.errors import WorkerError
 from scanner.logs import JsonFormatter
 from scanner.results.deep import DeepResult
 from scanner.results.ranges import Discovered
-from scanner.results.sweep import ErrorReason, SweepResult
+from scanner.results.sweep import ErrorReason, SweepResult, ended_sweep
 from scanner.targets import RangeBlock
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ AUTO_TARGETS_PER_WORKER = 1000
 _HEADER = struct.Struct(">I")
 STOP_WAIT_SECONDS = 5.0  # for a worker to exit once its stdin is closed, before it is killed
 RESTART_DELAY_SECONDS = 1.0  # before a worker that died is started again
+# A worker ignores these: the parent stops it by closing its stdin (see scanner.daemon.worker).
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 class Sweeper(Protocol):
@@ -195,6 +198,7 @@ class WorkerPool:
         self._ids = itertools.count()
         self._dealt = itertools.count()  # discovery blocks handed out
         self._stopping = False
+        self._spawning = 0  # worker starts in progress, with the stop signals blocked here
         self._closing = False
         self._starting: asyncio.Task[None] | None = None
 
@@ -206,7 +210,8 @@ class WorkerPool:
     async def sweep(self, target: TargetConfig, addresses: list[str] | None = None) -> SweepResult:
         located = await locate(target, addresses, self.resolver)
         if located.error is not None:
-            return located.failed(target)
+            error, reason = located.error, ErrorReason.DNS
+            return ended_sweep(target, located.started_at, located.clock, error=error, error_reason=reason)
         request = SweepRequest(next(self._ids), target, located)
         result = await self._ask(located.route or target.host, request)
         assert isinstance(result, SweepResult)
@@ -261,6 +266,11 @@ class WorkerPool:
         # glibc would give the handshake threads up to 8 malloc arenas per core, each keeping its freed OpenSSL
         # buffers resident; two are enough for threads that mostly wait on the network.
         env.setdefault("MALLOC_ARENA_MAX", "2")
+        # Born with the stop signals blocked (the mask survives exec): a Ctrl-C to the process group while the
+        # worker is still importing would otherwise end it with a KeyboardInterrupt traceback. The worker unblocks
+        # them once it ignores them; here they stay pending until the last concurrent start is through.
+        self._spawning += 1
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             worker.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -273,7 +283,11 @@ class WorkerPool:
         except OSError as exc:
             log.error("cannot start worker process %d: %s", worker.index, exc)
             worker.process = None
-        else:
+        finally:
+            self._spawning -= 1
+            if self._spawning == 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        if worker.process is not None:
             self._send(worker, self.settings)
             if self._stopping:
                 self._send(worker, Stop())
@@ -349,5 +363,13 @@ def _failed(request: SweepRequest | DeepRequest | DiscoverRequest, why: str) -> 
     if isinstance(request, DiscoverRequest):  # no partial answer: the range is discovered again next time
         raise WorkerError(f"discovery of {request.block.network}: {why}")
     if isinstance(request, SweepRequest):
-        return request.located.result(request.target, error=why, error_reason=ErrorReason.OTHER)
+        located = request.located
+        return ended_sweep(
+            request.target,
+            located.started_at,
+            located.clock,
+            error=why,
+            error_reason=ErrorReason.OTHER,
+            dns_error=located.dns_error,
+        )
     return DeepResult(request.target, request.started_at, time.time() - request.started_at, error=why)

@@ -17,8 +17,9 @@ from scanner.daemon.memory import trim_periodically
 from scanner.daemon.pool import make_sweeper, worker_count
 from scanner.daemon.ranges import Discovery, RangeWatcher, workload
 from scanner.daemon.scheduler import Scheduler
-from scanner.engine.locate import DEADLINE_GRACE_SECONDS
+from scanner.daemon.watch import Reload, watch_files
 from scanner.engine.resolve import resolve
+from scanner.engine.sweep import DEADLINE_GRACE_SECONDS
 from scanner.errors import ConfigError, ResolveError
 from scanner.hostport import join_host_port, parse_host_port, parse_port, split_host_port
 from scanner.output.metrics import ScannerMetrics, render_probe
@@ -123,6 +124,16 @@ class Service:
         """Re-read the config and the web config; a bad one changes nothing. Returns the errors, or None."""
         errors = [error for error in (self._reload_web(), self._reload_config()) if error is not None]
         return "; ".join(errors) or None
+
+    def watched_files(self) -> dict[str, Reload]:
+        """What --config.watch reloads on a change: the config; the web config and the TLS files it names."""
+        files = {self.config.path: self._reload_config}
+        web, tls = self.web.config, self.web.config.tls
+        named = [] if tls is None else [tls.cert_file, tls.key_file, tls.client_ca_file]
+        for path in (web.path, *named):
+            if path:
+                files[path] = self._reload_web
+        return files
 
     def _reload_web(self) -> str | None:
         path = self.web.config.path
@@ -240,7 +251,12 @@ def _warn_if_open(config: Config) -> None:
 
 
 async def _serve(
-    config: Config, listen_address: str, state_file: str, shard: Shard | None, web_config: WebConfig | None
+    config: Config,
+    listen_address: str,
+    state_file: str,
+    shard: Shard | None,
+    web_config: WebConfig | None,
+    watch: bool,
 ) -> None:
     import socket  # kept here: this function is the only user
 
@@ -281,6 +297,7 @@ async def _serve(
         reload=service.reload,
         ready=lambda: service.scheduler.running,
         probe=service.probe,
+        configured=lambda: (*expand(service.config), *service.ranges.targets()),
     )
     runner = make_runner(make_app(state, service.web))
     try:
@@ -305,8 +322,9 @@ async def _serve(
     freezer = asyncio.create_task(_freeze_long_lived(service.scheduler.first_round_done))
     trimmer = asyncio.create_task(trim_periodically())
     lag = asyncio.create_task(_watch_loop_lag(service.loop_lag))
+    watcher = asyncio.create_task(watch_files(service.watched_files if watch else dict))
     await stop.wait()
-    for task in (freezer, trimmer, lag):
+    for task in (freezer, trimmer, lag, watcher):
         task.cancel()
     log.info("stopping: waiting for sweeps in flight")
     await service.stop_scanning()
@@ -322,7 +340,9 @@ def serve(
     state_file: str,
     shard: Shard | None = None,
     web_config: WebConfig | None = None,
+    watch: bool = True,
 ) -> None:
-    """Run the daemon until SIGTERM/SIGINT; ValueError/OSError when it cannot listen."""
+    """Run the daemon until SIGTERM/SIGINT (with `watch`, reloading changed config files); ValueError/OSError when it
+    cannot listen."""
     parse_listen_address(listen_address)
-    asyncio.run(_serve(config, listen_address, state_file, shard, web_config))
+    asyncio.run(_serve(config, listen_address, state_file, shard, web_config, watch))

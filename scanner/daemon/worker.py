@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from scanner.daemon.memory import trim_periodically
 from scanner.daemon.pool import (
+    STOP_SIGNALS,
     Cancel,
     DeepRequest,
     DiscoverRequest,
@@ -37,8 +38,9 @@ log = logging.getLogger(__name__)
 def main() -> None:
     # The parent decides when this process stops (by closing stdin): a Ctrl-C or a SIGTERM sent to the whole
     # process group (systemd's default) must not cut sweeps short behind its back.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # the pool starts us with them blocked
     # Replies get a private copy of stdout; anything else printing to fd 1 (a library, a stray print) goes to stderr
     # instead of corrupting the stream.
     replies = os.fdopen(os.dup(1), "wb", buffering=0)

@@ -1,7 +1,8 @@
-"""The handshake worker: one blocking sslyze handshake at one version, run in a thread, abortable from the loop.
+"""The sslyze adapter: one blocking sslyze handshake at one version, run in a thread, abortable from the loop.
 
-The only module that touches sslyze and nassl (including their private connection class); it hands back
-results as plain values from scanner.results.sweep.
+The sweep engine's TLS library (`Sslyze`, a scanner.engine.attempts.TlsLibrary). Besides scanner.engine.deep, the only
+module that touches sslyze and nassl (including their private connection class); it hands back results as plain values
+from scanner.results.sweep.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import re
 import socket
 import sys
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ from nassl.ephemeral_key_info import OpenSslEcNidEnum
 from nassl.ssl_client import ClientCertificateRequested, OpenSslVerifyEnum, OpenSslVersionEnum, SslClient
 
 from scanner.config import ClientProfile, HttpCheck, StartTls, TargetConfig
+from scanner.engine.attempts import TIMED_OUT, TLS13_ALL_SUITES, Attempt, classify_error
 from scanner.hostport import bracket, join_host_port
 from scanner.protocols import Protocol
 from scanner.results.sweep import ErrorReason, Evidence, ProtocolResult, ProtocolState
@@ -76,34 +78,6 @@ _SSLYZE_VERSION = {
     Protocol.TLSv1_3: TlsVersionEnum.TLS_1_3,
 }
 
-_TLS13_ALL_SUITES = (
-    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:"
-    "TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256"
-)
-_TLS13_DEFAULT_SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
-
-_ALL_SUITES = "ALL:COMPLEMENTOFALL:-PSK:-SRP"
-# nassl's legacy OpenSSL (1.0.2) still has what the modern one dropped: RC4, NULL, anonymous, export, DES, 3DES.
-_LEGACY_ALL_SUITES = "ALL:COMPLEMENTOFALL"
-# A hello with every suite the version can use; then sslyze's shorter one, for servers that choke on a long hello.
-_FULL = {p: _ALL_SUITES for p in Protocol} | {Protocol.SSLv2: "SSLv2", Protocol.TLSv1_3: _TLS13_ALL_SUITES}
-_SHORT = {p: "DEFAULT" for p in Protocol} | {Protocol.SSLv2: "SSLv2", Protocol.TLSv1_3: _TLS13_DEFAULT_SUITES}
-# A refusal without an alert is believed only when every one of this many hellos is refused that way: a flaky
-# path that resets 30 % of connections then fakes one in 120 (the last of them is the shorter hello).
-REFUSALS_TO_BELIEVE = 4
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One hello to send: its cipher list, and which of nassl's two OpenSSLs sends it."""
-
-    cipher_list: str
-    legacy: bool | None = None  # None: sslyze's choice (the legacy OpenSSL below TLS 1.2)
-    retry: bool = False  # sent again because the hello before was refused without an alert
-    sni: bool = True  # False: send no SNI even where the target has a name (a client profile without SNI)
-    groups: tuple[str, ...] = ()  # a client profile's groups (the modern OpenSSL only); empty: its defaults
-
-
 _GROUPS = {
     "X25519": OpenSslEcNidEnum.X25519,
     "X448": OpenSslEcNidEnum.X448,
@@ -129,10 +103,10 @@ def _modern_suites() -> frozenset[str]:
     return frozenset(client.get_cipher_list())
 
 
-def client_attempt(profile: ClientProfile, protocol: Protocol) -> Attempt:
+def profile_attempt(profile: ClientProfile, protocol: Protocol) -> Attempt:
     """The hello `profile` sends at `protocol`: exactly its suites (those OpenSSL knows), its SNI choice, its groups."""
     if protocol is Protocol.TLSv1_3:
-        suites = [c for c in profile.ciphers if c in _TLS13_ALL_SUITES.split(":")]
+        suites = [c for c in profile.ciphers if c in TLS13_ALL_SUITES.split(":")]
         return Attempt(":".join(suites), legacy=False, sni=profile.sni, groups=profile.groups)
     names = _openssl_names()
     suites = [names[c] for c in profile.ciphers if c in names]
@@ -144,44 +118,14 @@ def client_attempt(profile: ClientProfile, protocol: Protocol) -> Attempt:
     return Attempt(":".join(suites) or "NONE", legacy=legacy, sni=profile.sni, groups=groups)
 
 
-# TLS 1.0 and 1.1 are first offered by nassl's modern OpenSSL too: it speaks them at half the CPU of the legacy one
-# (X25519 rather than the legacy one's generic P-256). What it lacks, the legacy OpenSSL is asked for as at TLS 1.2.
-_MODERN_FIRST = frozenset({Protocol.TLSv1_0, Protocol.TLSv1_1})
-_LEGACY_RETRY = _MODERN_FIRST | {Protocol.TLSv1_2}
-
-
-def first_attempt(protocol: Protocol) -> Attempt:
-    return Attempt(_FULL[protocol], legacy=False if protocol in _MODERN_FIRST else None)
-
-
-def next_attempt(protocol: Protocol, tried: list[Attempt], result: ProtocolResult) -> Attempt | None:
-    """What to send after `result`, or None when it stands."""
-    if result.state is not ProtocolState.REJECTED or result.evidence is Evidence.NOT_TLS:
-        return None
-    if result.evidence is Evidence.ALERT:
-        # A TLS 1.0-1.2 server that only has legacy suites refuses the modern hello with handshake_failure: offer
-        # it the legacy OpenSSL's suites before calling the version rejected (protocol_version is final).
-        legacy_tried = any(attempt.legacy for attempt in tried)
-        if protocol in _LEGACY_RETRY and not legacy_tried and "protocol version" not in result.detail:
-            return Attempt(_LEGACY_ALL_SUITES, legacy=True)
-        return None
-    # SSL 2.0 is refused by a close almost everywhere: one hello, or every sweep would cost four connections.
-    if protocol is Protocol.SSLv2 or len(tried) >= REFUSALS_TO_BELIEVE:
-        return None
-    short = len(tried) == REFUSALS_TO_BELIEVE - 1
-    # At TLS 1.0/1.1 the hellos after a modern one refused without an alert come from the legacy OpenSSL, as they
-    # always did: an old server that closes on what it cannot serve still gets offered every suite.
-    legacy = True if protocol in _MODERN_FIRST else tried[-1].legacy
-    return Attempt(_SHORT[protocol] if short else _FULL[protocol], legacy, retry=True)
-
-
 def classify(exc: BaseException) -> ProtocolResult:
-    """Map anything a handshake attempt raised to a ProtocolResult: the one place exceptions become reasons."""
+    """Map anything a handshake attempt raised to a ProtocolResult: the one place exceptions become reasons (sslyze's
+    and nassl's here, the rest in classify_error)."""
     if isinstance(exc, ServerTlsConfigurationNotSupported):
         # sslyze raises this when our own OpenSSL refuses the server's DH group: the server did pick this version.
         return ProtocolResult(ProtocolState.ACCEPTED, detail=exc.error_message)
-    if isinstance(exc, TlsHandshakeTimedOut | ConnectionToServerTimedOut | socket.timeout | TimeoutError):
-        return ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
+    if isinstance(exc, TlsHandshakeTimedOut | ConnectionToServerTimedOut):
+        return TIMED_OUT
     if isinstance(exc, ServerRejectedTlsHandshake):
         message = exc.error_message.strip()
         if message.startswith("TLS alert"):
@@ -197,15 +141,9 @@ def classify(exc: BaseException) -> ProtocolResult:
         return ProtocolResult(ProtocolState.ERROR, detail="connection refused", reason=ErrorReason.REFUSED)
     if isinstance(exc, ConnectionToServerFailed):
         return ProtocolResult(ProtocolState.ERROR, detail=exc.error_message, reason=ErrorReason.OTHER)
-    if isinstance(exc, socket.gaierror):
-        return ProtocolResult(ProtocolState.ERROR, detail=f"cannot resolve: {exc.strerror}", reason=ErrorReason.DNS)
     if isinstance(exc, _nassl.OpenSSLError):
         return ProtocolResult(ProtocolState.ERROR, detail=f"TLS error: {exc}", reason=ErrorReason.TLS)
-    if isinstance(exc, ConnectionRefusedError):
-        return ProtocolResult(ProtocolState.ERROR, detail="connection refused", reason=ErrorReason.REFUSED)
-    if isinstance(exc, OSError):
-        return ProtocolResult(ProtocolState.ERROR, detail=f"network error: {exc}", reason=ErrorReason.OTHER)
-    return ProtocolResult(ProtocolState.ERROR, detail=f"{type(exc).__name__}: {exc}", reason=ErrorReason.OTHER)
+    return classify_error(exc)
 
 
 class _Connection(SslConnection):
@@ -310,7 +248,7 @@ class Handshake:
             connection.ssl_client.set_groups([_GROUPS[group] for group in attempt.groups])
         with self._lock:
             if self.aborted:
-                return ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
+                return TIMED_OUT
             self._connection = connection
         try:
             connection.connect(should_retry_connection=False)
@@ -323,7 +261,7 @@ class Handshake:
                 return ProtocolResult(ProtocolState.ACCEPTED, detail="client certificate requested", connections=1)
         except Exception as exc:  # every failure becomes data, in classify()
             if self.aborted:
-                return ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
+                return TIMED_OUT
             return replace(classify(exc), connections=1)
         finally:
             self._close(connection)
@@ -416,6 +354,17 @@ def credentials(target: TargetConfig) -> ClientAuthenticationCredentials | None:
     return ClientAuthenticationCredentials(
         certificate_chain_path=Path(target.client_cert.cert), key_path=Path(target.client_cert.key)
     )
+
+
+class Sslyze:
+    """The sweep engine's TLS library (scanner.engine.attempts.TlsLibrary): sslyze's connection, nassl's OpenSSLs."""
+
+    @staticmethod
+    def peers(target: TargetConfig) -> Callable[[str], Peer]:
+        """What makes the target's Peer for an address; raises when the target's client certificate is unusable."""
+        return functools.partial(Peer, target, credentials=credentials(target))
+
+    profile_attempt = staticmethod(profile_attempt)
 
 
 STARTTLS = {

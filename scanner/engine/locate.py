@@ -1,42 +1,28 @@
-"""Where a sweep goes, found before its first handshake: the addresses to probe, or why there are none.
+"""Where a sweep goes, found before its first handshake: the addresses to try, or why there are none.
 
-Kept apart from the handshake engine (scanner.engine.sweep) so the daemon's main process can resolve names and route
-sweeps to worker processes without loading sslyze.
+Kept apart from the sweep engine (scanner.engine.sweep) so the daemon's main process can resolve names and route
+sweeps to worker processes without starting a sweep engine (and loading sslyze).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from scanner.config import Resolver, TargetConfig
 from scanner.engine.resolve import resolve
 from scanner.errors import ResolveError
-from scanner.results.sweep import ErrorReason, SweepResult
-
-# Past its timeout a target gets this long before its hung connections are torn down.
-DEADLINE_GRACE_SECONDS = 0.8
 
 
 @dataclass(frozen=True)
 class Located:
-    """A sweep's start and the addresses it probes (error set instead when the name gave none)."""
+    """Where a sweep goes: the addresses it tries, or why there are none; and when it started (the lookup's start)."""
 
     started_at: float  # unix time
     clock: float  # time.monotonic() at the start: CLOCK_MONOTONIC, the same in every process of the machine
     addresses: tuple[str, ...] = ()
     dns_error: str | None = None  # an address family whose lookup failed while another answered
-    error: str | None = None  # no address to probe: the sweep ends here
-
-    def result(self, target: TargetConfig, **fields: Any) -> SweepResult:
-        """The sweep's result as of now, from these addresses and what `fields` add (addresses, error, ...)."""
-        elapsed = time.monotonic() - self.clock
-        return SweepResult(target, self.started_at, elapsed, dns_error=self.dns_error, **fields)
-
-    def failed(self, target: TargetConfig) -> SweepResult:
-        """The result of a sweep that found no address."""
-        return self.result(target, error=self.error, error_reason=ErrorReason.DNS)
+    error: str | None = None  # no address to try: the sweep ends here, a DNS error
 
     @property
     def route(self) -> str:

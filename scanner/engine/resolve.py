@@ -18,14 +18,14 @@ MAX_ADDRESSES = 16  # per name: a CDN answering with more is sampled, not swept 
 
 @dataclass(frozen=True)
 class Resolved:
-    """The addresses to probe for a name, and the address families whose lookup failed while another answered."""
+    """The addresses to try for a name, and the address families whose lookup failed while another answered."""
 
     addresses: list[str]
     failed: tuple[str, ...] = ()  # e.g. "AAAA: DNS lookup failed: ...": a DNS error of the target, not its failure
 
 
 async def resolve(host: str, mode: AddressMode, resolver: Resolver | None, timeout: float) -> Resolved:
-    """The addresses to probe for `host`, in the resolver's order, filtered by `mode` and capped.
+    """The addresses to try for `host`, in the resolver's order, filtered by `mode` and capped.
 
     ResolveError only when no family gave an address.
     """
@@ -70,7 +70,7 @@ async def _servers(host: str, mode: AddressMode, config: Resolver) -> Resolved:
     resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in config.nameservers]
     resolver.lifetime = config.timeout
     kinds = {AddressMode.IPV4: ["A"], AddressMode.IPV6: ["AAAA"]}.get(mode, ["A", "AAAA"])
-    # One family failing (SERVFAIL, REFUSED, a timeout) leaves the other's addresses to probe.
+    # One family failing (SERVFAIL, REFUSED, a timeout) leaves the other's addresses to try.
     answers = await asyncio.gather(*(_query(resolver, host, kind) for kind in kinds), return_exceptions=True)
     addresses: list[str] = []
     failed: list[str] = []

@@ -1,6 +1,7 @@
 """The sweep engine: one sweep of one target, every address, one handshake per version, errors as data.
 
-Asyncio on top; the blocking handshakes (scanner.engine.handshake, the sslyze adapter) run in a bounded thread pool.
+Asyncio on top; the blocking handshakes of the TLS library (scanner.engine.handshake, the sslyze adapter, loaded when
+an engine is made) run in a bounded thread pool. What to send and how to read the answers: scanner.engine.attempts.
 """
 
 from __future__ import annotations
@@ -9,22 +10,52 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import NamedTuple
 
 from scanner.config import ClientProfile, HttpCheck, Politeness, Resolver, TargetConfig
-from scanner.engine.handshake import Attempt, Peer, classify, client_attempt, credentials, first_attempt, next_attempt
-from scanner.engine.locate import DEADLINE_GRACE_SECONDS, Located, locate
+from scanner.engine.attempts import TIMED_OUT, Attempt, Peer, TlsLibrary, classify_error, first_attempt, next_attempt
+from scanner.engine.locate import Located, locate
 from scanner.engine.politeness import AddressGate
 from scanner.protocols import Protocol
 from scanner.results.deep import DeepResult
-from scanner.results.sweep import AddressResult, ErrorReason, Evidence, ProtocolResult, ProtocolState, SweepResult
+from scanner.results.sweep import (
+    AddressResult,
+    ErrorReason,
+    Evidence,
+    ProtocolResult,
+    ProtocolState,
+    SweepResult,
+    ended_sweep,
+)
+
+# Past its timeout a target gets this long before its hung connections are torn down.
+DEADLINE_GRACE_SECONDS = 0.8
+
+
+class _Found(NamedTuple):
+    """What a sweep found on its addresses: their answers, and the error that ended it or that all of them share."""
+
+    addresses: tuple[AddressResult, ...] = ()
+    error: str | None = None
+    reason: ErrorReason | None = None
+    closed: bool = False  # a range endpoint that did not accept TCP
 
 
 class SweepEngine:
-    """Sweeps targets: asyncio on top, sslyze's blocking handshakes in a bounded thread pool."""
+    """Sweeps targets: asyncio on top, the TLS library's blocking handshakes in a bounded thread pool."""
 
     def __init__(
-        self, concurrency: int, politeness: Politeness | None = None, resolver: Resolver | None = None
+        self,
+        concurrency: int,
+        politeness: Politeness | None = None,
+        resolver: Resolver | None = None,
+        tls: TlsLibrary | None = None,
     ) -> None:
+        if tls is None:
+            from scanner.engine.handshake import Sslyze
+
+            tls = Sslyze()
+        self.tls = tls  # sslyze, or a fake in unit tests
         self.concurrency = concurrency
         self.politeness = politeness or Politeness()
         self.resolver = resolver
@@ -58,26 +89,40 @@ class SweepEngine:
     async def sweep_located(self, target: TargetConfig, located: Located) -> SweepResult:
         """The sweep of `target` on the addresses `located` found (it started when they were looked for)."""
         if located.error is not None:
-            return located.failed(target)
+            found = _Found(error=located.error, reason=ErrorReason.DNS)
+        else:
+            found = await self._sweep_addresses(target, located.addresses)
+        return ended_sweep(
+            target,
+            located.started_at,
+            located.clock,
+            addresses=found.addresses,
+            error=found.error,
+            error_reason=found.reason,
+            closed=found.closed,
+            dns_error=located.dns_error,
+        )
+
+    async def _sweep_addresses(self, target: TargetConfig, addresses: tuple[str, ...]) -> _Found:
+        """Each address of the target, under one deadline; a range endpoint only once its port accepts TCP."""
         try:
-            client = credentials(target)
+            peer = self.tls.peers(target)
         except Exception as exc:
-            return located.result(target, error=f"client certificate unusable: {exc}", error_reason=ErrorReason.OTHER)
+            return _Found(error=f"client certificate unusable: {exc}", reason=ErrorReason.OTHER)
         # One deadline for the whole sweep, on the loop's clock: waiting for a slot counts against it, and at the
         # deadline the loop tears down what is left without waiting for any handshake thread.
         deadline = asyncio.get_running_loop().time() + target.timeout + DEADLINE_GRACE_SECONDS
-        addresses = located.addresses
         if target.range is not None:
             opened = await self._tcp_open(addresses[0], target, deadline)
             if opened is not None:
-                return located.result(target, error=opened.detail, error_reason=opened.reason, closed=True)
-        results = await asyncio.gather(*(self._sweep_address(Peer(target, a, client), deadline) for a in addresses))
-        error, reason = None, None
-        if all(r.error is not None for r in results):
-            error, reason = results[0].error, results[0].error_reason
-            if len(results) > 1:
-                error = f"all {len(results)} addresses failed: {error}"
-        return located.result(target, addresses=tuple(results), error=error, error_reason=reason)
+                return _Found(error=opened.detail, reason=opened.reason, closed=True)
+        results = await asyncio.gather(*(self._sweep_address(peer(a), deadline) for a in addresses))
+        if not all(r.error is not None for r in results):
+            return _Found(tuple(results))
+        error = results[0].error
+        if len(results) > 1:
+            error = f"all {len(results)} addresses failed: {error}"
+        return _Found(tuple(results), error, results[0].error_reason)
 
     async def _sweep_address(self, peer: Peer, deadline: float) -> AddressResult:
         target, address = peer.target, peer.address
@@ -99,7 +144,7 @@ class SweepEngine:
         if not profiles:
             return {}
         deadline = asyncio.get_running_loop().time() + peer.target.timeout + DEADLINE_GRACE_SECONDS
-        results = await asyncio.gather(*(self._try_profile(peer, c, versions, deadline) for c in profiles))
+        results = await asyncio.gather(*(self._try_profile(peer, profile, versions, deadline) for profile in profiles))
         return {profile.name: result for profile, result in zip(profiles, results, strict=True)}
 
     async def _tcp_open(self, address: str, target: TargetConfig, deadline: float) -> ProtocolResult | None:
@@ -110,7 +155,7 @@ class SweepEngine:
                 async with self.gate.connection(address), self._global_slot():
                     _, writer = await asyncio.open_connection(address, target.port)
         except (OSError, TimeoutError) as exc:
-            return classify(exc)
+            return classify_error(exc)
         writer.close()
         return None
 
@@ -124,7 +169,7 @@ class SweepEngine:
     ) -> ProtocolResult:
         """The answer for one version: a first hello, and more only as next_attempt's rules say."""
         tried: list[Attempt] = []
-        result = _TIMED_OUT
+        result = TIMED_OUT
         attempt: Attempt | None = first_attempt(protocol)
         while attempt is not None:
             outcome = await self._hello(peer, protocol, attempt, http, deadline)
@@ -151,9 +196,9 @@ class SweepEngine:
             # Every version it speaks is refused: proven as well as those refusals were.
             evidence = Evidence.ALERT if all(r.evidence is Evidence.ALERT for r in mine) else Evidence.CLOSED
             return ProtocolResult(ProtocolState.REJECTED, detail="no version in common", evidence=evidence)
-        outcome = await self._hello(peer, protocol, client_attempt(profile, protocol), None, deadline)
+        outcome = await self._hello(peer, protocol, self.tls.profile_attempt(profile, protocol), None, deadline)
         if outcome is None:
-            return _TIMED_OUT
+            return TIMED_OUT
         result, started = outcome
         detail = f"{protocol.value} {result.detail}".strip()
         return replace(result, detail=detail, connections=int(started))
@@ -184,10 +229,7 @@ class SweepEngine:
         except TimeoutError:
             if handshake is not None:
                 handshake.abort()
-            return _TIMED_OUT, handshake is not None
-
-
-_TIMED_OUT = ProtocolResult(ProtocolState.ERROR, detail="timed out", reason=ErrorReason.TIMEOUT)
+            return TIMED_OUT, handshake is not None
 
 
 def _speaks_tls(results: Iterable[ProtocolResult]) -> bool:

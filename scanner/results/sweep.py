@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -86,7 +87,7 @@ class SweepResult:
 
     @property
     def address(self) -> str | None:
-        """The first address probed; None when the name did not resolve."""
+        """The first address swept; None when the name did not resolve."""
         return self.addresses[0].address if self.addresses else None
 
     @property
@@ -121,3 +122,20 @@ class SweepResult:
     def accepted_addresses(self, protocol: Protocol) -> int:
         """How many addresses accepted the protocol in this sweep."""
         return sum(1 for a in self.addresses if (r := a.protocols.get(protocol)) and r.state is ProtocolState.ACCEPTED)
+
+
+def ended_sweep(
+    target: TargetConfig,
+    started_at: float,
+    clock: float,
+    *,
+    addresses: tuple[AddressResult, ...] = (),
+    error: str | None = None,
+    error_reason: ErrorReason | None = None,
+    closed: bool = False,
+    dns_error: str | None = None,
+) -> SweepResult:
+    """The result of a sweep ending now, from what it found: it started at `started_at` (unix time), when
+    time.monotonic() read `clock` (CLOCK_MONOTONIC: the same in every process of the machine)."""
+    duration = time.monotonic() - clock
+    return SweepResult(target, started_at, duration, addresses, error, error_reason, closed, dns_error)

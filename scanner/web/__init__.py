@@ -1,4 +1,5 @@
-"""The daemon's HTTP side: the aiohttp app (app: metrics, status page, API, /probe, health) and the web config.
+"""The daemon's HTTP side: the aiohttp app (app: metrics, status page, API, /probe, health; sd: the http_sd list of
+targets) and the web config.
 
 The web config (exporter-toolkit's --web.config.file) is read into a frozen WebConfig by config, with the config
 layer's node helpers; tls makes its server SSLContext; guard puts it to work (basic auth users, extra headers, TLS

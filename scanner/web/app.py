@@ -1,4 +1,4 @@
-"""The daemon's HTTP side: /metrics, the status page, the targets API, health, readiness and reload."""
+"""The daemon's HTTP side: /metrics, the status page, the targets and http_sd APIs, health, readiness and reload."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from scanner.config import Expectation
+from scanner.config import Expectation, TargetConfig
 from scanner.output.metrics import RENDER_SLICE_SECONDS
 from scanner.output.report import sweep_to_dict
 from scanner.protocols import ALL_PROTOCOLS, Protocol
@@ -27,6 +27,7 @@ from scanner.state.store import ResultStore
 from scanner.tiers.clients import states_json
 from scanner.tiers.deep import scan_json
 from scanner.web.guard import WebGuard
+from scanner.web.sd import sd_handler
 
 _T = TypeVar("_T")
 
@@ -49,6 +50,8 @@ class WebState:
     reload: Callable[[], str | None]  # returns the error, or None when the new config applied
     ready: Callable[[], bool]
     probe: Callable[[str, float | None], Awaitable[tuple[int, str]]]  # (target, scrape timeout) -> (status, body)
+    # every explicit target (all shards) and the range endpoints this replica found open: /api/v1/sd
+    configured: Callable[[], Sequence[TargetConfig]] = tuple
 
 
 class ScrapeQueue:
@@ -108,6 +111,7 @@ def make_app(state: WebState, guard: WebGuard) -> web.Application:
     app.router.add_get("/", status_page)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/targets", targets_api)
+    app.router.add_get("/api/v1/sd", sd_handler(state.configured))
     app.router.add_get("/probe", probe)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)

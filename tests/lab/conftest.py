@@ -1,12 +1,14 @@
-"""Pytest fixtures over the loopback test lab in tests/lab/servers.py."""
+"""Pytest fixtures over the loopback test lab: servers (tests/lab/servers.py, bench/servers.py) and daemons."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.lab.daemon import Daemons
 from tests.lab.servers import LabCerts, LabStack, NginxLabFactory, make_lab_certs, require_nginx
 
 
@@ -19,11 +21,8 @@ def tmp_certs(tmp_path_factory: pytest.TempPathFactory) -> LabCerts:
 @pytest.fixture
 def lab(tmp_certs: LabCerts) -> Iterator[LabStack]:
     """Start lab servers on demand (lab.tls_server, lab.peer, lab.nginx); all stop when the test ends."""
-    stack = LabStack(tmp_certs)
-    try:
+    with contextlib.closing(LabStack(tmp_certs)) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 @pytest.fixture
@@ -36,3 +35,10 @@ def requires_nginx() -> None:
 def nginx_lab(requires_nginx: None, lab: LabStack) -> NginxLabFactory:
     """Start NginxLab instances (tmp_certs.server by default) that stop when the test ends."""
     return lab.nginx
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Daemons]:
+    """Start `python -m scanner` daemons (state file and logs under tmp_path); all are stopped by pid at the end."""
+    with contextlib.closing(Daemons(tmp_path)) as daemons:
+        yield daemons

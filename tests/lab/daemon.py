@@ -1,7 +1,10 @@
-"""Run `python -m scanner` as a real daemon subprocess on loopback, scrape it, and always stop it by pid."""
+"""`python -m scanner` in the lab: write its config (write_config, lab_config), run the CLI to its end (run_scanner,
+run_once), run the daemon on loopback (Daemon, Daemons behind the start_daemon fixture), scrape it; every process is
+stopped by pid."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -11,33 +14,21 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import IO, Any, Self
 from urllib.parse import quote
 
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from tests.lab.servers import Managed, child_pids, free_ports, missing, stop_process
+from bench.servers import Managed, child_pids, free_ports, stop_process, wait_for
+from tests.lab.servers import missing
 
 REPO = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
-
-
-def until(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Call probe every 50 ms until it returns something truthy, and return it; TimeoutError after timeout s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(0.05)
+Completed = subprocess.CompletedProcess[str]
 
 
 def require_binary(name: str, package: str) -> str:
@@ -49,11 +40,14 @@ def require_binary(name: str, package: str) -> str:
 
 
 @contextlib.contextmanager
-def prometheus_server(directory: Path, config: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A real Prometheus with `config` (prometheus.yml text) on a free loopback port: (process, port); stopped at
-    the end, by pid."""
+def prometheus_server(
+    directory: Path, config: str, port: int | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A real Prometheus with `config` (prometheus.yml text) on loopback (port, or a free one): (process, port);
+    stopped at the end, by pid."""
     binary = require_binary("prometheus", "prometheus")
-    (port,) = free_ports(1)
+    if port is None:
+        (port,) = free_ports(1)
     (directory / "prometheus.yml").write_text(config)
     args = [
         binary,
@@ -68,6 +62,22 @@ def prometheus_server(directory: Path, config: str) -> Iterator[tuple[subprocess
         yield process, port
     finally:
         stop_process(process, 10)
+
+
+def answers_ok(port: int, path: str, *, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> bool:
+    """Tell whether GET path answers 200 (False while nothing accepts the connection)."""
+    conn: http.client.HTTPConnection
+    if tls is None:
+        conn = http.client.HTTPConnection(host, port, timeout=2)
+    else:
+        conn = http.client.HTTPSConnection(host, port, timeout=2, context=tls)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 def prometheus_query(port: int, query: str) -> dict[str, Any] | None:
@@ -86,14 +96,50 @@ def prometheus_query(port: int, query: str) -> dict[str, Any] | None:
         conn.close()
 
 
-def write_config(path: Path, targets: Sequence[dict[str, Any]], **defaults: Any) -> Path:
-    """Write a scanner config with `defaults` (interval 1s, timeout 2s, deep_interval 0 unless given) and targets."""
-    document = {
+def basic(user: str, password: str) -> str:
+    """The Authorization header value of HTTP basic auth."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def lab_config(targets: Sequence[Mapping[str, Any]], **defaults: Any) -> dict[str, Any]:
+    """A config document: targets, with defaults that sweep fast (interval 1s, timeout 2s, deep_interval 0 unless
+    given)."""
+    return {
         "defaults": {"interval": "1s", "timeout": "2s", "deep_interval": 0, **defaults},
         "targets": list(targets),
     }
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def write_config(path: Path, config: str | Mapping[str, Any]) -> Path:
+    """Write a scanner config, YAML text as it is or a document dumped in its own key order; return path."""
+    path.write_text(config if isinstance(config, str) else yaml.safe_dump(dict(config), sort_keys=False), "utf-8")
     return path
+
+
+class ConfigMapVolume:
+    """A directory laid out as the kubelet mounts a ConfigMap: each key a symlink through `..data` -> `..TIMESTAMP`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.versions = 0
+        root.mkdir()
+
+    def publish(self, files: dict[str, str]) -> None:
+        """Write a new timestamped directory and swap `..data` to it atomically, as the kubelet's AtomicWriter does."""
+        self.versions += 1
+        data = self.root / f"..2026_12_04_10_00_{self.versions:02d}.{os.getpid()}"
+        data.mkdir()
+        for name, text in files.items():
+            (data / name).write_text(text)
+        link = self.root / "..data_tmp"
+        link.symlink_to(data.name)
+        os.replace(link, self.root / "..data")
+        for name in files:
+            if not (self.root / name).is_symlink():
+                (self.root / name).symlink_to(f"..data/{name}")
+
+    def path(self, name: str) -> Path:
+        return self.root / name
 
 
 class Scrape:
@@ -126,15 +172,23 @@ class Scrape:
 class Daemon(Managed):
     """`python -m scanner` serving on 127.0.0.1; output goes to a log file."""
 
-    def __init__(self, config: Path, state_file: Path, log: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        config: Path,
+        state_file: Path,
+        log: Path,
+        *extra: str,
+        tls: ssl.SSLContext | None = None,
+        authorization: str | None = None,
+    ) -> None:
         self.config = config
         self.state_file = state_file
         self.log = log
         self.extra = extra
         self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self.tls: ssl.SSLContext | None = None  # set for a daemon serving HTTPS (--web.config.file)
-        self.authorization: str | None = None  # an Authorization header sent with every request
+        self.process: subprocess.Popen[str] | None = None
+        self.tls = tls  # for a daemon serving HTTPS (--web.config.file)
+        self.authorization = authorization  # an Authorization header sent with every request
 
     @property
     def pid(self) -> int:
@@ -146,24 +200,15 @@ class Daemon(Managed):
         """Start the daemon and wait until /-/healthy answers (a taken port is retried with another one)."""
         for _ in range(3):
             self.port = free_ports(1)[0]
-            args = [
-                sys.executable,
-                "-m",
-                "scanner",
-                "--config",
-                str(self.config),
-                "--web.listen-address",
-                f"127.0.0.1:{self.port}",
-                "--state-file",
-                str(self.state_file),
-                *self.extra,
-            ]
+            args = ("--config", self.config, "--web.listen-address", f"127.0.0.1:{self.port}")
             with self.log.open("ab") as log:
-                self.process = subprocess.Popen(
-                    args, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                self.process = start_scanner(
+                    *args, "--state-file", self.state_file, *self.extra, stdout=log, stderr=log, new_session=True
                 )
             process = self.process
-            until(partial(self._up_or_exited, process), timeout, "the daemon to answer /-/healthy")
+            wait_for(
+                partial(self._up_or_exited, process), timeout, interval=0.05, what="the daemon to answer /-/healthy"
+            )
             if process.poll() is None:
                 return self
             self.process = None
@@ -171,7 +216,7 @@ class Daemon(Managed):
                 break
         raise RuntimeError(f"daemon exited with {process.returncode}:\n{self.log_text()[-3000:]}")
 
-    def _up_or_exited(self, process: subprocess.Popen[bytes]) -> bool:
+    def _up_or_exited(self, process: subprocess.Popen[str]) -> bool:
         return process.poll() is not None or self._healthy()
 
     def _healthy(self) -> bool:
@@ -215,7 +260,7 @@ class Daemon(Managed):
             return scrape if predicate(scrape) else None
 
         try:
-            return until(probe, timeout, what)
+            return wait_for(probe, timeout, interval=0.05, what=what)
         except TimeoutError as exc:
             ours = [line for line in last[0].text.splitlines() if line.startswith("tls_scanner")] if last else []
             raise TimeoutError(
@@ -250,35 +295,97 @@ class Daemon(Managed):
         if process is None:
             return None
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGKILL)
-                process.wait(5)
+            stop_process(process, timeout)
         return process.returncode
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def run_once(config: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """`python -m scanner --config CONFIG --once ARGS`."""
-    return run_scanner("--config", str(config), "--once", *args, timeout=timeout)
+class Daemons:
+    """Starts daemons whose state file and logs live in one directory; close() stops every one still running."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started: list[Daemon] = []
+
+    def __call__(
+        self,
+        config: Path,
+        *extra: str,
+        state: str | Path = "state.db",
+        debug: bool = False,
+        tls: ssl.SSLContext | None = None,
+        authorization: str | None = None,
+    ) -> Daemon:
+        """Start a daemon on config with extra flags (debug: --log-level debug); its log is daemon-N.log, its state
+        file `state` (relative to the directory)."""
+        log = self.directory / f"daemon-{len(self.started)}.log"
+        flags = (*(("--log-level", "debug") if debug else ()), *extra)
+        daemon = Daemon(config, self.directory / state, log, *flags, tls=tls, authorization=authorization)
+        self.started.append(daemon)
+        return daemon.start()
+
+    def close(self) -> None:
+        """Stop every daemon started here, by pid."""
+        for daemon in self.started:
+            daemon.stop()
 
 
-def run_scanner(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """`python -m scanner ARGS` from the repository, output captured as text."""
-    return subprocess.run(
-        [sys.executable, "-m", "scanner", *args],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
+def start_scanner(
+    *args: str | Path,
+    cwd: Path = REPO,
+    stdin: int = subprocess.DEVNULL,
+    stdout: int | IO[Any] = subprocess.PIPE,
+    stderr: int | IO[Any] = subprocess.PIPE,
+    new_session: bool = False,
+) -> subprocess.Popen[str]:
+    """Start `python -m scanner ARGS` in cwd; the repository's package is imported whatever cwd is."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, "-m", "scanner", *map(str, args)],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": path},
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
         text=True,
-        timeout=timeout,
-        check=False,
+        start_new_session=new_session,
     )
+
+
+def finish(process: subprocess.Popen[str], stdin: str | None = None, timeout: float = 60.0) -> Completed:
+    """Wait for a scanner started by start_scanner (killed after timeout s, then TimeoutExpired); its rc and output."""
+    try:
+        out, err = process.communicate(stdin, timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def run_scanner(*args: str | Path, cwd: Path = REPO, stdin: str | None = None, timeout: float = 60.0) -> Completed:
+    """`python -m scanner ARGS` to its end (TimeoutExpired after timeout s): returncode, stdout and stderr as text."""
+    process = start_scanner(*args, cwd=cwd, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE)
+    return finish(process, stdin, timeout)
+
+
+def run_scanners(*commands: Sequence[str | Path], timeout: float = 60.0) -> list[Completed]:
+    """Several `python -m scanner ARGS` at once, each to its end; any still running on the way out is killed."""
+    processes = [start_scanner(*args) for args in commands]
+    try:
+        return [finish(process, timeout=timeout) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+def run_once(config: Path, *args: str, timeout: float = 60.0) -> Completed:
+    """`python -m scanner --config CONFIG --once ARGS`."""
+    return run_scanner("--config", config, "--once", *args, timeout=timeout)
 
 
 def established_connections(pid: int, port: int) -> int:

@@ -13,15 +13,16 @@ import pwd
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Self
 
 import dns.exception
 import dns.resolver
 
-from tests.lab.servers import Managed, free_ports, missing
+from bench.servers import Managed, free_ports, stop_process, wait_for
+from tests.lab.servers import missing
 
 DNSMASQ_MISSING_REASON = "dnsmasq not installed (Debian package dnsmasq-base; tests/run.sh installs it)"
 # Names under these zones are answered from the hosts file or NXDOMAIN, never forwarded.
@@ -123,6 +124,10 @@ class DnsLab(Managed):
         except dns.exception.DNSException:
             return False
 
+    def _up_or_exited(self, process: subprocess.Popen[bytes]) -> bool:
+        """Tell whether dnsmasq answers with the records, or has exited."""
+        return process.poll() is not None or self._serving(self.records)
+
     def start(self, timeout: float = 10.0) -> Self:
         """Write the hosts file, start dnsmasq and wait until it answers with the records."""
         self._write_hosts()
@@ -134,13 +139,13 @@ class DnsLab(Managed):
                 self.process = subprocess.Popen(
                     self._args(), stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
                 )
-            deadline = time.monotonic() + timeout
-            while self.process.poll() is None and not self._serving(self.records):
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"dnsmasq did not answer within {timeout}s:\n{stderr.read_text()}")
-                time.sleep(0.05)
-            if self.process.poll() is None:
+            process = self.process
+            try:
+                wait_for(partial(self._up_or_exited, process), timeout, interval=0.05, what="dnsmasq to answer")
+            except TimeoutError:
+                self.stop()
+                raise RuntimeError(f"dnsmasq did not answer within {timeout}s:\n{stderr.read_text()}") from None
+            if process.poll() is None:
                 return self
             text = stderr.read_text(errors="replace")
             self.process = None
@@ -157,11 +162,7 @@ class DnsLab(Managed):
         self._write_hosts()
         os.kill(self.process.pid, signal.SIGHUP)
         expected = {**{name: [] for name in gone}, **self.records}
-        deadline = time.monotonic() + timeout
-        while not self._serving(expected):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"dnsmasq did not serve the new records within {timeout}s")
-            time.sleep(0.05)
+        wait_for(lambda: self._serving(expected), timeout, interval=0.05, what="dnsmasq to serve the new records")
 
     def queries(self) -> list[str]:
         """The names queried so far (from dnsmasq's --log-queries log)."""
@@ -178,13 +179,7 @@ class DnsLab(Managed):
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
-            process.wait(5)
+        stop_process(process, 5)
 
 
 @contextlib.contextmanager

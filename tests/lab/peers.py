@@ -15,8 +15,10 @@ import warnings
 from collections.abc import Iterator
 from typing import Any, Self
 
+from bench.certs import CertPaths
+from bench.servers import LEGACY_CIPHERS, Endpoint, Managed, free_ports
 from scanner.protocols import Protocol
-from tests.lab.servers import LEGACY_CIPHERS, CertPaths, Endpoint, Managed, TLSServer, free_ports
+from tests.lab.servers import TLSServer
 
 _IO_TIMEOUT = 5.0
 

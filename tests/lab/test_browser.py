@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.daemon import Daemon, Scrape, require_binary, write_config
-from tests.lab.servers import NginxLab, NginxServer, free_ports, require_nginx
+from bench.servers import NginxLab, NginxServer, free_ports
+from tests.lab.daemon import Daemon, Scrape, lab_config, require_binary, write_config
+from tests.lab.servers import require_nginx
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -203,10 +204,11 @@ def brownout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         {"name": "modern", "host": "127.0.0.1", "port": modern},
         {"name": "down", "host": "127.0.0.1", "port": down},
     ]
-    nginx = NginxLab([NginxServer("web", web, NGINX_ALL), *others]).start()
-    daemon = Daemon(write_config(tmp_path / "scanner.yaml", targets), tmp_path / "state.db", tmp_path / "daemon.log")
-    try:
-        daemon.start()
+    config = write_config(tmp_path / "scanner.yaml", lab_config(targets))
+    with (
+        NginxLab([NginxServer("web", web, NGINX_ALL), *others]) as nginx,
+        Daemon(config, tmp_path / "state.db", tmp_path / "daemon.log") as daemon,
+    ):
 
         def accepted(scrape: Scrape, protocol: str) -> list[float]:
             found = scrape.find("tls_scanner_protocol_accepted", target="web", protocol=protocol)
@@ -219,9 +221,6 @@ def brownout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         )
         daemon.wait_metrics(lambda s: s.find("tls_scanner_scan_success", target="down"), 30, "a sweep of down")
         yield daemon
-    finally:
-        daemon.stop()
-        nginx.stop()
 
 
 def test_status_page_in_chromium_shows_the_brownout(brownout: Daemon, tmp_path: Path) -> None:

@@ -6,37 +6,23 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from scanner.protocols import Protocol
+from tests.lab.daemon import REPO, finish, run_scanner, start_scanner, write_config
 from tests.lab.servers import LabStack, closed_port
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scanner", *args], capture_output=True, text=True, timeout=60, cwd=cwd, check=False
-    )
-
-
-def write(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "endpoints.yaml"
-    path.write_text(text)
-    return str(path)
 
 
 def test_once_json_all_met_exits_0(lab: LabStack, tmp_path: Path) -> None:
     e = lab.tls_server({Protocol.TLSv1_2, Protocol.TLSv1_3})
-    config = write(
-        tmp_path,
+    config = write_config(
+        tmp_path / "endpoints.yaml",
         f"defaults: {{timeout: 2s, expect: {{accept: [TLSv1.2], reject: [TLSv1.0]}}}}\n"
         f"targets:\n  - {{host: 127.0.0.1, port: {e.port}, name: modern, labels: {{team: web}}}}\n",
     )
-    proc = run("--once", "--config", config, "--format", "json")
+    proc = run_scanner("--once", "--config", config, "--format", "json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     (target,) = doc["targets"]
@@ -54,8 +40,11 @@ def test_once_json_all_met_exits_0(lab: LabStack, tmp_path: Path) -> None:
 
 def test_once_violation_exits_1_and_table_says_why(lab: LabStack, tmp_path: Path) -> None:
     e = lab.tls_server({Protocol.TLSv1_0, Protocol.TLSv1_2})
-    config = write(tmp_path, f"targets:\n  - host: 127.0.0.1\n    port: {e.port}\n    expect: {{reject: [TLSv1.0]}}\n")
-    proc = run("--once", "--config", config)
+    config = write_config(
+        tmp_path / "endpoints.yaml",
+        f"targets:\n  - host: 127.0.0.1\n    port: {e.port}\n    expect: {{reject: [TLSv1.0]}}\n",
+    )
+    proc = run_scanner("--once", "--config", config)
     assert proc.returncode == 1
     header, row = proc.stdout.splitlines()[:2]
     assert header.split()[:8] == ["TARGET", "ADDRESS", "SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
@@ -65,24 +54,27 @@ def test_once_violation_exits_1_and_table_says_why(lab: LabStack, tmp_path: Path
 
 def test_once_unreachable_exits_3_and_violation_wins_over_errors(lab: LabStack, tmp_path: Path) -> None:
     with closed_port() as closed:
-        config = write(tmp_path, f"targets:\n  - 127.0.0.1:{closed.port}\n")
-        proc = run("--once", "--config", config, "--format", "json")
+        config = write_config(tmp_path / "endpoints.yaml", f"targets:\n  - 127.0.0.1:{closed.port}\n")
+        proc = run_scanner("--once", "--config", config, "--format", "json")
         assert proc.returncode == 3
         assert json.loads(proc.stdout)["targets"][0]["error"] == "connection refused"
         e = lab.tls_server({Protocol.TLSv1_2})
-        config = write(
-            tmp_path,
+        config = write_config(
+            tmp_path / "endpoints.yaml",
             f"targets:\n  - 127.0.0.1:{closed.port}\n"
             f"  - {{host: 127.0.0.1, port: {e.port}, expect: {{accept: [TLSv1.3]}}}}\n",
         )
-        assert run("--once", "--config", config).returncode == 1
+        assert run_scanner("--once", "--config", config).returncode == 1
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (tests/run.sh installs it)")
 def test_once_prometheus_format_passes_promtool(lab: LabStack, tmp_path: Path) -> None:
     e = lab.tls_server({Protocol.TLSv1_2, Protocol.TLSv1_3})
-    config = write(tmp_path, f"targets:\n  - {{host: 127.0.0.1, port: {e.port}, name: web, labels: {{env: lab}}}}\n")
-    proc = run("--once", "--config", config, "--format", "prometheus")
+    config = write_config(
+        tmp_path / "endpoints.yaml",
+        f"targets:\n  - {{host: 127.0.0.1, port: {e.port}, name: web, labels: {{env: lab}}}}\n",
+    )
+    proc = run_scanner("--once", "--config", config, "--format", "prometheus")
     assert proc.returncode == 0, proc.stderr
     assert (
         'tls_scanner_protocol_accepted{address="127.0.0.1",env="lab",protocol="TLSv1.2",target="web"} 1.0'
@@ -97,10 +89,10 @@ def test_once_prometheus_format_passes_promtool(lab: LabStack, tmp_path: Path) -
 
 
 def test_check_config(tmp_path: Path) -> None:
-    good = run("--check-config", "--config", str(ROOT / "config" / "endpoints.yaml"))
+    good = run_scanner("--check-config", "--config", str(REPO / "config" / "endpoints.yaml"))
     assert good.returncode == 0, good.stderr
-    bad = write(tmp_path, "targets:\n  - host: example.org\n    port: 70000\n")
-    proc = run("--check-config", "--config", bad)
+    bad = write_config(tmp_path / "endpoints.yaml", "targets:\n  - host: example.org\n    port: 70000\n")
+    proc = run_scanner("--check-config", "--config", bad)
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"tls-scanner: {bad}:3: ")
     assert "Traceback" not in proc.stderr
@@ -108,36 +100,34 @@ def test_check_config(tmp_path: Path) -> None:
 
 def test_bad_config_scans_nothing(lab: LabStack, tmp_path: Path) -> None:
     e = lab.tls_server({Protocol.TLSv1_2})
-    bad = write(tmp_path, f"targets:\n  - 127.0.0.1:{e.port}\n  - {{host: x, bogus: 1}}\n")
+    bad = write_config(tmp_path / "endpoints.yaml", f"targets:\n  - 127.0.0.1:{e.port}\n  - {{host: x, bogus: 1}}\n")
     for mode in (["--once"], []):
-        proc = run(*mode, "--config", bad)
+        proc = run_scanner(*mode, "--config", bad)
         assert proc.returncode == 2
         assert f"{bad}:3:" in proc.stderr and "bogus" in proc.stderr
         assert proc.stdout == ""
 
 
 def test_bad_arguments_exit_2(tmp_path: Path) -> None:
-    proc = run("--once", "--format", "xml")
+    proc = run_scanner("--once", "--format", "xml")
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr
     with closed_port() as closed:  # loopback only, should the daemon ever start
-        config = write(tmp_path, f"targets:\n  - 127.0.0.1:{closed.port}\n")
-        proc = run("--config", config, "--web.listen-address", "nowhere")
+        config = write_config(tmp_path / "endpoints.yaml", f"targets:\n  - 127.0.0.1:{closed.port}\n")
+        proc = run_scanner("--config", config, "--web.listen-address", "nowhere")
     assert proc.returncode == 2
     assert "--web.listen-address" in proc.stderr
 
 
 def test_progress_goes_to_a_terminal(lab: LabStack, tmp_path: Path) -> None:
     e = lab.tls_server({Protocol.TLSv1_2})
-    config = write(
-        tmp_path, "targets:\n" + "".join(f"  - {{name: t{i}, host: 127.0.0.1, port: {e.port}}}\n" for i in range(3))
+    config = write_config(
+        tmp_path / "endpoints.yaml",
+        "targets:\n" + "".join(f"  - {{name: t{i}, host: 127.0.0.1, port: {e.port}}}\n" for i in range(3)),
     )
     controller, terminal = os.openpty()
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "scanner", "--once", "--config", config, "--format", "json"],
-            stdout=subprocess.PIPE, stderr=terminal, timeout=60, cwd=ROOT, check=False,
-        )  # fmt: skip
+        proc = finish(start_scanner("--once", "--config", config, "--format", "json", stderr=terminal))
         os.close(terminal)
         seen = b""
         while True:

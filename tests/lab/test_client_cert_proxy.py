@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench.servers import Endpoint, NginxLab, NginxServer, free_ports
 from scanner.config import load_config
 from scanner.errors import ConfigError
 from scanner.protocols import Protocol
-from tests.lab.daemon import REPO, run_once, run_scanner
+from tests.lab.daemon import run_once, run_scanner, write_config
 from tests.lab.peers import ConnectProxy
-from tests.lab.servers import (
-    Endpoint,
-    LabCerts,
-    NginxLab,
-    NginxServer,
-    TLSServer,
-    closing_server,
-    free_ports,
-    require_nginx,
-)
+from tests.lab.servers import LabCerts, TLSServer, closing_server, require_nginx
 
 PROTOCOLS = ["SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 MODERN = {"SSLv2": "rejected", "SSLv3": "rejected", "TLSv1.0": "rejected", "TLSv1.1": "rejected"} | {
@@ -44,19 +34,13 @@ def mtls(tmp_certs: LabCerts) -> Iterator[Endpoint]:
         yield lab.endpoint("mtls")
 
 
-def _write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "endpoints.yaml"
-    path.write_text(text)
-    return path
-
-
 def _client_cert(certs: LabCerts) -> str:
     return f"{{cert: '{certs.client.cert}', key: '{certs.client.key}'}}"
 
 
 def test_mtls_with_and_without_a_client_certificate(mtls: Endpoint, tmp_certs: LabCerts, tmp_path: Path) -> None:
-    config = _write(
-        tmp_path,
+    config = write_config(
+        tmp_path / "endpoints.yaml",
         "defaults: {timeout: 3s, http: true}\n"
         "targets:\n"
         f"  - {{name: no-cert, host: 127.0.0.1, port: {mtls.port}}}\n"
@@ -80,8 +64,8 @@ def test_mtls_with_and_without_a_client_certificate(mtls: Endpoint, tmp_certs: L
 
 
 def test_mtls_without_a_certificate_reports_http_400(mtls: Endpoint, tmp_path: Path) -> None:
-    config = _write(
-        tmp_path,
+    config = write_config(
+        tmp_path / "endpoints.yaml",
         f"targets:\n  - {{host: 127.0.0.1, port: {mtls.port}, timeout: 3s, http: true, protocols: [TLSv1.2, TLSv1.3],"
         " expect: {http_ok: [TLSv1.2]}}\n",
     )
@@ -102,8 +86,8 @@ def test_unreadable_client_cert_paths_are_refused_at_their_line(
     if make == "directory":
         bad.mkdir()
     paths = {"cert": str(tmp_certs.client.cert), "key": str(tmp_certs.client.key), which: str(bad)}
-    path = _write(
-        tmp_path,
+    path = write_config(
+        tmp_path / "endpoints.yaml",
         "targets:\n  - host: api.lab.test\n    client_cert:\n"
         f"      cert: '{paths['cert']}'\n      key: '{paths['key']}'\n",
     )
@@ -115,13 +99,17 @@ def test_unreadable_client_cert_paths_are_refused_at_their_line(
 
 
 def test_client_cert_config_errors_exit_2_and_a_missing_key_is_named(tmp_certs: LabCerts, tmp_path: Path) -> None:
-    path = _write(tmp_path, f"defaults:\n  client_cert: {{cert: '{tmp_certs.client.cert}'}}\ntargets: [api.lab.test]\n")
+    path = write_config(
+        tmp_path / "endpoints.yaml",
+        f"defaults:\n  client_cert: {{cert: '{tmp_certs.client.cert}'}}\ntargets: [api.lab.test]\n",
+    )
     with pytest.raises(ConfigError, match='client_cert: missing required key "key"') as caught:
         load_config(path)
     assert caught.value.line == 2
     missing = tmp_path / "gone.key"
-    path = _write(
-        tmp_path, f"targets:\n  - {{host: api.lab.test, client_cert: {{cert: '{missing}', key: '{missing}'}}}}\n"
+    path = write_config(
+        tmp_path / "endpoints.yaml",
+        f"targets:\n  - {{host: api.lab.test, client_cert: {{cert: '{missing}', key: '{missing}'}}}}\n",
     )
     proc = run_scanner("--config", str(path), "--check-config")
     assert proc.returncode == 2
@@ -133,8 +121,8 @@ def test_unusable_client_cert_is_an_error_not_a_rejection(tmp_certs: LabCerts, t
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
     with TLSServer({Protocol.TLSv1_2}, tmp_certs.server) as server:
-        path = _write(
-            tmp_path,
+        path = write_config(
+            tmp_path / "endpoints.yaml",
             f"targets:\n  - {{host: 127.0.0.1, port: {server.endpoint.port}, timeout: 2s,"
             f" client_cert: {{cert: '{garbage}', key: '{tmp_certs.client.key}'}}}}\n",
         )
@@ -148,13 +136,14 @@ def test_unusable_client_cert_is_an_error_not_a_rejection(tmp_certs: LabCerts, t
 
 def test_pinned_address_with_a_default_proxy_is_refused(tmp_path: Path) -> None:
     # At the target's own level the combination is refused already; the xfail is the defaults-level one.
-    path = _write(
-        tmp_path, "targets:\n  - {host: www.lab.test, address: 127.0.0.1, https_proxy: 'http://127.0.0.1:3'}\n"
+    path = write_config(
+        tmp_path / "endpoints.yaml",
+        "targets:\n  - {host: www.lab.test, address: 127.0.0.1, https_proxy: 'http://127.0.0.1:3'}\n",
     )
     with pytest.raises(ConfigError, match="cannot pin an address"):
         load_config(path)
-    path = _write(
-        tmp_path,
+    path = write_config(
+        tmp_path / "endpoints.yaml",
         "defaults: {https_proxy: 'http://127.0.0.1:3128'}\ntargets:\n  - {host: www.lab.test, address: 127.0.0.1}\n",
     )
     with pytest.raises(ConfigError, match="cannot pin an address when connecting through https_proxy"):
@@ -164,8 +153,8 @@ def test_pinned_address_with_a_default_proxy_is_refused(tmp_path: Path) -> None:
 def test_sweep_through_connect_proxy(tmp_certs: LabCerts, tmp_path: Path) -> None:
     with TLSServer({Protocol.TLSv1_2, Protocol.TLSv1_3}, tmp_certs.server) as server, ConnectProxy() as proxy:
         port = server.endpoint.port
-        path = _write(
-            tmp_path,
+        path = write_config(
+            tmp_path / "endpoints.yaml",
             f"targets:\n  - {{name: proxied, host: 127.0.0.1, port: {port}, https_proxy: '{proxy.url}', timeout: 3s,"
             " expect: {accept: [TLSv1.2, TLSv1.3], reject: [TLSv1.0, TLSv1.1]}}\n",
         )
@@ -186,8 +175,8 @@ def test_proxy_refusing_connect_gives_errors_not_rejections(tmp_certs: LabCerts,
     """The proxy gets the name, unresolved, and refuses it (it only tunnels to 127.0.0.1)."""
     with TLSServer({Protocol.TLSv1_2}, tmp_certs.server) as server, ConnectProxy() as proxy:
         port = server.endpoint.port
-        path = _write(
-            tmp_path,
+        path = write_config(
+            tmp_path / "endpoints.yaml",
             f"targets:\n  - {{host: localhost, port: {port}, https_proxy: '{proxy.url}/', timeout: 2s}}\n",
         )
         proc = run_once(path, "--format", "json")
@@ -203,24 +192,11 @@ def test_proxy_refusing_connect_gives_errors_not_rejections(tmp_certs: LabCerts,
 
 def test_proxy_hanging_up_on_connect_ends_in_errors(tmp_path: Path) -> None:
     with closing_server() as proxy:
-        path = _write(
-            tmp_path,
+        path = write_config(
+            tmp_path / "endpoints.yaml",
             f"targets:\n  - {{host: 127.0.0.1, port: 9, https_proxy: 'http://127.0.0.1:{proxy.port}',"
             " timeout: 1s, protocols: [TLSv1.2]}\n",
         )
-        process = subprocess.Popen(
-            [sys.executable, "-m", "scanner", "--config", str(path), "--once", "--format", "json"],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            out, _ = process.communicate(timeout=6)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    (target,) = json.loads(out)["targets"]
-    assert process.returncode == 3 and target["protocols"] == {"TLSv1.2": "error"}
+        proc = run_scanner("--config", path, "--once", "--format", "json", timeout=6)
+    (target,) = json.loads(proc.stdout)["targets"]
+    assert proc.returncode == 3 and target["protocols"] == {"TLSv1.2": "error"}

@@ -8,20 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.lab.daemon import Daemon, run_once
-from tests.lab.servers import NginxLabFactory, NginxServer, free_ports
+from bench.servers import NginxServer, free_ports
+from tests.lab.daemon import Daemons, run_once, write_config
+from tests.lab.servers import NginxLabFactory
 
 NGINX_ALL = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 NGINX_MODERN = ["TLSv1.2", "TLSv1.3"]
 ECDHE_GCM = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384"
 POS = {"protocols": ["TLSv1.0"], "ciphers": ["TLS_RSA_WITH_AES_128_CBC_SHA"], "sni": False}
-
-
-def write(path: Path, document: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
 
 
 def clients_of(report: dict[str, Any]) -> dict[str, bool | None]:
@@ -38,7 +33,7 @@ def test_clients_decided_by_real_handshakes(nginx_lab: NginxLabFactory, tmp_path
             NginxServer("legacy", legacy, NGINX_ALL, ciphers="DEFAULT:@SECLEVEL=0"),
         ]
     )
-    config = write(
+    config = write_config(
         tmp_path / "c.yaml",
         {
             "clients": {"pos-terminal": POS},
@@ -66,40 +61,34 @@ def test_clients_decided_by_real_handshakes(nginx_lab: NginxLabFactory, tmp_path
     assert re.search(r"modern: clients that cannot connect: .*macos-system-python2\.7", table), table
 
 
-def test_a_brownout_is_a_client_transition(nginx_lab: NginxLabFactory, tmp_path: Path) -> None:
+def test_a_brownout_is_a_client_transition(nginx_lab: NginxLabFactory, start_daemon: Daemons, tmp_path: Path) -> None:
     (port,) = free_ports(1)
     nginx = nginx_lab([NginxServer("pypi", port, NGINX_ALL, ciphers="DEFAULT:@SECLEVEL=0")])
-    config = write(
+    config = write_config(
         tmp_path / "c.yaml",
         {
             "defaults": {"interval": "1s", "timeout": "2s"},
             "targets": [{"name": "pypi", "host": "127.0.0.1", "port": port, "clients": ["macos-system-python2.7"]}],
         },
     )
-    daemon = Daemon(config, tmp_path / "state.db", tmp_path / "daemon.log")
+    daemon = start_daemon(config)
     family = "tls_scanner_client_compatible"
-    try:
-        daemon.start()
-        daemon.wait_metrics(
-            lambda s: s.value(family, client="macos-system-python2.7") == 1, 15, "the client can connect"
-        )
-        nginx.reload([NginxServer("pypi", port, NGINX_MODERN, ciphers="DEFAULT:@SECLEVEL=0")])
-        scrape = daemon.wait_metrics(
-            lambda s: s.value(family, client="macos-system-python2.7") == 0, 10, "the client to lose pypi"
-        )
-        changes = "tls_scanner_client_compatibility_changes_total"
-        assert scrape.value(changes, client="macos-system-python2.7") == 1
-        assert re.search(
-            r"WARNING .*macos-system-python2\.7 can no longer connect to pypi \(127\.0\.0\.1\) since ",
-            daemon.log_text(),
-        )
-        api = json.loads(daemon.get("/api/v1/targets")[1])["targets"][0]
-        found = [(t["kind"], t["client"], t["from"], t["to"]) for t in api["transitions"]]
-        assert ("client", "macos-system-python2.7", "accepted", "rejected") in found
-        assert api["clients"]["127.0.0.1"]["macos-system-python2.7"]["compatible"] is False
-        assert "cannot: macos-system-python2.7" in daemon.get("/")[1]
-    finally:
-        daemon.stop()
+    daemon.wait_metrics(lambda s: s.value(family, client="macos-system-python2.7") == 1, 15, "the client can connect")
+    nginx.reload([NginxServer("pypi", port, NGINX_MODERN, ciphers="DEFAULT:@SECLEVEL=0")])
+    scrape = daemon.wait_metrics(
+        lambda s: s.value(family, client="macos-system-python2.7") == 0, 10, "the client to lose pypi"
+    )
+    changes = "tls_scanner_client_compatibility_changes_total"
+    assert scrape.value(changes, client="macos-system-python2.7") == 1
+    assert re.search(
+        r"WARNING .*macos-system-python2\.7 can no longer connect to pypi \(127\.0\.0\.1\) since ",
+        daemon.log_text(),
+    )
+    api = json.loads(daemon.get("/api/v1/targets")[1])["targets"][0]
+    found = [(t["kind"], t["client"], t["from"], t["to"]) for t in api["transitions"]]
+    assert ("client", "macos-system-python2.7", "accepted", "rejected") in found
+    assert api["clients"]["127.0.0.1"]["macos-system-python2.7"]["compatible"] is False
+    assert "cannot: macos-system-python2.7" in daemon.get("/")[1]
 
 
 @pytest.mark.parametrize(("start", "enforced"), [("2099-01-01", False), ("2018-06-30", True)])
@@ -115,8 +104,7 @@ def test_a_deadline_is_enforced_from_its_date(
         "      - {accept: [TLSv1.2]}\n"
         f"      - {{reject: [TLSv1.0, TLSv1.1], from: {start}, name: pypi-2018}}\n"
     )
-    config = tmp_path / "c.yaml"
-    config.write_text(text)
+    config = write_config(tmp_path / "c.yaml", text)
     once = run_once(config, "--format", "json")
     (report,) = json.loads(once.stdout)["targets"]
     assert once.returncode == (1 if enforced else 0), once.stderr
@@ -142,7 +130,7 @@ def test_match_tells_a_brownout_page_from_a_plain_403(nginx_lab: NginxLabFactory
         ]
     )
     http = {"match": "Brownout of Legacy TLS"}
-    config = write(
+    config = write_config(
         tmp_path / "c.yaml",
         {
             "targets": [

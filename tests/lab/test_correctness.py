@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from bench.servers import NginxServer, free_ports
 from scanner.config import TargetConfig
 from scanner.engine.sweep import SweepEngine
 from scanner.protocols import Protocol as P
 from scanner.state.store import ResultStore
-from tests.lab.daemon import Daemon, run_once, write_config
+from tests.lab.daemon import Daemons, lab_config, run_once, write_config
 from tests.lab.dnslab import DnsLab
 from tests.lab.peers import FlakyForwarder
-from tests.lab.servers import LabStack, NginxLabFactory, NginxServer, closed_port, free_ports
+from tests.lab.servers import LabStack, NginxLabFactory, closed_port
 
 NGINX_ALL = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 NGINX_MODERN = ["TLSv1.2", "TLSv1.3"]
@@ -27,7 +28,7 @@ NGINX_MODERN = ["TLSv1.2", "TLSv1.3"]
 def test_tls12_with_only_legacy_suites_is_accepted(lab: LabStack, tmp_path: Path, suites: str) -> None:
     """The modern client has none of these suites; the legacy one, tried after the alert, has them."""
     server = lab.tls_server({P.TLSv1_2}, ciphers=f"{suites}:@SECLEVEL=0")
-    config = write_config(tmp_path / "c.yaml", [{"name": "old", "host": "127.0.0.1", "port": server.port}])
+    config = write_config(tmp_path / "c.yaml", lab_config([{"name": "old", "host": "127.0.0.1", "port": server.port}]))
     once = run_once(config, "--format", "json")
     (report,) = json.loads(once.stdout)["targets"]
     assert report["protocols"]["TLSv1.2"] == "accepted", report["details"]
@@ -90,56 +91,54 @@ def test_one_address_family_failing_is_not_the_target_failing(lab: LabStack, tmp
         assert 'tls_scanner_scan_success{target="only4"} 1.0' in metrics
 
 
-def test_http_brownout_is_a_transition(nginx_lab: NginxLabFactory, tmp_path: Path) -> None:
+def test_http_brownout_is_a_transition(nginx_lab: NginxLabFactory, start_daemon: Daemons, tmp_path: Path) -> None:
     """200 -> 403 over TLS 1.0 (nginx reload): counted, logged as a warning, listed in the API like a flip."""
     (port,) = free_ports(1)
     nginx = nginx_lab([NginxServer("site", port, NGINX_ALL)])
-    config = write_config(tmp_path / "c.yaml", [{"name": "site", "host": "127.0.0.1", "port": port, "http": True}])
-    daemon = Daemon(config, tmp_path / "state.db", tmp_path / "daemon.log")
-    try:
-        daemon.start()
-        http = "tls_scanner_http_status_code"
-        daemon.wait_metrics(lambda s: s.value(http, target="site", protocol="TLSv1.0") == 200, 15, "HTTP 200")
-        nginx.reload([NginxServer("site", port, NGINX_ALL, legacy_403=True)])
-        scrape = daemon.wait_metrics(
-            lambda s: s.value(http, target="site", protocol="TLSv1.0") == 403, 15, "HTTP 403 over TLS 1.0"
-        )
-        changes = "tls_scanner_http_status_changes_total"
-        assert scrape.value(changes, target="site", protocol="TLSv1.0") == 1
-        assert scrape.value(changes, target="site", protocol="TLSv1.2") == 0
-        assert scrape.value("tls_scanner_protocol_changes_total", target="site", protocol="TLSv1.0") == 0
-        assert re.search(r"WARNING .*site TLSv1\.0 HTTP 200 -> 403", daemon.log_text()), daemon.log_text()[-2000:]
-        api = json.loads(daemon.get("/api/v1/targets")[1])["targets"][0]
-        found = [(t["kind"], t["protocol"], t["from"], t["to"]) for t in api["transitions"]]
-        assert ("http", "TLSv1.0", "200", "403") in found
-        page = daemon.get("/")[1]
-        assert "HTTP 403" in page and "HTTP 200" in page
-    finally:
-        daemon.stop()
+    config = write_config(
+        tmp_path / "c.yaml", lab_config([{"name": "site", "host": "127.0.0.1", "port": port, "http": True}])
+    )
+    daemon = start_daemon(config)
+    http = "tls_scanner_http_status_code"
+    daemon.wait_metrics(lambda s: s.value(http, target="site", protocol="TLSv1.0") == 200, 15, "HTTP 200")
+    nginx.reload([NginxServer("site", port, NGINX_ALL, legacy_403=True)])
+    scrape = daemon.wait_metrics(
+        lambda s: s.value(http, target="site", protocol="TLSv1.0") == 403, 15, "HTTP 403 over TLS 1.0"
+    )
+    changes = "tls_scanner_http_status_changes_total"
+    assert scrape.value(changes, target="site", protocol="TLSv1.0") == 1
+    assert scrape.value(changes, target="site", protocol="TLSv1.2") == 0
+    assert scrape.value("tls_scanner_protocol_changes_total", target="site", protocol="TLSv1.0") == 0
+    assert re.search(r"WARNING .*site TLSv1\.0 HTTP 200 -> 403", daemon.log_text()), daemon.log_text()[-2000:]
+    api = json.loads(daemon.get("/api/v1/targets")[1])["targets"][0]
+    found = [(t["kind"], t["protocol"], t["from"], t["to"]) for t in api["transitions"]]
+    assert ("http", "TLSv1.0", "200", "403") in found
+    page = daemon.get("/")[1]
+    assert "HTTP 403" in page and "HTTP 200" in page
 
 
-def test_the_daemon_says_once_what_fails_and_sums_up_the_first_round(lab: LabStack, tmp_path: Path) -> None:
+def test_the_daemon_says_once_what_fails_and_sums_up_the_first_round(
+    lab: LabStack, start_daemon: Daemons, tmp_path: Path
+) -> None:
     server = lab.tls_server({P.TLSv1_2, P.TLSv1_3})
     with closed_port() as closed:
         config = write_config(
             tmp_path / "c.yaml",
-            [
-                {"name": "up", "host": "127.0.0.1", "port": server.port},
-                {"name": "down", "host": "127.0.0.1", "port": closed.port},
-            ],
-            timeout="1s",
+            lab_config(
+                [
+                    {"name": "up", "host": "127.0.0.1", "port": server.port},
+                    {"name": "down", "host": "127.0.0.1", "port": closed.port},
+                ],
+                timeout="1s",
+            ),
         )
-        daemon = Daemon(config, tmp_path / "state.db", tmp_path / "daemon.log")
-        try:
-            daemon.start()
-            daemon.wait_metrics(
-                lambda s: (s.value("tls_scanner_scan_errors_total", target="down", reason="refused") or 0) >= 4,
-                20,
-                "four sweeps of the closed port",
-            )
-            log = daemon.log_text()
-        finally:
-            daemon.stop()
+        daemon = start_daemon(config)
+        daemon.wait_metrics(
+            lambda s: (s.value("tls_scanner_scan_errors_total", target="down", reason="refused") or 0) >= 4,
+            20,
+            "four sweeps of the closed port",
+        )
+        log = daemon.log_text()
     refused = [line for line in log.splitlines() if "down" in line and "sweep error (refused)" in line]
     assert len(refused) == 1, log
     assert "127.0.0.1" in refused[0] or "down:" in refused[0]

@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from functools import partial
 from html.parser import HTMLParser
 from pathlib import Path
@@ -18,20 +17,21 @@ from urllib.parse import quote
 
 import pytest
 
+from bench.servers import NginxServer, free_ports, wait_for
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
 from tests.lab.daemon import (
-    Daemon,
+    Daemons,
     Scrape,
     established_connections,
+    lab_config,
     prometheus_query,
     prometheus_server,
     require_binary,
     run_once,
-    until,
     write_config,
 )
-from tests.lab.servers import LabStack, NginxLabFactory, NginxServer, free_ports, tarpit
+from tests.lab.servers import LabStack, NginxLabFactory, tarpit
 
 ACCEPTED = "tls_scanner_protocol_accepted"
 CHANGES = "tls_scanner_protocol_changes_total"
@@ -47,26 +47,6 @@ PROTOCOLS = [p.value for p in ALL_PROTOCOLS]
 # How soon after nginx's reload completes a 1s-interval daemon must show it (interval + jitter + sweep + scrape).
 BROWNOUT_DEADLINE = 3.5
 
-DaemonFactory = Callable[..., Daemon]
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonFactory]:
-    """Start daemons (config, state file under tmp_path); every one still running is stopped by pid at the end."""
-    started: list[Daemon] = []
-
-    def start(config: Path, state: str = "state.db", *extra: str) -> Daemon:
-        log = tmp_path / f"daemon-{len(started)}.log"
-        d = Daemon(config, tmp_path / state, log, "--log-level", "debug", *extra)
-        started.append(d)
-        return d.start()
-
-    try:
-        yield start
-    finally:
-        for d in started:
-            d.stop()
-
 
 def target(name: str, port: int, **extra: Any) -> dict[str, Any]:
     return {"name": name, "host": "127.0.0.1", "port": port, **extra}
@@ -80,14 +60,14 @@ def remaining(deadline: float) -> float:
 
 
 def test_brownout_by_nginx_reload_and_recovery(
-    nginx_lab: NginxLabFactory, daemon: DaemonFactory, tmp_path: Path
+    nginx_lab: NginxLabFactory, start_daemon: Daemons, tmp_path: Path
 ) -> None:
     """Dropping TLS 1.0/1.1 with `nginx -s reload` shows within seconds, is counted once, and so is the recovery."""
     web_port, steady_port = free_ports(2)
     steady = NginxServer("steady", steady_port, NGINX_MODERN)
     nginx = nginx_lab([NginxServer("web", web_port, NGINX_ALL), steady])
-    config = write_config(tmp_path / "c.yaml", [target("web", web_port), target("steady", steady_port)])
-    d = daemon(config)
+    config = write_config(tmp_path / "c.yaml", lab_config([target("web", web_port), target("steady", steady_port)]))
+    d = start_daemon(config, debug=True)
 
     def steady_unchanged(scrape: Scrape) -> None:
         assert scrape.by_protocol(CHANGES, "steady") == dict.fromkeys(PROTOCOLS, 0.0)
@@ -132,17 +112,18 @@ def test_brownout_by_nginx_reload_and_recovery(
 # --- 2 ----------------------------------------------------------------------------------------------------------
 
 
-def test_http_403_brownout(nginx_lab: NginxLabFactory, daemon: DaemonFactory, tmp_path: Path) -> None:
+def test_http_403_brownout(nginx_lab: NginxLabFactory, start_daemon: Daemons, tmp_path: Path) -> None:
     """A server that still handshakes TLS 1.0/1.1 but answers 403 over them is seen by the daemon and by --once."""
     (port,) = free_ports(1)
     nginx_lab([NginxServer("legacy", port, NGINX_ALL, legacy_403=True)])
-    plain = write_config(tmp_path / "plain.yaml", [target("legacy", port, http={"path": "/"})])
+    plain = write_config(tmp_path / "plain.yaml", lab_config([target("legacy", port, http={"path": "/"})]))
     strict = write_config(
-        tmp_path / "strict.yaml", [target("legacy", port, http={"path": "/"}, expect={"http_ok": ["TLSv1.0"]})]
+        tmp_path / "strict.yaml",
+        lab_config([target("legacy", port, http={"path": "/"}, expect={"http_ok": ["TLSv1.0"]})]),
     )
     want = {"TLSv1.0": 403, "TLSv1.1": 403, "TLSv1.2": 200, "TLSv1.3": 200}
 
-    d = daemon(strict)
+    d = start_daemon(strict, debug=True)
     scrape = d.wait_metrics(
         lambda s: s.value(HTTP_STATUS, target="legacy", protocol="TLSv1.0") is not None, 15, "HTTP status"
     )
@@ -198,7 +179,7 @@ targets:
 
 
 def test_reload_keeps_old_config_on_error_and_applies_a_good_one(
-    lab: LabStack, daemon: DaemonFactory, tmp_path: Path
+    lab: LabStack, start_daemon: Daemons, tmp_path: Path
 ) -> None:
     """SIGHUP or POST /-/reload with a broken config changes nothing; a good one adds and removes targets."""
     kept = lab.tls_server({P.TLSv1_2, P.TLSv1_3})
@@ -206,7 +187,7 @@ def test_reload_keeps_old_config_on_error_and_applies_a_good_one(
     added = lab.tls_server({P.TLSv1_0, P.TLSv1_1, P.TLSv1_2})
     config = tmp_path / "c.yaml"
     config.write_text(GOOD.format(kept=kept.port, removed=removed.port))
-    d = daemon(config)
+    d = start_daemon(config, debug=True)
     scrape = d.wait_metrics(
         lambda s: s.value(LAST_SCAN, target="removed") is not None and s.value(LAST_SCAN, target="kept") is not None,
         10,
@@ -257,14 +238,14 @@ def test_reload_keeps_old_config_on_error_and_applies_a_good_one(
 # --- 4 ----------------------------------------------------------------------------------------------------------
 
 
-def test_kill_9_and_restart_keep_the_state(nginx_lab: NginxLabFactory, daemon: DaemonFactory, tmp_path: Path) -> None:
+def test_kill_9_and_restart_keep_the_state(nginx_lab: NginxLabFactory, start_daemon: Daemons, tmp_path: Path) -> None:
     """kill -9 leaves a sound state file; a restart keeps last-change times and counts a change made while down."""
     (port,) = free_ports(1)
     nginx = nginx_lab([NginxServer("web", port, NGINX_ALL)])
-    config = write_config(tmp_path / "c.yaml", [target("web", port)])
+    config = write_config(tmp_path / "c.yaml", lab_config([target("web", port)]))
     state = tmp_path / "state.db"
 
-    first = daemon(config)
+    first = start_daemon(config, debug=True)
     scrape = first.wait_sweep("web", timeout=15)
     last_change = scrape.by_protocol(LAST_CHANGE, "web")
     assert set(last_change) == set(PROTOCOLS)
@@ -284,7 +265,7 @@ def test_kill_9_and_restart_keep_the_state(nginx_lab: NginxLabFactory, daemon: D
         db.close()
     assert rows == last_change
 
-    second = daemon(config)
+    second = start_daemon(config, debug=True)
     assert second.metrics().by_protocol(LAST_CHANGE, "web") == last_change  # before its first sweep
     scrape = second.wait_sweep("web", timeout=10)
     assert scrape.by_protocol(LAST_CHANGE, "web") == last_change
@@ -293,7 +274,7 @@ def test_kill_9_and_restart_keep_the_state(nginx_lab: NginxLabFactory, daemon: D
 
     nginx.reload([NginxServer("web", port, NGINX_MODERN)])
     restarted = time.time()
-    third = daemon(config)
+    third = start_daemon(config, debug=True)
     scrape = third.wait_sweep("web", timeout=10)
     assert scrape.value(ACCEPTED, target="web", protocol="TLSv1.0") == 0
     assert scrape.value(CHANGES, target="web", protocol="TLSv1.0") == 1
@@ -310,15 +291,15 @@ def test_kill_9_and_restart_keep_the_state(nginx_lab: NginxLabFactory, daemon: D
 # --- 5 ----------------------------------------------------------------------------------------------------------
 
 
-def test_corrupt_state_file_is_moved_aside(lab: LabStack, daemon: DaemonFactory, tmp_path: Path) -> None:
+def test_corrupt_state_file_is_moved_aside(lab: LabStack, start_daemon: Daemons, tmp_path: Path) -> None:
     """A garbage state file does not stop the daemon: it is renamed aside intact and a fresh one is used."""
     server = lab.tls_server({P.TLSv1_2, P.TLSv1_3})
-    config = write_config(tmp_path / "c.yaml", [target("web", server.port)])
+    config = write_config(tmp_path / "c.yaml", lab_config([target("web", server.port)]))
     state = tmp_path / "state.db"
     garbage = bytes(range(256)) * 16 + b"this is not a SQLite database\n"
     state.write_bytes(garbage)
 
-    d = daemon(config)
+    d = start_daemon(config, debug=True)
     scrape = d.wait_sweep("web", timeout=10)
     assert scrape.value(ACCEPTED, target="web", protocol="TLSv1.3") == 1
     (aside,) = tmp_path.glob("state.db.unusable-*")
@@ -375,15 +356,15 @@ class _Matrix(HTMLParser):
             self._table = None
 
 
-def test_endpoints(nginx_lab: NginxLabFactory, daemon: DaemonFactory, tmp_path: Path) -> None:
+def test_endpoints(nginx_lab: NginxLabFactory, start_daemon: Daemons, tmp_path: Path) -> None:
     """Health, readiness, the targets API with transitions after a brownout, and the status page's matrix."""
     web_port, steady_port = free_ports(2)
     steady = NginxServer("steady", steady_port, NGINX_MODERN)
     nginx = nginx_lab([NginxServer("web", web_port, NGINX_ALL), steady])
-    config = write_config(tmp_path / "c.yaml", [target("web", web_port), target("steady", steady_port)])
-    d = daemon(config)
+    config = write_config(tmp_path / "c.yaml", lab_config([target("web", web_port), target("steady", steady_port)]))
+    d = start_daemon(config, debug=True)
     assert d.get("/-/healthy") == (200, "Healthy.\n")
-    assert until(lambda: d.get("/-/ready")[0] == 200, 5, "/-/ready 200")
+    assert wait_for(lambda: d.get("/-/ready")[0] == 200, 5, what="/-/ready 200")
     status, body, headers = d.request("GET", "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=")
 
@@ -423,12 +404,12 @@ def test_endpoints(nginx_lab: NginxLabFactory, daemon: DaemonFactory, tmp_path: 
 # --- 7 ----------------------------------------------------------------------------------------------------------
 
 
-def test_sigterm_during_a_hung_sweep_exits_cleanly(lab: LabStack, daemon: DaemonFactory, tmp_path: Path) -> None:
+def test_sigterm_during_a_hung_sweep_exits_cleanly(lab: LabStack, start_daemon: Daemons, tmp_path: Path) -> None:
     """SIGTERM while a tarpit (timeout 2s) is being swept: exit status 0 within a few seconds."""
     pit = lab.peer(tarpit)
-    config = write_config(tmp_path / "c.yaml", [target("pit", pit.port, timeout="2s")])
-    d = daemon(config)
-    until(lambda: established_connections(d.pid, pit.port) > 0, 5, "the daemon to hang on the tarpit")
+    config = write_config(tmp_path / "c.yaml", lab_config([target("pit", pit.port, timeout="2s")]))
+    d = start_daemon(config, debug=True)
+    wait_for(lambda: established_connections(d.pid, pit.port) > 0, 5, what="the daemon to hang on the tarpit")
     assert d.metrics().value(LAST_SCAN, target="pit") is None  # the first sweep is still in flight
     d.send(signal.SIGTERM)
     try:
@@ -445,14 +426,14 @@ def test_sigterm_during_a_hung_sweep_exits_cleanly(lab: LabStack, daemon: Daemon
 # --- 8 ----------------------------------------------------------------------------------------------------------
 
 
-def test_real_prometheus_scrapes_the_matrix(lab: LabStack, daemon: DaemonFactory, tmp_path: Path) -> None:
+def test_real_prometheus_scrapes_the_matrix(lab: LabStack, start_daemon: Daemons, tmp_path: Path) -> None:
     """A real Prometheus scraping the daemon every second sees one series per target and protocol, right values."""
     servers = {
         "modern": ({P.TLSv1_2, P.TLSv1_3}, lab.tls_server({P.TLSv1_2, P.TLSv1_3})),
         "legacy": ({P.TLSv1_0, P.TLSv1_1, P.TLSv1_2}, lab.tls_server({P.TLSv1_0, P.TLSv1_1, P.TLSv1_2})),
     }
-    config = write_config(tmp_path / "c.yaml", [target(name, ep.port) for name, (_, ep) in servers.items()])
-    d = daemon(config)
+    config = write_config(tmp_path / "c.yaml", lab_config([target(name, ep.port) for name, (_, ep) in servers.items()]))
+    d = start_daemon(config, debug=True)
     for name in servers:
         d.wait_sweep(name, timeout=10)
     want = {(name, p.value): float(p in versions) for name, (versions, _) in servers.items() for p in ALL_PROTOCOLS}
@@ -479,7 +460,7 @@ def test_real_prometheus_scrapes_the_matrix(lab: LabStack, daemon: DaemonFactory
                 ("count", ""): float(len(series))
             }
 
-        got = until(matrix, 30, "Prometheus to return tls_scanner_protocol_accepted")
+        got = wait_for(matrix, 30, what="Prometheus to return tls_scanner_protocol_accepted")
         assert got.pop(("count", "")) == len(want)
         assert got == want
         up = prometheus_query(port, "up")
@@ -489,15 +470,15 @@ def test_real_prometheus_scrapes_the_matrix(lab: LabStack, daemon: DaemonFactory
 # --- 9 ----------------------------------------------------------------------------------------------------------
 
 
-def test_promtool_accepts_the_metrics(lab: LabStack, daemon: DaemonFactory, tmp_path: Path) -> None:
+def test_promtool_accepts_the_metrics(lab: LabStack, start_daemon: Daemons, tmp_path: Path) -> None:
     """`promtool check metrics` finds nothing to complain about in the daemon's /metrics, every family present."""
     promtool = require_binary("promtool", "prometheus")
     server = lab.tls_server({P.TLSv1_2, P.TLSv1_3}, http_status=403)
     config = write_config(
         tmp_path / "c.yaml",
-        [target("web", server.port, http=True, expect={"reject": ["TLSv1.0"], "http_ok": ["TLSv1.3"]})],
+        lab_config([target("web", server.port, http=True, expect={"reject": ["TLSv1.0"], "http_ok": ["TLSv1.3"]})]),
     )
-    d = daemon(config)
+    d = start_daemon(config, debug=True)
     scrape = d.wait_sweep("web", timeout=10)
     for family in (ACCEPTED, CHANGES, LAST_CHANGE, HTTP_STATUS, "tls_scanner_expectation_met", RELOAD_OK):
         assert scrape.find(family), family
@@ -508,10 +489,10 @@ def test_promtool_accepts_the_metrics(lab: LabStack, daemon: DaemonFactory, tmp_
     assert check.stdout.strip() == "" and check.stderr.strip() == "", check.stdout + check.stderr
 
 
-def test_event_loop_lag_is_exported(lab: LabStack, daemon: DaemonFactory, tmp_path: Path) -> None:
+def test_event_loop_lag_is_exported(lab: LabStack, start_daemon: Daemons, tmp_path: Path) -> None:
     """A timer every 50 ms observes how late the loop runs it: the count grows with time, +Inf holds them all."""
     server = lab.tls_server({P.TLSv1_2, P.TLSv1_3})
-    d = daemon(write_config(tmp_path / "c.yaml", [target("t", server.port)]))
+    d = start_daemon(write_config(tmp_path / "c.yaml", lab_config([target("t", server.port)])), debug=True)
     d.wait_sweep("t")
     name = "tls_scanner_event_loop_lag_seconds"
     first = d.metrics().value(f"{name}_count")
@@ -525,10 +506,12 @@ def test_event_loop_lag_is_exported(lab: LabStack, daemon: DaemonFactory, tmp_pa
     assert (scrape.value(f"{name}_sum") or 0.0) >= 0.0
 
 
-def test_metrics_gzip_when_the_scraper_asks(lab: LabStack, daemon: DaemonFactory, tmp_path: Path) -> None:
+def test_metrics_gzip_when_the_scraper_asks(lab: LabStack, start_daemon: Daemons, tmp_path: Path) -> None:
     """Accept-Encoding: gzip (as Prometheus sends it) gets the same samples gzip-compressed; without it, plain text."""
     server = lab.tls_server({P.TLSv1_2, P.TLSv1_3})
-    d = daemon(write_config(tmp_path / "c.yaml", [target("t", server.port)], interval="60s"))
+    d = start_daemon(
+        write_config(tmp_path / "c.yaml", lab_config([target("t", server.port)], interval="60s")), debug=True
+    )
     d.wait_sweep("t")
     url = f"http://127.0.0.1:{d.port}/metrics"
     with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept-Encoding": "gzip"}), timeout=10) as r:

@@ -20,9 +20,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.servers import NginxLab, NginxServer, free_ports, wait_for
 from scanner.cli import build_parser
-from tests.lab.daemon import Daemon, require_binary, until, write_config
-from tests.lab.servers import NginxLab, NginxServer, free_ports, require_nginx, stop_process
+from tests.lab.daemon import Daemon, answers_ok, lab_config, prometheus_server, require_binary, write_config
+from tests.lab.servers import require_nginx
 from tests.lab.test_deploy import DEPLOY, FAMILIES, NEWER_FAMILIES, PROMETHEUS, RULES, metric_names, recorded
 
 DASHBOARD_PATH = DEPLOY / "grafana" / "dashboards" / "tls-scanner.json"
@@ -213,7 +214,7 @@ def exported_families(text: str) -> set[str]:
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples} & FAMILIES
 
 
-def prometheus_config(tmp: Path, daemon_port: int, prometheus_port: int) -> Path:
+def prometheus_config(daemon_port: int, prometheus_port: int) -> str:
     """deploy/prometheus/prometheus.yml pointed at the test daemon, 1s scrapes, the /probe job uncommented."""
     text = (PROMETHEUS / "prometheus.yml").read_text()
     text = re.sub(
@@ -234,16 +235,14 @@ def prometheus_config(tmp: Path, daemon_port: int, prometheus_port: int) -> Path
     probe.update(scrape_interval="5s", scrape_timeout="4s", static_configs=[{"targets": ["web"]}])
     probe["relabel_configs"][-1]["replacement"] = f"127.0.0.1:{daemon_port}"
     jobs["prometheus"]["static_configs"] = [{"targets": [f"127.0.0.1:{prometheus_port}"]}]
-    path = tmp / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """nginx (web: all versions, then TLS 1.2+ only; legacy-403; modern), the daemon (1s interval) with a closed
     port and a loopback range, and Prometheus scraping it every second with the deploy/ rules."""
-    prometheus = require_binary("prometheus", "prometheus")
+    require_binary("prometheus", "prometheus")
     require_nginx()
     tmp = tmp_path_factory.mktemp("dashboard")
     web, legacy, modern, down, range_closed, prometheus_port = free_ports(6)
@@ -269,30 +268,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         {"reject": ["TLSv1.0", "TLSv1.1"], "from": "2099-01-01", "name": "retire-legacy"},
     ]
     targets[0]["deep_interval"] = "2s"  # web is deep-scanned too: the deep tier's panels need its series
-    config = write_config(tmp / "scanner.yaml", targets)
+    config = write_config(tmp / "scanner.yaml", lab_config(targets))
     shard = ["--shard", "0/1"] if "--shard" in build_parser().format_usage() else []
     with contextlib.ExitStack() as cleanup:
-        nginx = NginxLab([NginxServer("web", web, NGINX_ALL), *servers]).start()
-        cleanup.callback(nginx.stop)
+        nginx = cleanup.enter_context(NginxLab([NginxServer("web", web, NGINX_ALL), *servers]))
         # The kit's web config: Prometheus scrapes with the kit's password, as in the Compose stack.
         web_config = ["--web.config.file", str(DEPLOY / "web-config.yml")]
-        daemon = Daemon(config, tmp / "state.db", tmp / "daemon.log", *shard, *web_config)
         password = (PROMETHEUS / "tls-scanner.password").read_text()
-        daemon.authorization = "Basic " + base64.b64encode(f"prometheus:{password}".encode()).decode()
-        cleanup.callback(daemon.stop)
-        daemon.start()
+        authorization = "Basic " + base64.b64encode(f"prometheus:{password}".encode()).decode()
+        daemon = cleanup.enter_context(
+            Daemon(config, tmp / "state.db", tmp / "daemon.log", *shard, *web_config, authorization=authorization)
+        )
         started = time.time()
-        args = [
-            prometheus,
-            f"--config.file={prometheus_config(tmp, daemon.port, prometheus_port)}",
-            f"--storage.tsdb.path={tmp / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prometheus_port}",
-            "--log.level=warn",
-        ]
+        prometheus_yml = prometheus_config(daemon.port, prometheus_port)
+        process, _ = cleanup.enter_context(prometheus_server(tmp, prometheus_yml, prometheus_port))
         log = tmp / "prometheus.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(args, cwd=tmp, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        cleanup.callback(stop_process, process, 15)
         s = Stack(prometheus_port, daemon, started, set())
 
         def answered(expr: str) -> float | None:
@@ -305,29 +295,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         def ready() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"prometheus exited: {log.read_text()[-2000:]}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", prometheus_port, timeout=2)
-                conn.request("GET", "/-/ready")
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
-            finally:
-                conn.close()
+            return answers_ok(prometheus_port, "/-/ready")
 
-        until(ready, 60, "Prometheus to be ready")
+        wait_for(ready, 60, what="Prometheus to be ready")
         before = 'target_protocol:tls_scanner_protocol_accepted:max{target="web",protocol="TLSv1.0"} == 1'
-        until(lambda: answered(before), 60, "Prometheus to record web accepting TLSv1.0")
+        wait_for(lambda: answered(before), 60, what="Prometheus to record web accepting TLSv1.0")
         # The /probe job alone can satisfy `before`; the flip annotation needs the daemon job's counter before it.
         unflipped = 'tls_scanner_protocol_changes_total{job="tls-scanner",target="web",protocol="TLSv1.0"} == 0'
-        until(lambda: answered(unflipped) is not None, 60, "Prometheus to scrape the daemon before the brownout")
+        wait_for(
+            lambda: answered(unflipped) is not None, 60, what="Prometheus to scrape the daemon before the brownout"
+        )
         nginx.reload([NginxServer("web", web, NGINX_MODERN), *servers])
         firing = 'count(ALERTS{alertname="TLSProtocolBrownoutStarted",alertstate="firing",target="web"}) == 2'
-        until(lambda: answered(firing), 60, "TLSProtocolBrownoutStarted to fire for web's TLSv1.0 and TLSv1.1")
+        wait_for(lambda: answered(firing), 60, what="TLSProtocolBrownoutStarted to fire for web's TLSv1.0 and TLSv1.1")
         # Recording rules run in their own group, and /probe answers every 5 s: wait until both caught up too.
         after = before.replace("== 1", "== 0")
-        until(lambda: answered(after) is not None, 30, "the recording rules to see web rejecting TLSv1.0")
+        wait_for(lambda: answered(after) is not None, 30, what="the recording rules to see web rejecting TLSv1.0")
         deep = 'count(tls_scanner_cipher_suite_accepted{job="tls-scanner",target="web"})'
-        until(lambda: answered(deep), 60, "Prometheus to scrape web's deep scan")
+        wait_for(lambda: answered(deep), 60, what="Prometheus to scrape web's deep scan")
         # The daemon's own output says which families exist; /probe answers a sweep's families only.
         status, body = daemon.get("/metrics")
         assert status == 200, body
@@ -335,7 +320,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         status, body = daemon.get("/probe?target=web")
         if status == 200:
             s.exported |= exported_families(body)
-            until(lambda: answered("count(tls_scanner_probe_success)"), 30, "Prometheus to scrape /probe")
+            wait_for(lambda: answered("count(tls_scanner_probe_success)"), 30, what="Prometheus to scrape /probe")
         yield s
 
 
@@ -367,7 +352,7 @@ def _assert_data(stack: Stack, query: Query, expr: str) -> None:
 
     # Rates need two scrapes and recording rules an evaluation: give a query that is empty a few seconds.
     with contextlib.suppress(TimeoutError):
-        until(answered, 10, expr)
+        wait_for(answered, 10, what=expr)
         return
     missing = (families_behind(query.expr) & NEWER_FAMILIES) - stack.exported
     if missing:

@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +20,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.certs import CertPaths
+from bench.servers import NginxServer, free_ports
 from scanner.config import TargetConfig
 from scanner.engine.deep import deep_scan
 from scanner.protocols import Protocol
-from tests.lab.daemon import Daemon, Scrape, require_binary, write_config
-from tests.lab.servers import CertPaths, NginxLabFactory, NginxServer, free_ports
+from tests.lab.daemon import Daemons, Scrape, lab_config, require_binary, run_once, run_scanner, write_config
+from tests.lab.servers import NginxLabFactory
 
-ROOT = Path(__file__).resolve().parents[2]
 DAY = datetime.timedelta(days=1)
 # Mozilla's intermediate recommendation (ssl-config.mozilla.org): TLS 1.2-1.3, ECDHE with AES-GCM or ChaCha20.
 INTERMEDIATE_CIPHERS = (
@@ -103,40 +104,11 @@ def pki(tmp_path: Path) -> Iterator[Pki]:
     yield Pki(tmp_path)
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Callable[[Path], Daemon]]:
-    """Start daemons on a config (one state file under tmp_path); each still running is stopped by pid at the end."""
-    started: list[Daemon] = []
-
-    def start(config: Path) -> Daemon:
-        log = tmp_path / f"daemon-{len(started)}.log"
-        started.append(Daemon(config, tmp_path / "state.db", log, "--log-level", "debug"))
-        return started[-1].start()
-
-    try:
-        yield start
-    finally:
-        for each in started:
-            each.stop()
-
-
-def _once(config: Path, output: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scanner", "--once", "--deep", "--config", str(config), "--format", output],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        check=False,
-    )
-
-
 def _config(path: Path, targets: dict[str, int], ca_file: Path) -> Path:
     lines = ["defaults:", "  protocols: [TLSv1.2, TLSv1.3]", f"  ca_file: {ca_file}", "targets:"]
     for name, port in targets.items():
         lines += [f"  - name: {name}", "    host: localhost", f"    port: {port}", "    address: 127.0.0.1"]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_config(path, "\n".join(lines) + "\n")
 
 
 def test_certificates_not_after_and_validity(nginx_lab: NginxLabFactory, pki: Pki, tmp_path: Path) -> None:
@@ -149,7 +121,9 @@ def test_certificates_not_after_and_validity(nginx_lab: NginxLabFactory, pki: Pk
     }
     ports = dict(zip(leaves, free_ports(len(leaves)), strict=True))
     nginx_lab([NginxServer(name, ports[name], ["TLSv1.2", "TLSv1.3"], cert=leaves[name][0]) for name in leaves])
-    proc = _once(_config(tmp_path / "config.yaml", ports, pki.ca_file), "prometheus")
+    proc = run_once(
+        _config(tmp_path / "config.yaml", ports, pki.ca_file), "--deep", "--format", "prometheus", timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     promtool = subprocess.run(
         [require_binary("promtool", "prometheus"), "check", "metrics"],
@@ -260,7 +234,13 @@ def test_mozilla_intermediate(nginx_lab: NginxLabFactory, pki: Pki, tmp_path: Pa
             ),
         ]
     )  # fmt: skip
-    proc = _once(_config(tmp_path / "config.yaml", {"good": good, "weak": weak}, pki.ca_file), "json")
+    proc = run_once(
+        _config(tmp_path / "config.yaml", {"good": good, "weak": weak}, pki.ca_file),
+        "--deep",
+        "--format",
+        "json",
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     by_name = {t["name"]: t["addresses"][0]["deep"] for t in json.loads(proc.stdout)["targets"]}
     assert by_name["good"]["mozilla"]["intermediate"] == {"compliant": True, "reasons": []}
@@ -279,7 +259,7 @@ SUITE_CHANGES = "tls_scanner_cipher_suite_changes_total"
 
 
 def test_daemon_sees_a_cipher_removed_and_a_certificate_replaced(
-    nginx_lab: NginxLabFactory, daemon: Callable[[Path], Daemon], pki: Pki, tmp_path: Path
+    nginx_lab: NginxLabFactory, start_daemon: Daemons, pki: Pki, tmp_path: Path
 ) -> None:
     (port,) = free_ports(1)
     (first, first_cert), (second, second_cert) = (
@@ -287,8 +267,8 @@ def test_daemon_sees_a_cipher_removed_and_a_certificate_replaced(
     )
     nginx = nginx_lab([NginxServer("web", port, ["TLSv1.2"], ciphers=f"AES256-SHA:{GCM_OPENSSL}", cert=first)])
     web = {"name": "web", "host": "localhost", "address": "127.0.0.1", "port": port, "deep_interval": "2s"}
-    config = write_config(tmp_path / "c.yaml", [web], protocols=["TLSv1.2"], ca_file=str(pki.ca_file))
-    d = daemon(config)
+    config = write_config(tmp_path / "c.yaml", lab_config([web], protocols=["TLSv1.2"], ca_file=str(pki.ca_file)))
+    d = start_daemon(config, debug=True)
     scrape = d.wait_metrics(lambda s: s.value(SUITE, target="web", cipher=RSA_CBC) == 1, 20, "the first deep scan")
     assert scrape.value("tls_scanner_certificate_valid", target="web") == 1
     assert scrape.value("tls_scanner_certificate_not_after_timestamp_seconds", target="web") == (
@@ -319,7 +299,7 @@ def test_daemon_sees_a_cipher_removed_and_a_certificate_replaced(
 
     # The cipher sets and their change counts survive a restart.
     d.stop()
-    again = daemon(config)
+    again = start_daemon(config, debug=True)
     scrape = again.wait_metrics(
         lambda s: s.value(SUITE, target="web", cipher=GCM) == 1, 20, "a deep scan after restart"
     )
@@ -330,7 +310,7 @@ GCM_OPENSSL = "ECDHE-RSA-AES128-GCM-SHA256"
 
 
 def test_a_brownout_is_seen_in_time_while_deep_scans_run_on_200_targets(
-    nginx_lab: NginxLabFactory, daemon: Callable[[Path], Daemon], tmp_path: Path
+    nginx_lab: NginxLabFactory, start_daemon: Daemons, tmp_path: Path
 ) -> None:
     deep_port, web_port = free_ports(2)
     nginx = nginx_lab([NginxServer("deep", deep_port, ["TLSv1.2"]), NginxServer("web", web_port, ["TLSv1", "TLSv1.2"])])
@@ -339,7 +319,7 @@ def test_a_brownout_is_seen_in_time_while_deep_scans_run_on_200_targets(
         for n in range(200)
     ]
     web = {"name": "web", "host": "127.0.0.1", "port": web_port, "protocols": ["TLSv1.0", "TLSv1.2"]}
-    d = daemon(write_config(tmp_path / "c.yaml", [web, *many], protocols=["TLSv1.2"]))
+    d = start_daemon(write_config(tmp_path / "c.yaml", lab_config([web, *many], protocols=["TLSv1.2"])), debug=True)
 
     def deep_scans(scrape: Scrape) -> int:
         return len(scrape.find("tls_scanner_deep_scan_timestamp_seconds"))
@@ -366,14 +346,6 @@ def test_a_brownout_is_seen_in_time_while_deep_scans_run_on_200_targets(
 
 @pytest.mark.parametrize("mode", [[], ["--check-config"]])
 def test_deep_only_applies_with_once(mode: list[str], tmp_path: Path) -> None:
-    config = tmp_path / "c.yaml"
-    config.write_text("targets: [127.0.0.1]\n", encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, "-m", "scanner", *mode, "--deep", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
+    config = write_config(tmp_path / "c.yaml", "targets: [127.0.0.1]\n")
+    proc = run_scanner(*mode, "--deep", "--config", config)
     assert (proc.returncode, proc.stderr) == (2, "tls-scanner: --deep only applies with --once\n")

@@ -30,14 +30,15 @@ from aiohttp.test_utils import make_mocked_request
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from bench.servers import free_ports, wait_for
 from scanner.cli import DEFAULT_LISTEN_ADDRESS, DEFAULT_STATE_FILE, build_parser, misused
 from scanner.config import load_config
 from scanner.output import metrics as scanner_metrics
 from scanner.protocols import Protocol
 from scanner.web.config import WebConfig, load_web_config
 from scanner.web.guard import WebGuard
-from tests.lab.daemon import require_binary, until
-from tests.lab.servers import LabStack, free_ports, missing
+from tests.lab.daemon import answers_ok, require_binary
+from tests.lab.servers import LabStack, missing
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -50,7 +51,9 @@ UNIT = DEPLOY / "systemd" / "tls-scanner.service"
 
 # Every family the daemon exports (scanner/output/metrics.py), the per-address/shard/range/probe ones included.
 # Every family the scanner defines (what rules and panels may query).
-FAMILIES = {family.name for family in vars(scanner_metrics).values() if isinstance(family, scanner_metrics.Family)}
+FAMILIES = {f.name for f in vars(scanner_metrics).values() if isinstance(f, scanner_metrics.Family)} | {
+    f.name for f in scanner_metrics.TARGET_FAMILIES
+}
 # Families added by the network-wide change; a live query that only they can answer may come back empty from a
 # daemon that does not export them (tests/lab/test_dashboard.py checks the daemon's own output before allowing that).
 NEWER_FAMILIES = {
@@ -583,16 +586,9 @@ def test_docker_run_image_starts_the_daemon_with_its_state_in_the_volume(tmp_pat
         def up() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"the daemon exited: {log.read_text()}")
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            try:
-                conn.request("GET", "/-/ready")
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
-            finally:
-                conn.close()
+            return answers_ok(port, "/-/ready")
 
-        until(up, 30, "the image's daemon to be ready")
+        wait_for(up, 30, what="the image's daemon to be ready")
         assert (workdir / DEFAULT_STATE_FILE).is_file()
         assert '"level": "info"' in log.read_text(), "CMD's --log-format=json"
     finally:

@@ -14,23 +14,18 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bench.certs import make_cert
+from bench.servers import Endpoint, NginxError, NginxLab, NginxServer, free_ports, nginx_protocols
 from scanner.protocols import Protocol
 from tests.lab.servers import (
-    Endpoint,
     LabCerts,
     LabStack,
-    NginxError,
-    NginxLab,
     NginxLabFactory,
-    NginxServer,
     closed_port,
     closing_server,
-    free_ports,
     garbage_server,
     handshake,
     https_status,
-    make_cert,
-    nginx_protocols,
     openssl_s_client,
     plain_http_server,
     python_tls_server,

@@ -8,16 +8,14 @@ import contextlib
 import json
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from bench.servers import NginxServer, free_ports
 from scanner.config import load_config
 from scanner.engine.sweep import SweepEngine
 from scanner.output.metrics import ScannerMetrics
@@ -25,9 +23,9 @@ from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
 from scanner.results.sweep import ErrorReason, SweepResult
 from scanner.state.store import ResultStore
-from tests.lab.daemon import REPO, Daemon, Scrape, promtool_check, run_once
+from tests.lab.daemon import Daemons, Scrape, promtool_check, run_once, run_scanner, write_config
 from tests.lab.dnslab import DnsLab, require_dnsmasq
-from tests.lab.servers import LabCerts, NginxLabFactory, NginxServer, TLSServer, free_ports
+from tests.lab.servers import LabCerts, NginxLabFactory, TLSServer
 
 ACCEPTED = "tls_scanner_protocol_accepted"
 ERROR = "tls_scanner_protocol_error"
@@ -66,23 +64,6 @@ def dns(tmp_path: Path) -> Iterator[DnsLab]:
         yield server
 
 
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
-    """Daemons appended here are stopped by pid when the test ends."""
-    started: list[Daemon] = []
-    try:
-        yield started
-    finally:
-        for d in started:
-            d.stop()
-
-
-def start_daemon(started: list[Daemon], config: Path) -> Daemon:
-    d = Daemon(config, config.parent / f"state-{len(started)}.db", config.parent / f"daemon-{len(started)}.log")
-    started.append(d)
-    return d.start()
-
-
 def common_port(hosts: list[str]) -> int:
     """A port free on every one of these loopback addresses."""
     for _ in range(20):
@@ -96,11 +77,6 @@ def common_port(hosts: list[str]) -> int:
             continue
         return port
     raise RuntimeError(f"no port free on all of {hosts}")
-
-
-def write_yaml(path: Path, document: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
 
 
 def once_json(config: Path, expect_code: int = 0) -> dict[str, Any]:
@@ -132,7 +108,7 @@ def edges_nginx(nginx_lab: NginxLabFactory, port: int, edges: dict[str, dict[str
 
 
 def multi_config(tmp_path: Path, dns: DnsLab, port: int, **extra: Any) -> Path:
-    return write_yaml(
+    return write_config(
         tmp_path / "multi.yaml",
         {
             "resolver": dns.resolver_config(),
@@ -175,7 +151,7 @@ def check_multi_metrics(scrape: Scrape) -> None:
 
 
 def test_every_address_behind_a_name(
-    nginx_lab: NginxLabFactory, dns: DnsLab, daemons: list[Daemon], tmp_path: Path
+    nginx_lab: NginxLabFactory, dns: DnsLab, start_daemon: Daemons, tmp_path: Path
 ) -> None:
     """multi.lab.test has four edges on one port, two still accepting TLS 1.0: --once JSON, --once prometheus and
     the daemon's /metrics all say "TLSv1.0 accepted by 2 of 4", per address; ipv4 probes 3 of them, first 1."""
@@ -208,7 +184,7 @@ def test_every_address_behind_a_name(
 
     check_multi_metrics(once_prometheus(config))
 
-    d = start_daemon(daemons, config)
+    d = start_daemon(config)
     scrape = d.wait_metrics(
         lambda s: all(s.value(ADDRESSES, target=t) is not None for t in targets), 15, "a sweep of every target"
     )
@@ -220,14 +196,14 @@ def test_every_address_behind_a_name(
 
 
 def test_names_are_re_resolved_every_sweep(
-    nginx_lab: NginxLabFactory, dns: DnsLab, daemons: list[Daemon], tmp_path: Path
+    nginx_lab: NginxLabFactory, dns: DnsLab, start_daemon: Daemons, tmp_path: Path
 ) -> None:
     """An edge dropped from DNS (hosts file rewritten, dnsmasq SIGHUPed) leaves the daemon's metrics within a few
     seconds: tls_scanner_addresses drops to 3, and every series of the dropped address vanishes."""
     port = common_port(list(EDGES))
     edges_nginx(nginx_lab, port, EDGES)
     config = multi_config(tmp_path, dns, port)
-    d = start_daemon(daemons, config)
+    d = start_daemon(config)
     d.wait_metrics(lambda s: s.value(ADDRESSES, target="multi", edge="cdn") == 4, 15, "4 addresses")
 
     dropped = "127.0.0.4"
@@ -260,7 +236,7 @@ def test_dns_outage_keeps_the_last_determined_states(nginx_lab: NginxLabFactory,
     port = common_port(list(EDGES))
     edges_nginx(nginx_lab, port, EDGES)
     config = load_config(
-        write_yaml(
+        write_config(
             tmp_path / "c.yaml",
             {
                 "resolver": dns.resolver_config("1s"),
@@ -346,7 +322,7 @@ def test_ipv6_literal_pinned_address_and_sni(
     v6_port = common_port(["::1"])
     nginx_lab([NginxServer("v6", v6_port, NGINX_ALL, listen="::1")])
     with recording_server(tmp_certs, "127.0.0.3") as named, recording_server(tmp_certs, "127.0.0.3") as bare:
-        config = write_yaml(
+        config = write_config(
             tmp_path / "c.yaml",
             {
                 "resolver": dns.resolver_config(),
@@ -405,7 +381,7 @@ def test_ipv6_literal_pinned_address_and_sni(
 RANGE = "127.0.0.0/28"
 
 
-def test_network_range(nginx_lab: NginxLabFactory, daemons: list[Daemon], tmp_path: Path) -> None:
+def test_network_range(nginx_lab: NginxLabFactory, start_daemon: Daemons, tmp_path: Path) -> None:
     """A /28 on two ports is 32 endpoints: only the 2 that accept TCP are scanned and reported (named address:port,
     with the range's labels); the 30 closed ones are only counted, and give no per-target series."""
     hosts = [f"127.0.0.{i}" for i in range(16)]
@@ -418,7 +394,7 @@ def test_network_range(nginx_lab: NginxLabFactory, daemons: list[Daemon], tmp_pa
             NginxServer("r2", p2, NGINX_MODERN, listen="127.0.0.3"),
         ]
     )
-    config = write_yaml(
+    config = write_config(
         tmp_path / "c.yaml",
         {
             "resolver": {"nameservers": ["127.0.0.1:9"], "timeout": "1s"},  # never asked: ranges are addresses
@@ -450,7 +426,7 @@ def test_network_range(nginx_lab: NginxLabFactory, daemons: list[Daemon], tmp_pa
 
     check(once_prometheus(config))
 
-    d = start_daemon(daemons, config)
+    d = start_daemon(config)
     scrape = d.wait_metrics(
         lambda s: (
             (s.value(RANGE_ENDPOINTS, range=RANGE, state="open") or 0)
@@ -478,14 +454,7 @@ def test_range_larger_than_max_range_endpoints_is_refused(tmp_path: Path) -> Non
         "    ports: [9]\n"
     )
     for mode in ("--check-config", "--once"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "scanner", mode, "--config", str(config)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        proc = run_scanner(mode, "--config", config, timeout=30)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert proc.stdout == ""
         assert proc.stderr == (
@@ -493,14 +462,7 @@ def test_range_larger_than_max_range_endpoints_is_refused(tmp_path: Path) -> Non
             "more than max_range_endpoints (39)\n"
         )
     config.write_text(config.read_text().replace("39", "40"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "scanner", "--check-config", "--config", str(config)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = run_scanner("--check-config", "--config", config, timeout=30)
     assert proc.returncode == 0, proc.stderr
     # 1 + 32 + 8, less the range endpoint 127.0.0.1:9 that is already an explicit target
     assert proc.stderr.endswith(": OK, 40 targets\n"), proc.stderr

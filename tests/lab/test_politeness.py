@@ -15,6 +15,7 @@ from scanner.config import Politeness, load_config
 from scanner.protocols import Protocol
 from scanner.results.sweep import ProtocolState, SweepResult
 from scanner.targets import expand
+from tests.lab.daemon import write_config
 from tests.lab.peers import CountingTLSServer
 from tests.lab.servers import LabCerts
 
@@ -41,9 +42,7 @@ def workers(request: pytest.FixtureRequest) -> int:
 
 def sweep(tmp_path: Path, text: str, workers: int) -> list[SweepResult]:
     """Load the config text and sweep every target once, as --once does."""
-    path = tmp_path / "endpoints.yaml"
-    path.write_text(f"workers: {workers}\n{text}")
-    config = load_config(path)
+    config = load_config(write_config(tmp_path / "endpoints.yaml", f"workers: {workers}\n{text}"))
     return asyncio.run(scan_round(config, expand(config), None, deep=False))[0]
 
 

@@ -7,18 +7,16 @@ import time
 
 import pytest
 
+from bench.servers import Endpoint, NginxServer, free_ports
 from scanner.config import HttpCheck, TargetConfig
 from scanner.engine.sweep import SweepEngine
 from scanner.protocols import ALL_PROTOCOLS, Protocol
 from scanner.results.sweep import ErrorReason, ProtocolState, SweepResult
 from tests.lab.servers import (
-    Endpoint,
     LabStack,
     NginxLabFactory,
-    NginxServer,
     closed_port,
     closing_server,
-    free_ports,
     garbage_server,
     plain_http_server,
     rst_server,

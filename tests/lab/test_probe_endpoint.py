@@ -17,15 +17,15 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-import yaml
 
+from bench.servers import NginxLab, NginxServer, free_ports
 from scanner.config import load_config
 from scanner.daemon.service import Service
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
-from tests.lab.daemon import Daemon, Scrape, promtool_check
+from tests.lab.daemon import Daemon, Scrape, promtool_check, write_config
 from tests.lab.dnslab import DnsLab, require_dnsmasq
-from tests.lab.servers import LabCerts, NginxLab, NginxServer, TLSServer, free_ports, require_nginx, tarpit
+from tests.lab.servers import LabCerts, TLSServer, require_nginx, tarpit
 
 ACCEPTED = "tls_scanner_protocol_accepted"
 SUCCESS = "tls_scanner_probe_success"
@@ -63,8 +63,7 @@ def _config(path: Path, dns: DnsLab, port: int, **extra: Any) -> Path:
         "targets": [{"name": "web", "host": "127.0.0.2", "port": port, "labels": {"team": "edge"}}],
         **extra,
     }
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
+    return write_config(path, document)
 
 
 @pytest.fixture(scope="module")
@@ -266,9 +265,7 @@ def test_refused_names_are_not_looked_up(probe_lab: ProbeLab) -> None:
 
 
 def _service(tmp_path: Path, document: dict[str, Any]) -> Service:
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return Service(load_config(path), str(tmp_path / "state.db"))
+    return Service(load_config(write_config(tmp_path / "c.yaml", document)), str(tmp_path / "state.db"))
 
 
 def test_scrape_timeout_bounds_a_slow_dns_lookup(probe_lab: ProbeLab, tmp_path: Path) -> None:
@@ -309,7 +306,7 @@ def test_reload_applies_probe_max_concurrent(probe_lab: ProbeLab, tmp_path: Path
         service = _service(tmp_path, document)
         try:
             document["probe"]["max_concurrent"] = 2
-            (tmp_path / "c.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+            write_config(tmp_path / "c.yaml", document)
             assert service.reload() is None
             assert service.config.probe.max_concurrent == 2
             results = await asyncio.gather(service.probe(spec, 1.5), service.probe(spec, 1.5))

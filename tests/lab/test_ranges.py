@@ -12,14 +12,13 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import yaml
 
 from scanner.protocols import Protocol
-from tests.lab.daemon import Daemon, Scrape, promtool_check, run_once, run_scanner
+from tests.lab.daemon import Daemons, Scrape, promtool_check, run_once, run_scanner
 from tests.lab.servers import LabCerts, TLSServer
 
 RANGE_ENDPOINTS = "tls_scanner_range_endpoints"
@@ -86,16 +85,6 @@ def listening(hosts: list[str]) -> tuple[Listeners, int]:
             continue
         return listeners, port
     raise RuntimeError("no port free on every host")
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    try:
-        yield started
-    finally:
-        for d in started:
-            d.stop()
 
 
 def test_check_config_counts_a_slash_8_without_listing_it(tmp_path: Path) -> None:
@@ -174,7 +163,7 @@ def test_once_on_small_ranges_v6_and_shared_addresses(tmp_path: Path) -> None:
 
 
 def test_daemon_over_a_slash_16_adds_and_retires_listeners(
-    tmp_certs: LabCerts, tmp_path: Path, daemons: list[Daemon]
+    tmp_certs: LabCerts, tmp_path: Path, start_daemon: Daemons
 ) -> None:
     hosts = [f"127.0.{i}.{(i * 7) % 250 + 1}" for i in range(1, 51)]
     listeners, port = listening(hosts)
@@ -187,9 +176,7 @@ def test_daemon_over_a_slash_16_adds_and_retires_listeners(
         }
         config.write_text(yaml.safe_dump(document))
         names = {f"{h}:{port}" for h in hosts} | {f"127.0.200.9:{tls.endpoint.port}"}
-        d = Daemon(config, tmp_path / "state.db", tmp_path / "daemon.log")
-        daemons.append(d)
-        d.start()
+        d = start_daemon(config)
 
         def found(expected: set[str]) -> Scrape:
             return d.wait_metrics(
@@ -227,7 +214,7 @@ def test_daemon_over_a_slash_16_adds_and_retires_listeners(
 
 
 def test_daemon_reload_relabels_found_endpoints_and_retires_a_removed_range(
-    tmp_path: Path, daemons: list[Daemon]
+    tmp_path: Path, start_daemon: Daemons
 ) -> None:
     listeners, port = listening(["127.0.3.2"])
     with listeners:
@@ -238,9 +225,7 @@ def test_daemon_reload_relabels_found_endpoints_and_retires_a_removed_range(
             config.write_text(yaml.safe_dump({"defaults": defaults, "targets": targets}))
 
         write([{"network": "127.0.3.0/28", "ports": [port], "labels": {"zone": "a"}}])
-        d = Daemon(config, tmp_path / "state.db", tmp_path / "daemon.log")
-        daemons.append(d)
-        d.start()
+        d = start_daemon(config)
         name = f"127.0.3.2:{port}"
         d.wait_metrics(lambda s: s.value("tls_scanner_scan_success", target=name, zone="a") is not None, 30, "found")
         write([{"network": "127.0.3.0/28", "ports": [port], "labels": {"zone": "b"}}])
@@ -257,26 +242,22 @@ def test_daemon_reload_relabels_found_endpoints_and_retires_a_removed_range(
 
 
 def test_state_of_an_endpoint_gone_while_the_daemon_was_down_is_retired_at_the_next_pass(
-    tmp_certs: LabCerts, tmp_path: Path, daemons: list[Daemon]
+    tmp_certs: LabCerts, tmp_path: Path, start_daemon: Daemons
 ) -> None:
     config = tmp_path / "c.yaml"
-    state = tmp_path / "state.db"
+    state = tmp_path / "state.db"  # start_daemon's default, under tmp_path
     with TLSServer({Protocol.TLSv1_2}, tmp_certs.server, host="127.0.4.2") as tls:
         name = f"127.0.4.2:{tls.endpoint.port}"
         defaults = {"interval": "1s", "timeout": "1s", "deep_interval": 0}
         targets = [{"network": "127.0.4.0/29", "ports": [tls.endpoint.port]}]
         config.write_text(yaml.safe_dump({"defaults": defaults, "targets": targets}))
-        first = Daemon(config, state, tmp_path / "first.log")
-        daemons.append(first)
-        first.start()
+        first = start_daemon(config)
         first.wait_metrics(lambda s: s.value("tls_scanner_protocol_accepted", target=name, protocol="TLSv1.2") == 1,
                            30, "the TLS server swept")  # fmt: skip
         first.stop()
     with contextlib.closing(sqlite3.connect(state)) as db:
         assert {t for (t,) in db.execute("SELECT DISTINCT target FROM protocol_state")} == {name}
-    second = Daemon(config, state, tmp_path / "second.log")
-    daemons.append(second)
-    second.start()
+    second = start_daemon(config)
     second.wait_metrics(
         lambda s: s.value(RANGE_ENDPOINTS, range="127.0.4.0/29", state="closed") == 8, 30, "the range passed"
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import re
 import shutil
@@ -17,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.servers import free_ports, wait_for
 from scanner.protocols import Protocol
-from tests.lab.daemon import until
-from tests.lab.servers import LabCerts, LabStack, closed_port, free_ports
+from tests.lab.daemon import answers_ok
+from tests.lab.servers import LabCerts, LabStack, closed_port
 from tests.lab.test_readme import blocks, section
 
 REPO = Path(__file__).resolve().parents[2]
@@ -193,21 +193,12 @@ def healthy(url: str) -> bool:
     match = re.fullmatch(r"(https?)://([^/]+):(\d+)/", url)
     assert match, url
     scheme, host, port = match.groups()
-    conn: http.client.HTTPConnection
     if scheme == "https":
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        conn = http.client.HTTPSConnection(host, int(port), timeout=2, context=context)
-    else:
-        conn = http.client.HTTPConnection(host, int(port), timeout=2)
-    try:
-        conn.request("GET", "/-/healthy")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
+        return answers_ok(int(port), "/-/healthy", host=host, tls=context)
+    return answers_ok(int(port), "/-/healthy", host=host)
 
 
 def serve_once(root: Path, log: Path, port: int, *extra: str) -> str:
@@ -224,7 +215,7 @@ def serve_once(root: Path, log: Path, port: int, *extra: str) -> str:
             found = re.search(r"serves (\S+/)", log.read_text())
             return found.group(1) if found and healthy(found.group(1)) else None
 
-        url = until(up, 30, "run.sh to print its URL and the daemon to answer on it")
+        url = wait_for(up, 30, what="run.sh to print its URL and the daemon to answer on it")
         assert url.endswith(f"127.0.0.1:{port}/")
     finally:
         if process.poll() is None:

@@ -10,7 +10,7 @@ import pytest
 
 from scanner.config import StartTls, load_config
 from scanner.errors import ConfigError
-from tests.lab.daemon import run_once, run_scanner
+from tests.lab.daemon import run_once, run_scanner, write_config
 from tests.lab.peers import smtp_server, smtp_tls_context
 from tests.lab.servers import LabCerts
 
@@ -35,11 +35,11 @@ def test_smtp_starttls_matrix_follows_the_servers_versions(
 ) -> None:
     rejected = sorted(set(PROTOCOLS) - accepted - {"SSLv2", "SSLv3"})
     with smtp_server(smtp_tls_context(tmp_certs.server, low, high)) as smtp:
-        config = tmp_path / "smtp.yaml"
-        config.write_text(
+        config = write_config(
+            tmp_path / "smtp.yaml",
             "targets:\n"
             f"  - host: 127.0.0.1\n    port: {smtp.port}\n    name: mail\n    starttls: smtp\n    timeout: 3s\n"
-            f"    expect: {{accept: [{', '.join(sorted(accepted))}], reject: [{', '.join(rejected)}]}}\n"
+            f"    expect: {{accept: [{', '.join(sorted(accepted))}], reject: [{', '.join(rejected)}]}}\n",
         )
         proc = run_once(config, "--format", "json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -57,12 +57,12 @@ def test_smtp_without_starttls_gives_errors_never_rejections(tmp_certs: LabCerts
     """An SMTP server that does not offer STARTTLS, and a STARTTLS server probed as if it spoke TLS directly."""
     modern = smtp_tls_context(tmp_certs.server, ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
     with smtp_server(None) as plain, smtp_server(modern) as capable:
-        config = tmp_path / "smtp.yaml"
-        config.write_text(
+        config = write_config(
+            tmp_path / "smtp.yaml",
             "defaults: {timeout: 1s}\n"  # SSLv2's hello reads the SMTP banner as a huge record and times out
             "targets:\n"
             f"  - {{name: no-starttls, host: 127.0.0.1, port: {plain.port}, starttls: smtp}}\n"
-            f"  - {{name: forgot-starttls, host: 127.0.0.1, port: {capable.port}}}\n"
+            f"  - {{name: forgot-starttls, host: 127.0.0.1, port: {capable.port}}}\n",
         )
         proc = run_once(config, "--format", "json")
     assert proc.returncode == 3, proc.stdout + proc.stderr  # incomplete: nothing could be determined
@@ -74,24 +74,22 @@ def test_smtp_without_starttls_gives_errors_never_rejections(tmp_certs: LabCerts
     assert forgot["error"].startswith("not a TLS server") and forgot["error_reason"] == "tls"
 
 
-def _config(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "endpoints.yaml"
-    path.write_text(text)
-    return path
-
-
 def test_every_starttls_value_is_accepted(tmp_path: Path) -> None:
     lines = [f"  - {{host: mail.lab.test, port: {1000 + i}, starttls: {v}}}" for i, v in enumerate(STARTTLS_VALUES)]
-    config = load_config(_config(tmp_path, "targets:\n" + "\n".join(lines) + "\n"))
+    config = load_config(write_config(tmp_path / "endpoints.yaml", "targets:\n" + "\n".join(lines) + "\n"))
     assert [t.starttls for t in config.targets] == [StartTls(v) for v in STARTTLS_VALUES]
     assert all(t.http is None for t in config.targets)
-    inherited = load_config(_config(tmp_path, "defaults: {starttls: imap}\ntargets: [mail.lab.test:143]\n"))
+    inherited = load_config(
+        write_config(tmp_path / "endpoints.yaml", "defaults: {starttls: imap}\ntargets: [mail.lab.test:143]\n")
+    )
     assert inherited.targets[0].starttls is StartTls.IMAP
 
 
 @pytest.mark.parametrize("value", ["smtps", "SMTP", "xmpp_server", "25", "true", "[smtp]"])
 def test_unknown_starttls_value_is_refused_at_its_line(tmp_path: Path, value: str) -> None:
-    path = _config(tmp_path, f"targets:\n  - host: mail.lab.test\n    port: 25\n    starttls: {value}\n")
+    path = write_config(
+        tmp_path / "endpoints.yaml", f"targets:\n  - host: mail.lab.test\n    port: 25\n    starttls: {value}\n"
+    )
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert caught.value.line == 4
@@ -99,7 +97,10 @@ def test_unknown_starttls_value_is_refused_at_its_line(tmp_path: Path, value: st
 
 
 def test_check_config_refuses_smtps_with_file_and_line(tmp_path: Path) -> None:
-    path = _config(tmp_path, "targets:\n  - mail.lab.test:587\n  - {host: mail.lab.test, port: 465, starttls: smtps}\n")
+    path = write_config(
+        tmp_path / "endpoints.yaml",
+        "targets:\n  - mail.lab.test:587\n  - {host: mail.lab.test, port: 465, starttls: smtps}\n",
+    )
     proc = run_scanner("--config", str(path), "--check-config")
     assert proc.returncode == 2
     assert f'{path}:3: starttls: expected one of {", ".join(STARTTLS_VALUES)}, got "smtps"' in proc.stderr
@@ -116,15 +117,16 @@ def test_check_config_refuses_smtps_with_file_and_line(tmp_path: Path) -> None:
     ids=["target-both", "target-both-reversed", "defaults-http", "defaults-starttls"],
 )
 def test_starttls_with_an_http_check_is_refused(tmp_path: Path, text: str, line: int) -> None:
-    path = _config(tmp_path, text)
+    path = write_config(tmp_path / "endpoints.yaml", text)
     with pytest.raises(ConfigError, match="endpoints do not speak HTTP") as caught:
         load_config(path)
     assert caught.value.line == line, str(caught.value)
 
 
 def test_starttls_target_may_switch_off_the_default_http_check(tmp_path: Path) -> None:
-    path = _config(
-        tmp_path, "defaults: {http: true}\ntargets:\n  - {host: mail.lab.test, starttls: smtp, http: false}\n"
+    path = write_config(
+        tmp_path / "endpoints.yaml",
+        "defaults: {http: true}\ntargets:\n  - {host: mail.lab.test, starttls: smtp, http: false}\n",
     )
     (target,) = load_config(path).targets
     assert target.starttls is StartTls.SMTP and target.http is None

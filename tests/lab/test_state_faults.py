@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.lab.daemon import REPO, Daemon, write_config
-from tests.lab.servers import NginxLabFactory, NginxServer, free_ports
+from bench.servers import NginxServer, free_ports
+from tests.lab.daemon import Daemons, lab_config, run_scanner, write_config
+from tests.lab.servers import NginxLabFactory
 
 NGINX_ALL = ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
 NGINX_MODERN = ["TLSv1.2", "TLSv1.3"]
@@ -42,34 +41,34 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-def test_a_full_disk_stops_no_sweep(nginx_lab: NginxLabFactory, small_disk: Path, tmp_path: Path) -> None:
+def test_a_full_disk_stops_no_sweep(
+    nginx_lab: NginxLabFactory, small_disk: Path, start_daemon: Daemons, tmp_path: Path
+) -> None:
     (port,) = free_ports(1)
     nginx = nginx_lab([NginxServer("web", port, NGINX_ALL)])
-    config = write_config(tmp_path / "c.yaml", [{"name": "web", "host": "127.0.0.1", "port": port}])
+    config = write_config(tmp_path / "c.yaml", lab_config([{"name": "web", "host": "127.0.0.1", "port": port}]))
     state = small_disk / "state.db"
-    daemon = Daemon(config, state, tmp_path / "daemon.log")
+    daemon = start_daemon(config, state=state)
     accepted = "tls_scanner_protocol_accepted"
-    with contextlib.ExitStack() as cleanup:
-        cleanup.callback(daemon.stop)
-        daemon.start()
-        daemon.wait_metrics(lambda s: s.value(accepted, target="web", protocol="TLSv1.0") == 1, 15, "TLS 1.0 accepted")
-        filler = fill(small_disk)
-        nginx.reload([NginxServer("web", port, NGINX_MODERN)])
-        scrape = daemon.wait_metrics(
-            lambda s: s.value(accepted, target="web", protocol="TLSv1.0") == 0, 15, "the flip, with the disk full"
-        )
-        assert scrape.value("tls_scanner_protocol_changes_total", target="web", protocol="TLSv1.0") == 1
-        scrape = daemon.wait_metrics(
-            lambda s: s.value("tls_scanner_state_writable") == 0, 15, "the failed write to be exported"
-        )
-        errors = scrape.value("tls_scanner_state_write_errors_total") or 0
-        assert errors >= 1
-        last = scrape.value("tls_scanner_last_scan_timestamp_seconds", target="web") or 0
-        daemon.wait_sweep("web", after=last, timeout=10)  # still sweeping
-        assert daemon.log_text().count("cannot write the state file") == 1  # once, not once per sweep
-        filler.unlink()
-        daemon.wait_metrics(lambda s: s.value("tls_scanner_state_writable") == 1, 30, "the state file to be written")
-        assert "writable again" in daemon.log_text()
+    daemon.wait_metrics(lambda s: s.value(accepted, target="web", protocol="TLSv1.0") == 1, 15, "TLS 1.0 accepted")
+    filler = fill(small_disk)
+    nginx.reload([NginxServer("web", port, NGINX_MODERN)])
+    scrape = daemon.wait_metrics(
+        lambda s: s.value(accepted, target="web", protocol="TLSv1.0") == 0, 15, "the flip, with the disk full"
+    )
+    assert scrape.value("tls_scanner_protocol_changes_total", target="web", protocol="TLSv1.0") == 1
+    scrape = daemon.wait_metrics(
+        lambda s: s.value("tls_scanner_state_writable") == 0, 15, "the failed write to be exported"
+    )
+    errors = scrape.value("tls_scanner_state_write_errors_total") or 0
+    assert errors >= 1
+    last = scrape.value("tls_scanner_last_scan_timestamp_seconds", target="web") or 0
+    daemon.wait_sweep("web", after=last, timeout=10)  # still sweeping
+    assert daemon.log_text().count("cannot write the state file") == 1  # once, not once per sweep
+    filler.unlink()
+    daemon.wait_metrics(lambda s: s.value("tls_scanner_state_writable") == 1, 30, "the state file to be written")
+    assert "writable again" in daemon.log_text()
+    daemon.stop()
     with sqlite3.connect(state) as db:
         rows = db.execute(
             "SELECT protocol, old, new FROM transition WHERE target = 'web' AND kind = 'handshake' ORDER BY id"
@@ -83,7 +82,9 @@ def test_a_full_disk_stops_no_sweep(nginx_lab: NginxLabFactory, small_disk: Path
 
 @pytest.mark.parametrize("case", ["directory", "missing parent"])
 def test_a_state_path_that_cannot_hold_the_file_exits_2_untouched(tmp_path: Path, case: str) -> None:
-    config = write_config(tmp_path / "c.yaml", [{"name": "web", "host": "127.0.0.1", "port": free_ports(1)[0]}])
+    config = write_config(
+        tmp_path / "c.yaml", lab_config([{"name": "web", "host": "127.0.0.1", "port": free_ports(1)[0]}])
+    )
     state = tmp_path / "state"
     if case == "directory":
         state.mkdir()
@@ -91,23 +92,7 @@ def test_a_state_path_that_cannot_hold_the_file_exits_2_untouched(tmp_path: Path
     else:
         state = tmp_path / "missing" / "state.db"
     listen = f"127.0.0.1:{free_ports(1)[0]}"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scanner",
-            "--config",
-            str(config),
-            "--state-file",
-            str(state),
-            "--web.listen-address",
-            listen,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    proc = run_scanner("--config", config, "--state-file", state, "--web.listen-address", listen, timeout=30)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("tls-scanner: ") and "directory" in proc.stderr and "Traceback" not in proc.stderr
     if case == "directory":

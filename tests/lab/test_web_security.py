@@ -10,15 +10,25 @@ import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import bcrypt
 import pytest
 
+from bench.certs import CertPaths
+from bench.servers import free_ports, wait_for
 from scanner.protocols import Protocol
-from tests.lab.daemon import REPO, Daemon, prometheus_query, prometheus_server, until, write_config
-from tests.lab.servers import CertPaths, LabCerts, LabStack, free_ports
+from tests.lab.daemon import (
+    REPO,
+    Daemon,
+    Daemons,
+    lab_config,
+    prometheus_query,
+    prometheus_server,
+    run_scanner,
+    write_config,
+)
+from tests.lab.servers import LabCerts, LabStack
 
 PASSWORD = "s3cret"
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
@@ -50,18 +60,13 @@ def client_tls(ca: Path, maximum: ssl.TLSVersion | None = None) -> ssl.SSLContex
 
 
 @pytest.fixture
-def secured(lab: LabStack, tmp_certs: LabCerts, tmp_path: Path) -> Iterator[Daemon]:
+def secured(lab: LabStack, tmp_certs: LabCerts, start_daemon: Daemons, tmp_path: Path) -> Daemon:
     """A daemon on HTTPS with basic auth, scanning one lab server named `web`."""
     server = lab.tls_server({Protocol.TLSv1_2, Protocol.TLSv1_3})
-    config = write_config(tmp_path / "c.yaml", [{"name": "web", "host": "127.0.0.1", "port": server.port}])
+    config = write_config(tmp_path / "c.yaml", lab_config([{"name": "web", "host": "127.0.0.1", "port": server.port}]))
     web_config = write_web_config(tmp_path / "web.yml", tmp_certs.server)
-    d = Daemon(config, tmp_path / "state.db", tmp_path / "daemon.log", "--web.config.file", str(web_config))
-    d.tls = client_tls(tmp_certs.ca.paths.cert)
-    d.authorization = basic("prometheus", PASSWORD)
-    try:
-        yield d.start()
-    finally:
-        d.stop()
+    tls, authorization = client_tls(tmp_certs.ca.paths.cert), basic("prometheus", PASSWORD)
+    return start_daemon(config, "--web.config.file", str(web_config), tls=tls, authorization=authorization)
 
 
 def test_every_endpoint_needs_the_password(secured: Daemon) -> None:
@@ -111,7 +116,7 @@ def test_certificate_rotation_on_sighup(secured: Daemon, tmp_certs: LabCerts, tm
     web_config = tmp_path / "web.yml"
     write_web_config(web_config, renewed)
     secured.send(signal.SIGHUP)
-    after = until(lambda: (s := served_serial()) != before and s, 10, "the renewed certificate to be served")
+    after = wait_for(lambda: (s := served_serial()) != before and s, 10, what="the renewed certificate to be served")
     assert after != before
     assert secured.get("/-/healthy")[0] == 200
     # A broken web config on reload keeps the one in force, and /-/reload says why.
@@ -123,17 +128,11 @@ def test_certificate_rotation_on_sighup(secured: Daemon, tmp_certs: LabCerts, tm
 
 
 def test_bad_web_config_exits_2_with_file_and_line(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "c.yaml", [{"host": "127.0.0.1", "port": 9}])
+    config = write_config(tmp_path / "c.yaml", lab_config([{"host": "127.0.0.1", "port": 9}]))
     web_config = tmp_path / "web.yml"
     web_config.write_text("tls_server_config:\n  cert_file: /nonexistent.pem\n  key_file: /nonexistent.key\n")
     for args in (["--check-config"], ["--web.listen-address", f"127.0.0.1:{free_ports(1)[0]}"]):
-        proc = subprocess.run(
-            [sys.executable, "-m", "scanner", "--config", str(config), "--web.config.file", str(web_config), *args],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        proc = run_scanner("--config", config, "--web.config.file", web_config, *args, timeout=30)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith(f"tls-scanner: {web_config}:2: "), proc.stderr
 
@@ -156,18 +155,14 @@ def test_real_prometheus_scrapes_over_https_with_basic_auth(
             answer = prometheus_query(port, 'up == 1 and on() count(tls_scanner_protocol_accepted{target="web"}) > 0')
             return answer is not None and answer.get("status") == "success" and bool(answer["data"]["result"])
 
-        until(up_and_scanned, 30, "Prometheus to scrape the daemon over HTTPS with basic auth (up == 1)")
+        wait_for(up_and_scanned, 30, what="Prometheus to scrape the daemon over HTTPS with basic auth (up == 1)")
 
 
 @pytest.fixture
-def plain(lab: LabStack, tmp_path: Path) -> Iterator[Daemon]:
+def plain(lab: LabStack, start_daemon: Daemons, tmp_path: Path) -> Daemon:
     server = lab.tls_server({Protocol.TLSv1_2, Protocol.TLSv1_3})
-    config = write_config(tmp_path / "c.yaml", [{"name": "web", "host": "127.0.0.1", "port": server.port}])
-    d = Daemon(config, tmp_path / "state.db", tmp_path / "daemon.log", "--log-level", "debug")
-    try:
-        yield d.start()
-    finally:
-        d.stop()
+    config = write_config(tmp_path / "c.yaml", lab_config([{"name": "web", "host": "127.0.0.1", "port": server.port}]))
+    return start_daemon(config, debug=True)
 
 
 def test_slow_clients_are_dropped(plain: Daemon) -> None:
@@ -225,7 +220,7 @@ def test_healthy_answers_while_scrapes_pile_up(plain: Daemon) -> None:
 
 def test_state_file_is_private_under_umask_000(lab: LabStack, tmp_path: Path) -> None:
     server = lab.tls_server({Protocol.TLSv1_2, Protocol.TLSv1_3})
-    config = write_config(tmp_path / "c.yaml", [{"name": "web", "host": "127.0.0.1", "port": server.port}])
+    config = write_config(tmp_path / "c.yaml", lab_config([{"name": "web", "host": "127.0.0.1", "port": server.port}]))
     state = tmp_path / "state" / "tls.db"
     state.parent.mkdir()
     (port,) = free_ports(1)
@@ -245,7 +240,7 @@ def test_state_file_is_private_under_umask_000(lab: LabStack, tmp_path: Path) ->
     ]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        until(lambda: len(list(state.parent.iterdir())) == 3 or None, 15, "the state file and its WAL")
+        wait_for(lambda: len(list(state.parent.iterdir())) == 3 or None, 15, what="the state file and its WAL")
         modes = {p.name: p.stat().st_mode & 0o777 for p in state.parent.iterdir()}
     finally:
         process.send_signal(signal.SIGTERM)

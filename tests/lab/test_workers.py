@@ -7,42 +7,12 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-import yaml
-
+from bench.servers import alive, child_pids, wait_for
 from scanner.protocols import Protocol as P
-from tests.lab.daemon import Daemon, established_connections, run_once, until
-from tests.lab.servers import LabStack, alive, child_pids, tarpit
-
-DaemonFactory = Callable[..., Daemon]
-
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonFactory]:
-    started: list[Daemon] = []
-
-    def start(config: Path) -> Daemon:
-        d = Daemon(config, tmp_path / "state.db", tmp_path / f"daemon-{len(started)}.log", "--log-level", "debug")
-        started.append(d)
-        return d.start()
-
-    yield start
-    for d in started:
-        d.stop()
-
-
-def write(path: Path, workers: int | str, targets: list[dict[str, Any]], **defaults: Any) -> Path:
-    document = {
-        "workers": workers,
-        "defaults": {"interval": "1s", "timeout": "2s", "deep_interval": 0, **defaults},
-        "targets": targets,
-    }
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
+from tests.lab.daemon import Daemons, established_connections, lab_config, run_once, write_config
+from tests.lab.servers import LabStack, tarpit
 
 
 def test_workers_give_the_same_matrix_as_one_process(lab: LabStack, tmp_path: Path) -> None:
@@ -52,7 +22,9 @@ def test_workers_give_the_same_matrix_as_one_process(lab: LabStack, tmp_path: Pa
     targets = [{"name": f"s{i}", "host": "127.0.0.1", "port": s.port} for i, s in enumerate(servers)]
     answers = {}
     for workers in (0, 2):
-        run = run_once(write(tmp_path / f"w{workers}.yaml", workers, targets), "--format", "json")
+        run = run_once(
+            write_config(tmp_path / f"w{workers}.yaml", {"workers": workers, **lab_config(targets)}), "--format", "json"
+        )
         assert run.returncode == 0, run.stderr
         answers[workers] = {t["name"]: t["protocols"] for t in json.loads(run.stdout)["targets"]}
     assert answers[2] == answers[0]
@@ -61,7 +33,7 @@ def test_workers_give_the_same_matrix_as_one_process(lab: LabStack, tmp_path: Pa
 
 
 def test_a_killed_worker_is_an_error_not_a_rejection_and_is_replaced(
-    lab: LabStack, daemon: DaemonFactory, tmp_path: Path
+    lab: LabStack, start_daemon: Daemons, tmp_path: Path
 ) -> None:
     """SIGKILL every worker while a tarpit holds a sweep: that sweep is an error, the TLS server's versions never
     flip, new workers are started and sweeping goes on."""
@@ -71,9 +43,9 @@ def test_a_killed_worker_is_an_error_not_a_rejection_and_is_replaced(
         {"name": "pit", "host": "127.0.0.1", "port": pit.port},
         {"name": "good", "host": "127.0.0.1", "port": good.port},
     ]
-    d = daemon(write(tmp_path / "c.yaml", 2, targets, timeout="5s"))
+    d = start_daemon(write_config(tmp_path / "c.yaml", {"workers": 2, **lab_config(targets, timeout="5s")}), debug=True)
     d.wait_sweep("good")
-    until(lambda: established_connections(d.pid, pit.port) > 0, 10, "a worker to hang on the tarpit")
+    wait_for(lambda: established_connections(d.pid, pit.port) > 0, 10, what="a worker to hang on the tarpit")
     before = child_pids(d.pid)
     assert len(before) == 2
     for pid in before:
@@ -82,7 +54,7 @@ def test_a_killed_worker_is_an_error_not_a_rejection_and_is_replaced(
     scrape = d.wait_sweep("pit", after=killed_at - 5, timeout=15)
     assert scrape.value("tls_scanner_scan_success", target="pit") == 0.0
     assert scrape.value("tls_scanner_protocol_accepted", target="pit", protocol="TLSv1.2", address="127.0.0.1") is None
-    until(lambda: len([p for p in child_pids(d.pid) if p not in before]) == 2, 10, "two new workers")
+    wait_for(lambda: len([p for p in child_pids(d.pid) if p not in before]) == 2, 10, what="two new workers")
     scrape = d.wait_sweep("good", after=time.time(), timeout=15)
     for protocol in ("TLSv1.2", "TLSv1.3"):
         labels = {"target": "good", "protocol": protocol, "address": "127.0.0.1"}
@@ -96,35 +68,42 @@ def test_a_killed_worker_is_an_error_not_a_rejection_and_is_replaced(
     assert "Traceback" not in log
 
 
-def test_no_worker_outlives_the_daemon(lab: LabStack, daemon: DaemonFactory, tmp_path: Path) -> None:
+def test_no_worker_outlives_the_daemon(lab: LabStack, start_daemon: Daemons, tmp_path: Path) -> None:
     """SIGTERM: exit 0 with every worker gone; SIGKILL of the daemon: its workers see their stdin close and exit."""
     server = lab.tls_server({P.TLSv1_2, P.TLSv1_3})
-    config = write(tmp_path / "c.yaml", 2, [{"name": "t", "host": "127.0.0.1", "port": server.port}])
-    first = daemon(config)
+    config = write_config(
+        tmp_path / "c.yaml", {"workers": 2, **lab_config([{"name": "t", "host": "127.0.0.1", "port": server.port}])}
+    )
+    first = start_daemon(config, debug=True)
     first.wait_sweep("t")
     workers = child_pids(first.pid)
     assert len(workers) == 2
     first.send(signal.SIGTERM)
     assert first.wait(10) == 0, first.log_text()[-2000:]
-    until(lambda: not any(alive(pid) for pid in workers), 5, "the workers to exit after SIGTERM")
+    wait_for(lambda: not any(alive(pid) for pid in workers), 5, what="the workers to exit after SIGTERM")
 
-    second = daemon(config)
+    second = start_daemon(config, debug=True)
     second.wait_sweep("t")
     workers = child_pids(second.pid)
     assert len(workers) == 2
     second.send(signal.SIGKILL)
     second.wait(5)
-    until(lambda: not any(alive(pid) for pid in workers), 5, "the workers to exit after the daemon's SIGKILL")
+    wait_for(lambda: not any(alive(pid) for pid in workers), 5, what="the workers to exit after the daemon's SIGKILL")
 
 
-def test_ctrl_c_to_the_process_group_stops_cleanly(lab: LabStack, daemon: DaemonFactory, tmp_path: Path) -> None:
+def test_ctrl_c_to_the_process_group_stops_cleanly(lab: LabStack, start_daemon: Daemons, tmp_path: Path) -> None:
     """SIGINT to the whole group (a terminal's Ctrl-C): the workers ignore it, the daemon stops them itself."""
     server = lab.tls_server({P.TLSv1_2, P.TLSv1_3})
-    d = daemon(write(tmp_path / "c.yaml", 2, [{"name": "t", "host": "127.0.0.1", "port": server.port}]))
+    d = start_daemon(
+        write_config(
+            tmp_path / "c.yaml", {"workers": 2, **lab_config([{"name": "t", "host": "127.0.0.1", "port": server.port}])}
+        ),
+        debug=True,
+    )
     d.wait_sweep("t")
     workers = child_pids(d.pid)
     for pid in (*workers, d.pid):
         os.kill(pid, signal.SIGINT)
     assert d.wait(10) == 0, d.log_text()[-2000:]
     assert "Traceback" not in d.log_text()
-    until(lambda: not any(alive(pid) for pid in workers), 5, "the workers to exit")
+    wait_for(lambda: not any(alive(pid) for pid in workers), 5, what="the workers to exit")

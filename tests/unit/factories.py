@@ -1,4 +1,4 @@
-"""Build SweepResult values by hand, for unit tests of the stages after the probe."""
+"""Build SweepResult values by hand, for unit tests of the stages after the sweep engine."""
 
 from __future__ import annotations
 
