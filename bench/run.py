@@ -5,6 +5,7 @@ daemon: the daemon on N targets; time until every target has a result, RSS, /met
 web:    slowloris connections and a storm of concurrent scrapes; /-/healthy latency meanwhile (bench/web.py).
 wan:    --once on N endpoints behind a loopback delay proxy (bench/wan.py); sslyze CLI and sslscan on a subset.
 bursts: two daemons on N targets, with and without burst re-probing, as TLS 1.0 flips on 100 (bench/bursts.py).
+ranges: network ranges: --check-config on a /8, --once over a /14, a daemon over a /16 (bench/ranges.py).
 
 Loopback only; every process started here is stopped by its pid; benchmarks run one after the other.
 """
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import wan, web  # noqa: E402
+from bench import ranges, wan, web  # noqa: E402
 from bench.servers import NginxError, NginxLab, NginxServer, child_pids, free_ports, stop_process, wait_for  # noqa: E402
 from scanner.protocols import ALL_PROTOCOLS, Protocol  # noqa: E402
 
@@ -912,7 +913,7 @@ def _busy() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["once", "daemon", "web", "wan", "bursts", "all"])
+    parser.add_argument("which", choices=["once", "daemon", "web", "wan", "bursts", "ranges", "all"])
     parser.add_argument(
         "--endpoints", type=int, default=None, help="once: nginx server blocks (default 40); wan: endpoints (500)"
     )
@@ -930,8 +931,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--peer-root", type=Path, default=None, help="web, wan: another tree to measure side by side (e.g. HEAD)"
     )
     parser.add_argument(
-        "--compare", action="append", default=[], metavar="LABEL=DIR", help="wan: more trees, run by run alongside"
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="wan, ranges: more trees, run by run alongside",
     )
+    parser.add_argument("--listeners", type=int, default=1, help="ranges: listeners in the /14 (default 1)")
+    parser.add_argument("--rounds", type=int, default=10, help="ranges: daemon re-discovery rounds (default 10)")
+    parser.add_argument("--check-timeout", type=float, default=30, help="ranges: cap on a --check-config run (s)")
+    parser.add_argument("--part", choices=["check-config", "once", "daemon"], default=None, help="ranges: only this")
     parser.add_argument("--rtt-ms", type=float, default=100.0, help="wan: round-trip time of the delay proxy")
     parser.add_argument("--subset", type=int, default=20, help="wan: endpoints for the sslyze/sslscan ratio")
     parser.add_argument("--concurrency", type=int, default=None, help="wan: `concurrency:` in the config")
@@ -989,6 +998,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import bursts
 
         results["bursts"] = bursts.bench_bursts(args)
+    if args.which == "ranges":
+        roots = {"this": SCANNER_ROOT}
+        for spec in args.compare:
+            label, _, root = spec.partition("=")
+            roots[label] = Path(root).resolve()
+        results["ranges"] = ranges.bench_ranges(
+            roots, args.listeners, args.repeat, args.rounds, args.check_timeout, args.part
+        )
     results["total_s"] = time.monotonic() - started
     results["load_after"] = _busy()
     path = save(args.which, results)

@@ -14,13 +14,15 @@ from typing import TextIO
 from scanner import __version__
 from scanner.config import Config, TargetConfig, load_config, parse_config
 from scanner.daemon.pool import Sweeper, make_sweeper, worker_count
-from scanner.errors import ConfigError, StateFileError
+from scanner.daemon.ranges import Discovery, passes, workload
+from scanner.errors import ConfigError, StateFileError, WorkerError
 from scanner.logs import setup_logging
 from scanner.output.report import render_json, render_table
 from scanner.results.deep import DeepResult
+from scanner.results.ranges import RangePass
 from scanner.results.sweep import SweepResult
 from scanner.state.policy import verdict
-from scanner.targets import ALL, Shard, expand
+from scanner.targets import ALL, Shard, block_endpoints, count_endpoints, expand, range_blocks
 from scanner.tiers.deep import once as deep_once
 from scanner.web.config import load_web_config
 
@@ -200,8 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ExitCode.USAGE
     shard = args.shard or ALL
     if args.check_config:
-        count = len(expand(config, shard))
-        print(f"{config.path}: OK, {count} targets{' on this shard' if args.shard else ''}", file=sys.stderr)
+        print(f"{config.path}: OK, {checked_count(config, args.shard)}", file=sys.stderr)
         return ExitCode.OK
     if args.once:
         output_format = DEFAULT_FORMAT if args.format is None else args.format
@@ -219,22 +220,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     return ExitCode.OK
 
 
+# --check-config --shard counts this shard's range endpoints one by one up to this many in all, else estimates them.
+EXACT_SHARD_COUNT = 65536
+
+
+def checked_count(config: Config, shard: Shard | None) -> str:
+    """What --check-config says it found: the targets, range endpoints included, counted without listing them."""
+    if shard is None:
+        return f"{count_endpoints(config)} targets"
+    mine = len(expand(config, shard))
+    ranged = count_endpoints(config) - len(config.targets)
+    if ranged and sum(entry.size for entry in config.ranges) > EXACT_SHARD_COUNT:
+        return f"{mine} targets and about {ranged // shard.count} of {ranged} range endpoints on this shard"
+    mine += sum(1 for block in range_blocks(config, shard) for _ in block_endpoints(block))
+    return f"{mine} targets on this shard"
+
+
 def run_once(
     config: Config, output_format: str, out: TextIO, progress: TextIO, shard: Shard = ALL, deep: bool = False
 ) -> int:
     """Sweep every target once (with `deep`, deep-scan it too), print the report, and return the exit code."""
     targets = expand(config, shard)
-    sweeps, deep_results = asyncio.run(scan_round(config, targets, progress if progress.isatty() else None, deep))
+    tty = progress if progress.isatty() else None
+    try:
+        sweeps, deep_results, ranges = asyncio.run(scan_round(config, targets, tty, deep, shard))
+    except (WorkerError, OSError) as exc:  # a range's discovery could not finish: no report rather than half of one
+        print(f"tls-scanner: {exc}", file=progress)
+        return ExitCode.INCOMPLETE
     if output_format == "json":
-        out.write(render_json(sweeps, deep_results))
+        out.write(render_json(sweeps, deep_results, ranges))
     elif output_format == "prometheus":
         from scanner.output.metrics import (
             render_sweeps,
         )  # only this format needs prometheus_client: keep start-up short
 
-        out.write(render_sweeps(sweeps, shard=None if shard is ALL else shard, deep=deep_results))
+        out.write(render_sweeps(sweeps, shard=None if shard is ALL else shard, deep=deep_results, ranges=ranges))
     else:
-        out.write(render_table(sweeps, deep_results))
+        out.write(render_table(sweeps, deep_results, ranges))
     if any(not verdict(s).met for s in sweeps if not s.closed):
         return ExitCode.VIOLATED
     if any(not s.complete for s in sweeps if not s.closed):
@@ -245,14 +267,23 @@ def run_once(
 
 
 async def scan_round(
-    config: Config, targets: Sequence[TargetConfig], progress: TextIO | None, deep: bool
-) -> tuple[list[SweepResult], dict[str, DeepResult] | None]:
-    """One round over every target; with `deep`, then a deep scan of each swept target (not deep_interval 0)."""
-    workers = worker_count(config.workers, len(targets))
+    config: Config, targets: Sequence[TargetConfig], progress: TextIO | None, deep: bool, shard: Shard = ALL
+) -> tuple[list[SweepResult], dict[str, DeepResult] | None, dict[str, RangePass]]:
+    """One round over every target, after a discovery pass over the ranges (whose endpoints that accept TCP are
+    swept too); with `deep`, then a deep scan of each swept target (not deep_interval 0)."""
+    workers = worker_count(config.workers, workload(config, shard) if config.ranges else len(targets))
     sweeper = make_sweeper(workers, config.concurrency, config.politeness, config.resolver)
     try:
+        rounds = []
+        if config.ranges:
+            if progress is not None:
+                progress.write(f"discovering {len(config.ranges)} range(s)\n")
+            rounds = await Discovery(sweeper, config.concurrency, config.politeness).all(config, shard)
+            names = {t.name for t in targets}
+            found = [t for r in rounds for t in r.targets() if t.name not in names]
+            targets = [*targets, *{t.name: t for t in found}.values()]
         sweeps = await sweep_all(sweeper, config, targets, progress)
-        return sweeps, (await deep_once(sweeper, sweeps) if deep else None)
+        return sweeps, (await deep_once(sweeper, sweeps) if deep else None), passes(rounds)
     finally:
         await sweeper.shutdown()
 

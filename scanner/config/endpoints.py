@@ -50,7 +50,15 @@ from scanner.config.nodes import (
 )
 from scanner.config.policies import check_expect
 from scanner.config.profiles import config_profiles, profiles_in_force
-from scanner.config.settings import LAYER_KEYS, LAYER_PARSERS, Given, Layer, expect_of, target_settings
+from scanner.config.settings import (
+    LAYER_KEYS,
+    LAYER_PARSERS,
+    RANGE_ONLY_KEYS,
+    Given,
+    Layer,
+    expect_of,
+    target_settings,
+)
 from scanner.config.source import MAX_CONFIG_BYTES, STDIN, TOO_LARGE, read_file, read_stdin
 from scanner.errors import ConfigError
 from scanner.hostport import join_host_port
@@ -58,7 +66,7 @@ from scanner.hostport import join_host_port
 _RESOLVER_KEYS = ("nameservers", "timeout")
 _PROBE_KEYS = ("allow", "max_concurrent")
 _POLITENESS_KEYS = ("connections_per_address", "connections_per_second")
-_TARGET_KEYS = ("host", "port", "name", "sni", "address", *LAYER_KEYS)
+_TARGET_KEYS = ("host", "port", "name", "sni", "address", *(k for k in LAYER_KEYS if k not in RANGE_ONLY_KEYS))
 _RANGE_KEYS = ("network", "ports", *LAYER_KEYS)
 
 

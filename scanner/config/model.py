@@ -18,6 +18,7 @@ DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_RANGE_ENDPOINTS = 65536  # a /16 on one port
 DEFAULT_CONFIRM_SWEEPS = 2
+DEFAULT_RANGE_INTERVAL = 3600.0  # between discovery passes over a `network:` range
 DEFAULT_DEEP_INTERVAL = 6 * 3600.0  # the deep tier (certificates, cipher suites); 0 turns it off
 DEFAULT_BURST_INTERVAL = 2.0  # re-probes of a flipped (address, version); 0 turns bursts off
 DEFAULT_BURST_FOR = 600.0  # how long a burst lasts at most, unless the version flips back first
@@ -149,6 +150,7 @@ class TargetConfig:
     burst_for: float = DEFAULT_BURST_FOR  # seconds a burst goes on at most
     pattern_window: float = DEFAULT_PATTERN_WINDOW  # refusal windows ended within it count towards "periodic"
     permanent_after: float = DEFAULT_PERMANENT_AFTER  # an open refusal window older than this is "permanent"
+    range_interval: float = DEFAULT_RANGE_INTERVAL  # ranges and defaults only: seconds between discovery passes
 
 
 @dataclass(frozen=True)

@@ -288,6 +288,7 @@ LAYER_PARSERS: dict[str, typing.Callable[[yaml.Node], typing.Any]] = {
     "burst_for": lambda node: duration_value(node, "burst_for"),
     "pattern_window": lambda node: _span(node, "pattern_window"),
     "permanent_after": lambda node: _span(node, "permanent_after"),
+    "range_interval": lambda node: duration_value(node, "range_interval"),
 }
 # Keys whose default and target values combine instead of the target's replacing the default's.
 _MERGED: dict[str, typing.Callable[[Given | None, Given | None], typing.Any]] = {
@@ -295,3 +296,4 @@ _MERGED: dict[str, typing.Callable[[Given | None, Given | None], typing.Any]] = 
     "labels": _merge_labels,
 }
 LAYER_KEYS = tuple(LAYER_PARSERS)
+RANGE_ONLY_KEYS = ("range_interval",)  # in defaults and ranges only: a target has no range to discover

@@ -32,7 +32,9 @@ from scanner.engine.locate import Located, locate
 from scanner.errors import WorkerError
 from scanner.logs import JsonFormatter
 from scanner.results.deep import DeepResult
+from scanner.results.ranges import Discovered
 from scanner.results.sweep import ErrorReason, SweepResult, ended_sweep
+from scanner.targets import RangeBlock
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,14 @@ class DeepRequest:
 
 
 @dataclass(frozen=True)
+class DiscoverRequest:
+    """Connect to the block's endpoints (scanner.daemon.ranges): one block at a time per worker."""
+
+    id: int
+    block: RangeBlock
+
+
+@dataclass(frozen=True)
 class Cancel:
     id: int
 
@@ -134,7 +144,7 @@ class Stop:
 @dataclass(frozen=True)
 class Reply:
     id: int
-    result: SweepResult | DeepResult | None
+    result: SweepResult | DeepResult | Discovered | None
     error: str | None = None  # the sweep raised (a bug, logged by the worker): result is None
 
 
@@ -158,8 +168,8 @@ async def read_frame(reader: asyncio.StreamReader) -> object | None:
 
 @dataclass
 class _Pending:
-    future: asyncio.Future[SweepResult | DeepResult]
-    request: SweepRequest | DeepRequest
+    future: asyncio.Future[SweepResult | DeepResult | Discovered]
+    request: SweepRequest | DeepRequest | DiscoverRequest
 
 
 @dataclass
@@ -186,6 +196,7 @@ class WorkerPool:
         )
         self._workers = [_Worker(i) for i in range(count)]
         self._ids = itertools.count()
+        self._dealt = itertools.count()  # discovery blocks handed out
         self._stopping = False
         self._spawning = 0  # worker starts in progress, with the stop signals blocked here
         self._closing = False
@@ -214,18 +225,28 @@ class WorkerPool:
         assert isinstance(result, DeepResult)
         return replace(result, target=target)
 
-    async def _ask(self, route: str | None, request: SweepRequest | DeepRequest) -> SweepResult | DeepResult:
-        """Send the request to the worker `route` hashes to (None: the first) and wait for its reply."""
+    async def discover(self, block: RangeBlock) -> Discovered:
+        """Discovery of one block in a worker process, blocks dealt to the workers in turn."""
+        request = DiscoverRequest(next(self._ids), block)
+        result = await self._ask(None, request, index=next(self._dealt) % len(self._workers))
+        assert isinstance(result, Discovered)
+        return result
+
+    async def _ask(
+        self, route: str | None, request: SweepRequest | DeepRequest | DiscoverRequest, index: int | None = None
+    ) -> SweepResult | DeepResult | Discovered:
+        """Send the request to worker `index`, else the one `route` hashes to (None: the first); wait for its reply."""
         if self._starting is None:
             self._starting = asyncio.create_task(self._start_all())
-        index = 0 if route is None else zlib.crc32(route.encode()) % len(self._workers)
+        if index is None:
+            index = 0 if route is None else zlib.crc32(route.encode()) % len(self._workers)
         worker = self._workers[index]
         await worker.started.wait()
         if self._closing:
             return _failed(request, "the worker processes are stopping")
         if worker.process is None:
             return _failed(request, f"worker process {index} could not be started")
-        future: asyncio.Future[SweepResult | DeepResult] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[SweepResult | DeepResult | Discovered] = asyncio.get_running_loop().create_future()
         worker.pending[request.id] = _Pending(future, request)
         self._send(worker, request)
         try:
@@ -301,7 +322,10 @@ class WorkerPool:
         code = await process.wait()
         for pending in worker.pending.values():
             if not pending.future.done():
-                pending.future.set_result(_failed(pending.request, f"worker process exited with code {code}"))
+                try:
+                    pending.future.set_result(_failed(pending.request, f"worker process exited with code {code}"))
+                except WorkerError as exc:
+                    pending.future.set_exception(exc)
         worker.pending.clear()
         if self._closing:
             return
@@ -334,8 +358,10 @@ class WorkerPool:
                 await worker.reader
 
 
-def _failed(request: SweepRequest | DeepRequest, why: str) -> SweepResult | DeepResult:
+def _failed(request: SweepRequest | DeepRequest | DiscoverRequest, why: str) -> SweepResult | DeepResult | Discovered:
     """The error result of a request its worker could not answer: never a verdict on the target."""
+    if isinstance(request, DiscoverRequest):  # no partial answer: the range is discovered again next time
+        raise WorkerError(f"discovery of {request.block.network}: {why}")
     if isinstance(request, SweepRequest):
         located = request.located
         return ended_sweep(

@@ -116,6 +116,8 @@ class Scheduler:
         fresh = [t for t in targets if t.name not in self._entries]
         if self._first_round is None and not self.running:
             self._first_round = {t.name: None for t in fresh}
+        elif self._first_round == {}:  # there was nothing to sweep (ranges not yet discovered): the first found are
+            self._first_round = {t.name: None for t in fresh}
         spread = max(1.0, len(fresh) / FIRST_ROUND_RATE)
         for target in targets:
             existing = self._entries.get(target.name)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Histogram, PlatformCollector, P
 from scanner.config import AddressMode, Config, SafeConfig, TargetConfig, is_ip
 from scanner.daemon.memory import trim_periodically
 from scanner.daemon.pool import make_sweeper, worker_count
+from scanner.daemon.ranges import Discovery, RangeWatcher, workload
 from scanner.daemon.scheduler import Scheduler
 from scanner.daemon.watch import Reload, watch_files
 from scanner.engine.resolve import resolve
@@ -60,9 +61,12 @@ class Service:
         self.web = WebGuard(web_config or WebConfig(path=""))
         self.shard = shard
         self.store = ResultStore(state_file)
-        self.workers = worker_count(config.workers, len(self.targets))
+        self.workers = worker_count(config.workers, workload(config, shard or ALL))
         self.engine = make_sweeper(self.workers, config.concurrency, config.politeness, config.resolver)
         self.scheduler = Scheduler(self.engine, self.store)
+        discovery = Discovery(self.engine, config.concurrency, config.politeness)
+        self.ranges = RangeWatcher(discovery, config, shard or ALL, changed=self._apply_targets)
+        self._ranged: set[str] = set()  # names of the range endpoints that are targets now
         self.process_registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.process_registry)
         PlatformCollector(registry=self.process_registry)
@@ -73,7 +77,11 @@ class Service:
             registry=self.process_registry,
         )
         self.metrics = ScannerMetrics(
-            self.store, self.safe_config, shard, also=lambda: generate_latest(self.process_registry)
+            self.store,
+            self.safe_config,
+            shard,
+            also=lambda: generate_latest(self.process_registry),
+            ranges=self.ranges.passes,
         )
         self._probes = asyncio.Semaphore(config.probe.max_concurrent)
 
@@ -83,15 +91,34 @@ class Service:
 
     @property
     def targets(self) -> tuple[TargetConfig, ...]:
-        return expand(self.config, self.shard or ALL)
+        """The explicit targets of this shard, then the range endpoints found open (a name once)."""
+        explicit = expand(self.config, self.shard or ALL)
+        names = {t.name for t in explicit}
+        found = {t.name: t for t in self.ranges.targets() if t.name not in names}
+        return (*explicit, *found.values())
 
-    def start(self) -> None:
-        _warn_if_open(self.config)
+    def _apply_targets(self) -> tuple[TargetConfig, ...]:
+        """Hand the targets to the store and the scheduler; range endpoints no longer open are retired with their
+        series and state."""
         targets = self.targets
         self.store.set_targets(targets)
         self.scheduler.apply(targets)
+        ranged = {t.name for t in targets if t.range is not None}
+        # Also what an earlier run kept of endpoints a pass has now found closed or silent (state file rows).
+        retired = (self._ranged - ranged) | {n for n in self.store.remembered() if self.ranges.covers(n)}
+        self._ranged = ranged
+        if retired:
+            self.store.forget(retired)
+            log.info("retired %d range endpoints that no longer accept TCP", len(retired))
+        return targets
+
+    def start(self) -> None:
+        _warn_if_open(self.config)
+        targets = self._apply_targets()
+        self.ranges.start()
         where = f"{self.workers} worker processes" if self.workers else "this process"
-        log.info("scanning %d targets from %s, handshakes in %s", len(targets), self.config.path, where)
+        ranges = f" and {len(self.config.ranges)} ranges to discover" if self.config.ranges else ""
+        log.info("scanning %d targets%s from %s, handshakes in %s", len(targets), ranges, self.config.path, where)
 
     def reload(self) -> str | None:
         """Re-read the config and the web config; a bad one changes nothing. Returns the errors, or None."""
@@ -134,8 +161,9 @@ class Service:
             self._probes = asyncio.Semaphore(config.probe.max_concurrent)
         self.engine.resolver = config.resolver
         _warn_if_open(config)
-        targets = self.targets
-        workers = worker_count(config.workers, len(targets))
+        self.ranges.update(config)
+        targets = self._apply_targets()
+        workers = worker_count(config.workers, workload(config, self.shard or ALL))
         if workers != self.workers:
             log.warning(
                 "%d targets call for %d worker processes (%d now): that takes a restart",
@@ -143,8 +171,6 @@ class Service:
                 workers,
                 self.workers,
             )
-        self.store.set_targets(targets)
-        self.scheduler.apply(targets)
         log.info("config reloaded: %d targets", len(targets))
         return None
 
@@ -188,6 +214,7 @@ class Service:
         return 200, render_probe(sweep)
 
     async def stop_scanning(self) -> None:
+        await self.ranges.stop()
         self.engine.stop()
         await self.scheduler.stop()
         await self.engine.shutdown()
@@ -270,7 +297,7 @@ async def _serve(
         reload=service.reload,
         ready=lambda: service.scheduler.running,
         probe=service.probe,
-        configured=lambda: expand(service.config),
+        configured=lambda: (*expand(service.config), *service.ranges.targets()),
     )
     runner = make_runner(make_app(state, service.web))
     try:

@@ -11,12 +11,14 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from scanner.daemon.memory import trim_periodically
 from scanner.daemon.pool import (
     STOP_SIGNALS,
     Cancel,
     DeepRequest,
+    DiscoverRequest,
     Reply,
     Settings,
     Stop,
@@ -24,8 +26,11 @@ from scanner.daemon.pool import (
     frame,
     read_frame,
 )
-from scanner.engine.sweep import SweepEngine
+from scanner.daemon.ranges import discover_in_thread
 from scanner.logs import setup_logging
+
+if TYPE_CHECKING:
+    from scanner.engine.sweep import SweepEngine
 
 log = logging.getLogger(__name__)
 
@@ -53,41 +58,65 @@ async def _serve(replies: object) -> None:
     if not isinstance(settings, Settings):
         return  # the parent went away before it said anything
     setup_logging(logging.getLevelName(settings.log_level), "json" if settings.json_logs else "text")
-    engine = SweepEngine(settings.concurrency, settings.politeness)
+    engines: list[SweepEngine] = []  # made on the first sweep: a worker that only discovers never loads sslyze
     tasks: dict[int, asyncio.Task[None]] = {}
+    stopping = False
+    one_block = asyncio.Lock()  # one discovery block at a time, within this worker's share of `concurrency`
     trimmer = asyncio.create_task(trim_periodically())
 
-    async def answer(request: SweepRequest | DeepRequest) -> None:
+    def engine() -> SweepEngine:
+        if not engines:
+            from scanner.engine.sweep import SweepEngine
+
+            engines.append(SweepEngine(settings.concurrency, settings.politeness))
+            if stopping:
+                engines[0].stop()
+        return engines[0]
+
+    async def discover(request: DiscoverRequest) -> Reply:
+        async with one_block:
+            found = await discover_in_thread(request.block, settings.concurrency, settings.politeness, lambda: stopping)
+        return Reply(request.id, found)
+
+    async def answer(request: SweepRequest | DeepRequest | DiscoverRequest) -> None:
         try:
             if isinstance(request, SweepRequest):
-                reply = Reply(request.id, await engine.sweep_located(request.target, request.located))
+                reply = Reply(request.id, await engine().sweep_located(request.target, request.located))
+            elif isinstance(request, DeepRequest):
+                reply = Reply(request.id, await engine().deep(request.target, request.addresses))
             else:
-                reply = Reply(request.id, await engine.deep(request.target, request.addresses))
+                reply = await discover(request)
         except asyncio.CancelledError:
             return
         except Exception as exc:  # a bug: logged here with its traceback, reported to the parent as an error
-            log.exception("sweep of %s failed", request.target.name)
+            what = request.block.network if isinstance(request, DiscoverRequest) else request.target.name
+            log.exception("%s of %s failed", type(request).__name__.removesuffix("Request").lower(), what)
             reply = Reply(request.id, None, f"{type(exc).__name__}: {exc}")
         finally:
             tasks.pop(request.id, None)
         writer.write(frame(reply))
 
     while (message := await read_frame(reader)) is not None:
-        if isinstance(message, SweepRequest | DeepRequest):
+        if isinstance(message, SweepRequest | DeepRequest | DiscoverRequest):
             tasks[message.id] = asyncio.create_task(answer(message))
         elif isinstance(message, Cancel):
             task = tasks.pop(message.id, None)
             if task is not None:
                 task.cancel()
         elif isinstance(message, Stop):
-            engine.stop()
+            stopping = True
+            for each in engines:
+                each.stop()
     # stdin closed: the parent is stopping (or gone). What is still running ends now.
     trimmer.cancel()
-    engine.stop()
+    stopping = True
+    for each in engines:
+        each.stop()
     for task in list(tasks.values()):
         task.cancel()
     await asyncio.gather(*tasks.values(), return_exceptions=True)
-    engine.close()
+    for each in engines:
+        each.close()
     transport.close()
 
 

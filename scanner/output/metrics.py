@@ -13,7 +13,6 @@ import importlib.metadata
 import time
 import weakref
 import zlib
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from prometheus_client.utils import floatToGoString
 from scanner import __version__
 from scanner.config import SafeConfig, TargetConfig
 from scanner.results.deep import DeepResult
+from scanner.results.ranges import RangePass
 from scanner.results.sweep import SweepResult
 from scanner.state.status import TargetStatus, sweep_status
 from scanner.state.store import ResultStore
@@ -43,8 +43,20 @@ TARGET_FAMILIES = families_of(TIERS)
 _ONCE_TIERS = tuple(tier for tier in TIERS if not tier.daemon_only)  # what one sweep alone can say
 _ONCE_FAMILIES = families_of(_ONCE_TIERS)
 
-RANGES = gauge("tls_scanner_range_endpoints", "Endpoints of a network range by whether they accepted TCP")
-TARGETS = Family("tls_scanner_targets", "gauge", "Targets configured (on this shard)")
+RANGES = gauge(
+    "tls_scanner_range_endpoints",
+    "Endpoints of a network range at its last discovery pass: open (accepted TCP), closed (refused), silent "
+    "(no answer)",
+)
+RANGE_PASS_AT = Family(
+    "tls_scanner_range_last_discovery_timestamp_seconds", "gauge", "When the range's last discovery pass started"
+)
+RANGE_PASS_SECONDS = Family(
+    "tls_scanner_range_discovery_duration_seconds", "gauge", "How long the range's last discovery pass took"
+)
+TARGETS = Family(
+    "tls_scanner_targets", "gauge", "Targets swept (on this shard): those configured, and range endpoints found open"
+)
 BUILD_INFO = Family("tls_scanner_build_info", "gauge", "Versions of tls-scanner and sslyze")
 SHARD_INFO = Family("tls_scanner_shard_info", "gauge", "This replica's shard of the targets")
 RELOAD_OK = Family("tls_scanner_config_last_reload_successful", "gauge", "1 if the last config (re)load succeeded")
@@ -107,15 +119,11 @@ def _expose(
     shard: Shard | None,
     reload: SafeConfig | None,
     store: ResultStore | None = None,
+    ranges: Mapping[str, RangePass] | None = None,
 ) -> Iterator[list[bytes]]:
     """The whole text exposition in pieces, a family after another: its header, then each target's lines (the cached
     bytes themselves, not a copy), and last the scanner's own state."""
-    ranges: dict[str, Counter[str]] = {}
-    for target, entry in targets:
-        if target.range is not None:
-            counts = ranges.setdefault(target.range, Counter())
-            if entry.range_state is not None:
-                counts[entry.range_state] += 1
+    ranged = sorted((ranges or {}).items())
     for index, family in enumerate(families):
         parts = [family.header().encode(), *(lines for _, entry in targets if (lines := entry.lines[index]))]
         for start in range(0, len(parts), _PARTS_PER_PIECE):
@@ -123,10 +131,12 @@ def _expose(
     own = [
         RANGES.header()
         + "".join(
-            sample(RANGES, {"range": r, "state": state}, counts[state])
-            for r, counts in ranges.items()
-            for state in ("open", "closed")
-        )
+            sample(RANGES, {"range": r, "state": state}, count)
+            for r, each in (ranges or {}).items()
+            for state, count in each.tally.counts().items()
+        ),
+        RANGE_PASS_AT.header() + "".join(sample(RANGE_PASS_AT, {"range": r}, p.started_at) for r, p in ranged),
+        RANGE_PASS_SECONDS.header() + "".join(sample(RANGE_PASS_SECONDS, {"range": r}, p.seconds) for r, p in ranged),
     ]
     own.append(TARGETS.header() + sample(TARGETS, {}, len(targets)))
     version = {"version": __version__, "sslyze_version": _sslyze_version()}
@@ -187,8 +197,10 @@ class ScannerMetrics:
         shard: Shard | None = None,
         also: Callable[[], bytes] | None = None,
         tiers: Sequence[Tier] = TIERS,
+        ranges: Callable[[], Mapping[str, RangePass]] | None = None,
     ) -> None:
         self.store = store
+        self.ranges = ranges  # each range's endpoints by state, at its last discovery pass
         self.tiers = tuple(tiers)
         self.families = families_of(tiers)
         self.reload = reload
@@ -225,7 +237,8 @@ class ScannerMetrics:
 
     def _key(self) -> tuple[object, ...]:
         reload = None if self.reload is None else (self.reload.config, self.reload.reload_successful)
-        return (self.store.generation, self.store.write_errors, reload)
+        ranges = None if self.ranges is None else tuple(self.ranges().items())
+        return (self.store.generation, self.store.write_errors, reload, ranges)
 
     def _render(self, emit: Callable[[list[bytes]], None]) -> Iterator[None]:
         """Emit the exposition a family at a time, building the lines of targets swept since the last render; yields
@@ -244,7 +257,8 @@ class ScannerMetrics:
         # A target swept during the pauses is taken as built: the next render rebuilds it.
         built = [self._cache[name] for name in names if name in self._cache]
         targets = [(entry[0], lines) for (entry, lines) in built]
-        for part in _expose(targets, self.families, self.shard, self.reload, self.store):
+        ranges = None if self.ranges is None else self.ranges()
+        for part in _expose(targets, self.families, self.shard, self.reload, self.store, ranges):
             emit(part)
             if time.monotonic() > pause:
                 yield
@@ -270,16 +284,20 @@ def _build(status: TargetStatus, tiers: Sequence[Tier], families: tuple[Family, 
 
 
 def render_sweeps(
-    sweeps: Iterable[SweepResult], shard: Shard | None = None, deep: Mapping[str, DeepResult] | None = None
+    sweeps: Iterable[SweepResult],
+    shard: Shard | None = None,
+    deep: Mapping[str, DeepResult] | None = None,
+    ranges: Mapping[str, RangePass] | None = None,
 ) -> str:
-    """The text exposition of one round of sweeps alone (`--once`, with `--deep` their deep scans), without a store."""
+    """The text exposition of one round of sweeps alone (`--once`, with `--deep` their deep scans, and what discovery
+    found in the ranges), without a store."""
     deep = deep or {}
 
     def status(sweep: SweepResult) -> TargetStatus:
         return deep_alone(sweep_status(sweep), deep.get(sweep.target.name))
 
     built = [(s.target, _build(status(s), _ONCE_TIERS, _ONCE_FAMILIES)) for s in sweeps]
-    families = _expose(built, _ONCE_FAMILIES, shard, None)
+    families = _expose(built, _ONCE_FAMILIES, shard, None, ranges=ranges)
     return b"".join(part for family in families for part in family).decode()
 
 

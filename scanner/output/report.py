@@ -9,6 +9,7 @@ from typing import Any
 
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.results.deep import DeepResult, strictest_profile
+from scanner.results.ranges import RangePass
 from scanner.results.sweep import AddressResult, ProtocolState, SweepResult
 from scanner.state.policy import deadlines, has_policy, verdict
 from scanner.tiers.clients import result_json as client_json
@@ -91,22 +92,39 @@ def sweep_to_dict(sweep: SweepResult) -> dict[str, Any]:
     } | ({"clients": client_verdicts(sweep)} if target.clients else {})
 
 
-def render_json(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] | None = None) -> str:
-    """Every scanned target (with `deep`, its deep scan); range endpoints that did not accept TCP are only counted."""
-    closed: dict[str, int] = {}
-    for sweep in sweeps:
-        if sweep.closed and sweep.target.range is not None:
-            closed[sweep.target.range] = closed.get(sweep.target.range, 0) + 1
+def render_json(
+    sweeps: Sequence[SweepResult],
+    deep: Mapping[str, DeepResult] | None = None,
+    ranges: Mapping[str, RangePass] | None = None,
+) -> str:
+    """Every scanned target (with `deep`, its deep scan); range endpoints that did not accept TCP are only counted:
+    `ranges` by state, `ranges_closed_endpoints` all that did not accept (closed or silent)."""
+    closed = _not_open(sweeps, ranges)
     deep = deep or {}
     document: dict[str, Any] = {
         "targets": [deep_json(sweep_to_dict(s), deep.get(s.target.name)) for s in sweeps if not s.closed]
     }
+    if ranges:
+        document["ranges"] = {network: each.tally.counts() for network, each in ranges.items()}
     if closed:
         document["ranges_closed_endpoints"] = closed
     return json.dumps(document, indent=2) + "\n"
 
 
-def render_table(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] | None = None) -> str:
+def _not_open(sweeps: Sequence[SweepResult], ranges: Mapping[str, RangePass] | None) -> dict[str, int]:
+    """Per range, its endpoints that did not accept TCP: at discovery, or gone by the time of their sweep."""
+    found = {network: each.tally.closed + each.tally.silent for network, each in (ranges or {}).items()}
+    for sweep in sweeps:
+        if sweep.closed and sweep.target.range is not None:
+            found[sweep.target.range] = found.get(sweep.target.range, 0) + 1
+    return {network: count for network, count in found.items() if count}
+
+
+def render_table(
+    sweeps: Sequence[SweepResult],
+    deep: Mapping[str, DeepResult] | None = None,
+    ranges: Mapping[str, RangePass] | None = None,
+) -> str:
     """One row per target, one column per protocol, then the errors and policy violations below.
 
     A cell reads `2/4` when only some of the target's addresses accept the protocol. With `deep`, two more columns:
@@ -118,10 +136,8 @@ def render_table(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] |
     now = time.time()
     rows: list[list[str]] = []
     notes: list[str] = []
-    closed = 0
     for sweep in sweeps:
         if sweep.closed:
-            closed += 1
             continue
         judged = verdict(sweep)
         protocols = sweep.protocols
@@ -169,8 +185,11 @@ def render_table(sweeps: Sequence[SweepResult], deep: Mapping[str, DeepResult] |
                     f"{sweep.target.name}: deadline {dated.name} ({day}) would be violated: "
                     + "; ".join(would.violations)
                 )
-    if closed:
-        notes.append(f"{closed} range endpoint(s) did not accept TCP")
+    for network, found in (ranges or {}).items():
+        tally = found.tally
+        notes.append(f"range {network}: {tally.open} open, {tally.closed} closed, {tally.silent} silent (TCP connect)")
+    if closed := sum(_not_open([s for s in sweeps if s.closed], None).values()):
+        notes.append(f"{closed} range endpoint(s) did not accept TCP at their sweep")
     if deep is not None:
         notes.append("EXPIRY: days left on the leaf certificate (! chain not valid); MOZILLA: strictest profile met")
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]

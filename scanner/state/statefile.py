@@ -303,6 +303,13 @@ class StateFile:
                 ),
             )
 
+    def forget(self, targets: Iterable[str]) -> None:
+        """Delete every row of these targets (retired range endpoints); raises sqlite3.Error."""
+        names = [(name,) for name in targets]
+        with self._db:
+            for table in _TARGET_TABLES:
+                self._db.executemany(f"DELETE FROM {table} WHERE target = ?", names)
+
     def transitions(self, limit: int) -> dict[str, tuple[Transition, ...]]:
         """The most recent transitions of every target that has some, newest first, in one query."""
         rows = self._db.execute(
@@ -323,6 +330,17 @@ def _readable_window(protocol: object, kind: object) -> bool:
         return True
     log.warning("state file: ignoring an unreadable refusal window row (%r, %r)", protocol, kind)
     return False
+
+
+_TARGET_TABLES = (
+    "protocol_state",
+    "transition",
+    "client_state",
+    "deep_state",
+    "deep_scan",
+    "refusal_series",
+    "refusal_window",
+)
 
 
 def restored_deep(target: TargetConfig, saved: SavedDeep) -> DeepResult | None:

@@ -179,6 +179,30 @@ class ResultStore:
         self._records = records
         self.generation += 1
 
+    def remembered(self) -> set[str]:
+        """Names with state kept (from the file or this run) that are not configured targets now."""
+        held = set(self._known) | set(self._known_clients) | set(self._deep) | set(self._saved_deep)
+        return {name for name in held if name not in self._records}
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Drop what is known of these targets, in memory and in the state file: range endpoints that no longer
+        accept TCP are retired with their state, so the file does not grow with every address ever seen."""
+        names = [n for n in names if n not in self._records]
+        for name in names:
+            for held in (self._known, self._known_clients, self._deep, self._saved_deep):
+                held.pop(name, None)
+        self._windows.forget(names)
+        for key in [k for k in self._unwritten_rows if k[0] in names]:
+            del self._unwritten_rows[key]
+        for key in [k for k in self._unwritten_client_rows if k[0] in names]:
+            del self._unwritten_client_rows[key]
+        if not names:
+            return
+        try:
+            self._file.forget(names)
+        except sqlite3.Error as exc:
+            log.warning("state file: cannot delete the rows of %d retired targets: %s", len(names), exc)
+
     def __contains__(self, name: object) -> bool:
         return name in self._records
 

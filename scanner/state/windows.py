@@ -274,6 +274,16 @@ class WindowBook:
                     self.unwritten_series[key] = self._series_row(target, each.series, book)
         return news
 
+    def forget(self, names: Iterable[str]) -> None:
+        """Drop the windows of these targets (retired range endpoints), and any of their rows not yet written."""
+        gone = set(names)
+        for name in gone:
+            self._targets.pop(name, None)
+        for held in (self._burst_seen, self._written, self.unwritten_series):
+            for key in [k for k in held if k[0] in gone]:
+                del held[key]
+        self.unwritten_windows[:] = [row for row in self.unwritten_windows if row[0] not in gone]
+
     def flush(self) -> None:
         """Queue every open window whose last refusal moved since it was written (on shutdown)."""
         for target, book in self._targets.items():

@@ -53,7 +53,8 @@ class WebState:
     reload: Callable[[], str | None]  # returns the error, or None when the new config applied
     ready: Callable[[], bool]
     probe: Callable[[str, float | None], Awaitable[tuple[int, str]]]  # (target, scrape timeout) -> (status, body)
-    configured: Callable[[], Sequence[TargetConfig]] = tuple  # every configured target, all shards: /api/v1/sd
+    # every explicit target (all shards) and the range endpoints this replica found open: /api/v1/sd
+    configured: Callable[[], Sequence[TargetConfig]] = tuple
 
 
 class ScrapeQueue:

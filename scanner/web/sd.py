@@ -1,4 +1,4 @@
-"""GET /api/v1/sd: the configured targets as Prometheus http_sd_configs target groups, one per target."""
+"""GET /api/v1/sd: every configured target (all shards; range endpoints this replica found open) as an http_sd group."""
 
 from __future__ import annotations
 

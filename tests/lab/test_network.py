@@ -421,7 +421,8 @@ def test_network_range(nginx_lab: NginxLabFactory, start_daemon: Daemons, tmp_pa
         assert [s.value for s in scrape.find("tls_scanner_scan_errors_total")] == [0.0] * 5 * 2  # 5 reasons
         assert scrape.value(ACCEPTED, target=open_names[0], address="127.0.0.2", protocol="TLSv1.0", zone="dmz") == 1
         assert scrape.value(ACCEPTED, target=open_names[1], address="127.0.0.3", protocol="TLSv1.0", zone="dmz") == 0
-        assert scrape.value("tls_scanner_targets") == 32
+        assert scrape.value(RANGE_ENDPOINTS, range=RANGE, state="silent") == 0
+        assert scrape.value("tls_scanner_targets") == 2  # only the endpoints that accepted TCP became targets
 
     check(once_prometheus(config))
 

@@ -48,7 +48,7 @@ INVALID_FILES = {
         3,
         'unknown key "port" in defaults (allowed: interval, timeout, protocols, expect, http, labels, '
         "addresses, starttls, client_cert, https_proxy, confirm_sweeps, clients, deep_interval, ca_file, "
-        "burst_interval, burst_for, pattern_window, permanent_after)",
+        "burst_interval, burst_for, pattern_window, permanent_after, range_interval)",
     ),
     "unknown_key_target.yaml": (3, f'unknown key "timout" in target (allowed: {TARGET_KEYS})'),
     "unknown_key_expect.yaml": (5, 'unknown key "allow" in expect (allowed: accept, reject, http_ok)'),

@@ -1,4 +1,4 @@
-"""GET /api/v1/sd: every configured target (ranges expanded, all shards) as an http_sd target group with its labels."""
+"""GET /api/v1/sd: every configured target (all shards; range endpoints found open) as an http_sd group."""
 
 from __future__ import annotations
 

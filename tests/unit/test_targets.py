@@ -7,7 +7,19 @@ from pathlib import Path
 import pytest
 
 from scanner.config import Config, load_config
-from scanner.targets import Shard, expand, find_configured, probe_refusal
+from scanner.hostport import join_host_port
+from scanner.targets import (
+    ALL,
+    BLOCK_ENDPOINTS,
+    Shard,
+    block_endpoints,
+    count_endpoints,
+    expand,
+    find_configured,
+    probe_refusal,
+    range_blocks,
+    range_target,
+)
 from tests.unit.factories import owner
 
 
@@ -17,18 +29,51 @@ def _config(tmp_path: Path, text: str) -> Config:
     return load_config(path)
 
 
-def test_ranges_expand_after_explicit_targets_and_skip_their_names(tmp_path: Path) -> None:
+def _endpoints(config: Config, shard: Shard = ALL, size: int = BLOCK_ENDPOINTS) -> list[str]:
+    return [join_host_port(h, p) for b in range_blocks(config, shard, size) for h, p in block_endpoints(b)]
+
+
+def test_ranges_are_discovered_not_expanded_and_skip_explicit_names_and_earlier_ranges(tmp_path: Path) -> None:
     config = _config(
         tmp_path,
         "targets:\n"
         "  - 127.0.0.2:8443\n"
-        "  - {network: 127.0.0.0/30, ports: [8443], labels: {zone: dmz}}\n"
+        "  - {network: 127.0.0.0/30, ports: [8443, 9443], labels: {zone: dmz}}\n"
+        "  - {network: 127.0.0.2/31, ports: [8443]}\n"
         '  - {network: "::1/128", ports: [443]}\n',
     )
-    names = [t.name for t in expand(config)]
-    assert names == ["127.0.0.2:8443", "127.0.0.0:8443", "127.0.0.1:8443", "127.0.0.3:8443", "[::1]:443"]
-    ranged = expand(config)[1]
-    assert ranged.range == "127.0.0.0/30" and ranged.labels == (("zone", "dmz"),) and ranged.host == "127.0.0.0"
+    assert [t.name for t in expand(config)] == ["127.0.0.2:8443"]
+    # Port after port; 127.0.0.2:8443 is the explicit target's, 127.0.0.2/31 on 8443 was the first range's.
+    expected = ["127.0.0.0:8443", "127.0.0.1:8443", "127.0.0.3:8443"]
+    expected += ["127.0.0.0:9443", "127.0.0.1:9443", "127.0.0.2:9443", "127.0.0.3:9443", "[::1]:443"]
+    assert _endpoints(config) == expected
+    assert _endpoints(config, size=3) == expected  # however the ranges are cut into blocks
+    assert count_endpoints(config) == 1 + len(expected)
+    ranged = range_target(config.ranges[0], "127.0.0.1", 9443)
+    assert (ranged.name, ranged.range, ranged.labels) == ("127.0.0.1:9443", "127.0.0.0/30", (("zone", "dmz"),))
+
+
+def test_shards_split_range_endpoints_by_name(tmp_path: Path) -> None:
+    config = _config(tmp_path, "targets:\n  - {network: 127.0.1.0/24, ports: [443, 8443]}\n")
+    everything = _endpoints(config)
+    shares = [_endpoints(config, Shard(i, 3)) for i in range(3)]
+    assert sorted(name for share in shares for name in share) == sorted(everything) and len(everything) == 512
+    assert all(owner(name, 3) == i for i, share in enumerate(shares) for name in share)
+
+
+def test_a_slash_8_is_counted_and_cut_into_blocks_without_listing_it(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        "max_range_endpoints: 16777216\ntargets:\n  - 10.1.2.3:443\n  - {network: 10.0.0.0/8, ports: [443]}\n",
+    )
+    assert count_endpoints(config) == 2**24  # the explicit target is one of the range's endpoints
+    blocks = list(range_blocks(config))
+    assert len(blocks) == 2**24 // BLOCK_ENDPOINTS
+    assert (blocks[0].start, blocks[0].stop, blocks[-1].stop) == (0, BLOCK_ENDPOINTS, 2**24)
+    # The explicit target travels with its own block only (10.1.2.3 is endpoint 0x010203 of the range).
+    assert [(b.start, b.explicit) for b in blocks if b.explicit] == [
+        (0x010203 // BLOCK_ENDPOINTS * BLOCK_ENDPOINTS, frozenset({(0x0A010203, 443)}))
+    ]
 
 
 def test_find_configured_by_name_host_port_and_range(tmp_path: Path) -> None:
