@@ -15,8 +15,14 @@ class SafeConfig:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.reload_successful = True
+        self.config_loaded = True  # the endpoints file's last (re)load
+        self.web_config_loaded = True  # the web config's last reload, reported by whoever reloads it
         self.last_success_at = time.time()
+
+    @property
+    def reload_successful(self) -> bool:
+        """Whether the last (re)load of each file in force succeeded: a bad web config counts as a failed reload."""
+        return self.config_loaded and self.web_config_loaded
 
     def reload(self) -> Config:
         """Re-read the config file; on ConfigError the old config stays in force.
@@ -29,9 +35,9 @@ class SafeConfig:
         try:
             config = load_config(self.config.path)
         except ConfigError:
-            self.reload_successful = False
+            self.config_loaded = False
             raise
         self.config = config
-        self.reload_successful = True
+        self.config_loaded = True
         self.last_success_at = time.time()
         return config

@@ -142,8 +142,10 @@ class Service:
         try:
             self.web.update(load_web_config(path))
         except ConfigError as exc:
+            self.safe_config.web_config_loaded = False
             log.error("web config reload failed, keeping the old web config: %s", exc)
             return str(exc)
+        self.safe_config.web_config_loaded = True
         log.info("web config reloaded from %s", path)
         return None
 

@@ -59,7 +59,11 @@ TARGETS = Family(
 )
 BUILD_INFO = Family("tls_scanner_build_info", "gauge", "Versions of tls-scanner and sslyze")
 SHARD_INFO = Family("tls_scanner_shard_info", "gauge", "This replica's shard of the targets")
-RELOAD_OK = Family("tls_scanner_config_last_reload_successful", "gauge", "1 if the last config (re)load succeeded")
+RELOAD_OK = Family(
+    "tls_scanner_config_last_reload_successful",
+    "gauge",
+    "1 if the last (re)load of the config and the web config succeeded",
+)
 RELOAD_AT = Family(
     "tls_scanner_config_last_reload_success_timestamp_seconds", "gauge", "When the config was last loaded successfully"
 )

@@ -123,6 +123,15 @@ def test_web_config_change_applies_without_a_signal(lab: LabStack, start_daemon:
     wait_for(lambda: answers("new secret") == 200, PICKUP_SECONDS, what="the new password")
     assert answers("old secret") == 401
     assert "web config reloaded from" in d.log_text()
+    assert d.metrics().value(RELOAD_OK) == 1
+
+    # A broken web config keeps the new password in force and says so in the reload gauge, until it is fixed.
+    volume.publish({"web.yml": "basic_auth_users: [alice]\n"})
+    d.wait_metrics(lambda s: s.value(RELOAD_OK) == 0, PICKUP_SECONDS, "the broken web config to show")
+    assert answers("new secret") == 200
+    assert d.log_text().count("web config reload failed") == 1
+    volume.publish({"web.yml": users("new secret")})
+    d.wait_metrics(lambda s: s.value(RELOAD_OK) == 1, PICKUP_SECONDS, "the fixed web config to show")
 
 
 def test_renewed_certificate_in_a_secret_is_served_without_a_signal(

@@ -36,7 +36,7 @@ class _Scraper:
 
 def _reload(successful: bool, at: float) -> SafeConfig:
     safe = SafeConfig(Config(path="config.yaml", targets=()))
-    safe.reload_successful, safe.last_success_at = successful, at
+    safe.config_loaded, safe.last_success_at = successful, at
     return safe
 
 
