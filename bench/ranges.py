@@ -18,7 +18,6 @@ import os
 import random
 import re
 import resource
-import selectors
 import signal
 import socket
 import statistics
@@ -32,49 +31,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.servers import TcpListeners
+
 ADDRESS_SPACE_CAP = 1 << 30  # a --check-config run gets this much address space (the old /8 wanted 4 GB and more)
-
-
-class Listeners:
-    """Plain TCP listeners that accept and close at once, on one selector thread."""
-
-    def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
-        self._sockets: dict[tuple[str, int], socket.socket] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def add(self, host: str, port: int) -> None:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            raise
-        sock.listen(256)
-        sock.setblocking(False)
-        self._sockets[(host, port)] = sock
-        self._selector.register(sock, selectors.EVENT_READ)
-
-    def remove(self, host: str, port: int) -> None:
-        sock = self._sockets.pop((host, port))
-        self._selector.unregister(sock)
-        sock.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for key in list(self._sockets):
-            self.remove(*key)
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            for key, _ in self._selector.select(0.05):
-                with contextlib.suppress(OSError):
-                    conn, _ = key.fileobj.accept()  # type: ignore[union-attr]
-                    conn.close()
 
 
 def _free_port(hosts: list[str]) -> int:
@@ -196,7 +155,7 @@ def bench_once(roots: dict[str, Path], listeners: int, repeat: int, timeout: flo
     endpoints = 1 << 18
     results: dict[str, Any] = {name: [] for name in roots}
     with _tls_listener("127.0.0.1") as port:
-        plain = Listeners()
+        plain = TcpListeners()
         try:
             hosts = [f"127.{1 + i // 250}.{i % 250}.{7 + i % 200}" for i in range(listeners - 1)]
             for host in hosts:
@@ -273,7 +232,7 @@ def _daemon(
 ) -> dict[str, Any]:
     network = "127.0.0.0/16"
     rediscover = (root / "scanner" / "daemon" / "ranges.py").exists()
-    listeners = Listeners()
+    listeners = TcpListeners()
     live = list(hosts)
     for host in live:
         listeners.add(host, port)

@@ -9,12 +9,15 @@ import contextlib
 import dataclasses
 import ipaddress
 import os
+import random
 import resource
+import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -423,3 +426,68 @@ def read_all(sock: socket.socket, limit: int = 1 << 20) -> bytes:
             break
         data += chunk
     return data
+
+
+class TcpListeners:
+    """Plain TCP listeners that accept and close at once, all served by one selector thread; added and removed
+    while it runs (a range's responders, appearing and going)."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._sockets: dict[tuple[str, int], socket.socket] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add(self, host: str, port: int) -> None:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(256)
+        sock.setblocking(False)
+        self._sockets[(host, port)] = sock
+        self._selector.register(sock, selectors.EVENT_READ)
+
+    def remove(self, host: str, port: int) -> None:
+        sock = self._sockets.pop((host, port))
+        self._selector.unregister(sock)
+        sock.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for key in list(self._sockets):
+            self.remove(*key)
+        self._selector.close()
+
+    @classmethod
+    def on_one_port(cls, hosts: Sequence[str]) -> tuple[TcpListeners, int]:
+        """Listeners on these hosts, all on one port that was free on each (tried a few times)."""
+        for _ in range(20):
+            port = random.randint(20000, 60000)
+            listeners = cls()
+            try:
+                for host in hosts:
+                    listeners.add(host, port)
+            except OSError:
+                listeners.close()
+                continue
+            return listeners, port
+        raise RuntimeError("no port free on every host")
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._selector.select(0.05):
+                with contextlib.suppress(OSError):
+                    conn, _ = key.fileobj.accept()  # type: ignore[union-attr]
+                    conn.close()

@@ -123,6 +123,7 @@ def test_web_config_change_applies_without_a_signal(lab: LabStack, start_daemon:
     wait_for(lambda: answers("new secret") == 200, PICKUP_SECONDS, what="the new password")
     assert answers("old secret") == 401
     assert "web config reloaded from" in d.log_text()
+    d.authorization = basic("alice", "new secret")
     assert d.metrics().value(RELOAD_OK) == 1
 
     # A broken web config keeps the new password in force and says so in the reload gauge, until it is fixed.

@@ -6,85 +6,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
-import selectors
 import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
+from bench.servers import TcpListeners
 from scanner.protocols import Protocol
 from tests.lab.daemon import Daemons, Scrape, promtool_check, run_once, run_scanner
 from tests.lab.servers import LabCerts, TLSServer
 
 RANGE_ENDPOINTS = "tls_scanner_range_endpoints"
-
-
-class Listeners:
-    """Plain TCP listeners that accept and close at once, all served by one selector thread; added and removed
-    while it runs."""
-
-    def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
-        self._sockets: dict[tuple[str, int], socket.socket] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> Listeners:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for key in list(self._sockets):
-            self.remove(*key)
-        self._selector.close()
-
-    def add(self, host: str, port: int) -> None:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            raise
-        sock.listen(64)
-        sock.setblocking(False)
-        self._sockets[(host, port)] = sock
-        self._selector.register(sock, selectors.EVENT_READ)
-
-    def remove(self, host: str, port: int) -> None:
-        sock = self._sockets.pop((host, port))
-        self._selector.unregister(sock)
-        sock.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            for key, _ in self._selector.select(0.05):
-                with contextlib.suppress(OSError):
-                    conn, _ = key.fileobj.accept()  # type: ignore[union-attr]
-                    conn.close()
-
-
-def listening(hosts: list[str]) -> tuple[Listeners, int]:
-    """Listeners on these hosts, all on one port that was free on each (tried a few times)."""
-    for _ in range(20):
-        port = random.randint(20000, 60000)
-        listeners = Listeners()
-        try:
-            for host in hosts:
-                listeners.add(host, port)
-        except OSError:
-            for key in list(listeners._sockets):
-                listeners.remove(*key)
-            continue
-        return listeners, port
-    raise RuntimeError("no port free on every host")
 
 
 def test_check_config_counts_a_slash_8_without_listing_it(tmp_path: Path) -> None:
@@ -137,7 +72,7 @@ def test_once_over_a_slash_14_reports_exactly_its_one_listener(tmp_certs: LabCer
 def test_once_on_small_ranges_v6_and_shared_addresses(tmp_path: Path) -> None:
     """Ports of one address under connections_per_address 1 and a rate limit; an IPv6 range; overlapping ranges
     and an explicit target each swept once."""
-    listeners, port = listening(["127.0.0.5", "::1"])
+    listeners, port = TcpListeners.on_one_port(["127.0.0.5", "::1"])
     with listeners:
         config = tmp_path / "c.yaml"
         document = {
@@ -166,7 +101,7 @@ def test_daemon_over_a_slash_16_adds_and_retires_listeners(
     tmp_certs: LabCerts, tmp_path: Path, start_daemon: Daemons
 ) -> None:
     hosts = [f"127.0.{i}.{(i * 7) % 250 + 1}" for i in range(1, 51)]
-    listeners, port = listening(hosts)
+    listeners, port = TcpListeners.on_one_port(hosts)
     with listeners, TLSServer({Protocol.TLSv1_2}, tmp_certs.server, host="127.0.200.9") as tls:
         config = tmp_path / "c.yaml"
         document = {
@@ -216,7 +151,7 @@ def test_daemon_over_a_slash_16_adds_and_retires_listeners(
 def test_daemon_reload_relabels_found_endpoints_and_retires_a_removed_range(
     tmp_path: Path, start_daemon: Daemons
 ) -> None:
-    listeners, port = listening(["127.0.3.2"])
+    listeners, port = TcpListeners.on_one_port(["127.0.3.2"])
     with listeners:
         config = tmp_path / "c.yaml"
 
