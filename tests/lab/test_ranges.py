@@ -25,7 +25,7 @@ RANGE_ENDPOINTS = "tls_scanner_range_endpoints"
 def test_check_config_counts_a_slash_8_without_listing_it(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(
-        "max_range_endpoints: 16777216\ntargets:\n  - 10.1.2.3:443\n  - network: 10.0.0.0/8\n    ports: [443]\n"
+        "max_range_endpoints: 16777216\ntargets:\n  - 127.1.2.3:443\n  - network: 127.0.0.0/8\n    ports: [443]\n"
     )
     proc = run_scanner("--check-config", "--config", str(config), timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -37,7 +37,7 @@ def test_check_config_counts_a_slash_8_without_listing_it(tmp_path: Path) -> Non
     proc = run_scanner("--check-config", "--config", str(config), timeout=60)
     assert proc.returncode == 2
     assert proc.stderr == (
-        f"tls-scanner: {config}:4: network 10.0.0.0/8 with 1 port(s) brings the ranges to 16777216 endpoints, "
+        f"tls-scanner: {config}:4: network 127.0.0.0/8 with 1 port(s) brings the ranges to 16777216 endpoints, "
         "more than max_range_endpoints (16777215)\n"
     )
 

@@ -73,42 +73,45 @@ def _watch(
 
 def test_each_range_is_discovered_at_start_then_every_range_interval_from_the_last_start() -> None:
     config = Config(
-        path="x", targets=(), ranges=(_range("10.0.0.0/30", interval=60), _range("10.1.0.0/30", interval=600))
+        path="x", targets=(), ranges=(_range("127.10.0.0/30", interval=60), _range("127.11.0.0/30", interval=600))
     )
     discovery = _ScriptedDiscovery(
-        {"10.0.0.0/30": [["10.0.0.1"], ["10.0.0.1", "10.0.0.2"], ["10.0.0.2"]], "10.1.0.0/30": [[]]}
+        {"127.10.0.0/30": [["127.10.0.1"], ["127.10.0.1", "127.10.0.2"], ["127.10.0.2"]], "127.11.0.0/30": [[]]}
     )
     watcher, seen = _watch(config, discovery, until=200)
-    assert discovery.passes == [("10.0.0.0/30", 0), ("10.1.0.0/30", 1), ("10.0.0.0/30", 60), ("10.0.0.0/30", 120),
-                                ("10.0.0.0/30", 180)]  # fmt: skip
+    assert discovery.passes == [
+        ("127.10.0.0/30", 0), ("127.11.0.0/30", 1), ("127.10.0.0/30", 60), ("127.10.0.0/30", 120), ("127.10.0.0/30", 180)
+    ]  # fmt: skip
     at = dict(seen)  # loop time -> the targets after the last change then
-    assert at[0.5] == ["10.0.0.1:443"]  # found by the pass's first block: a target before the pass ends
-    assert at[1.0] == at[2.0] == ["10.0.0.1:443"]  # the second range found nothing
-    assert at[61.0] == ["10.0.0.1:443", "10.0.0.2:443"]  # appeared
-    assert at[120.5] == ["10.0.0.1:443", "10.0.0.2:443"]  # 10.0.0.1 is gone, but only the end of a pass retires
-    assert at[121.0] == ["10.0.0.2:443"]
+    assert at[0.5] == ["127.10.0.1:443"]  # found by the pass's first block: a target before the pass ends
+    assert at[1.0] == at[2.0] == ["127.10.0.1:443"]  # the second range found nothing
+    assert at[61.0] == ["127.10.0.1:443", "127.10.0.2:443"]  # appeared
+    assert at[120.5] == ["127.10.0.1:443", "127.10.0.2:443"]  # 127.10.0.1 is gone, but only the end of a pass retires
+    assert at[121.0] == ["127.10.0.2:443"]
     tallies = {network: found.tally for network, found in watcher.passes().items()}
-    assert tallies == {"10.0.0.0/30": RangeTally(1, 3, 0), "10.1.0.0/30": RangeTally(0, 4, 0)}
+    assert tallies == {"127.10.0.0/30": RangeTally(1, 3, 0), "127.11.0.0/30": RangeTally(0, 4, 0)}
     found = watcher.targets()
-    assert [(t.name, t.range, t.labels) for t in found] == [("10.0.0.2:443", "10.0.0.0/30", (("zone", "a"),))]
+    assert [(t.name, t.range, t.labels) for t in found] == [("127.10.0.2:443", "127.10.0.0/30", (("zone", "a"),))]
 
 
 def test_a_reload_keeps_what_unchanged_ranges_found_with_new_settings_and_drops_removed_ranges() -> None:
-    first = Config(path="x", targets=(), ranges=(_range("10.0.0.0/30"), _range("10.1.0.0/30")))
-    second = Config(path="x", targets=(), ranges=(_range("10.0.0.0/30", zone="b"), _range("10.2.0.0/30")))
-    discovery = _ScriptedDiscovery({"10.0.0.0/30": [["10.0.0.1"]], "10.1.0.0/30": [["10.1.0.1"]], "10.2.0.0/30": [[]]})
+    first = Config(path="x", targets=(), ranges=(_range("127.10.0.0/30"), _range("127.11.0.0/30")))
+    second = Config(path="x", targets=(), ranges=(_range("127.10.0.0/30", zone="b"), _range("127.12.0.0/30")))
+    discovery = _ScriptedDiscovery(
+        {"127.10.0.0/30": [["127.10.0.1"]], "127.11.0.0/30": [["127.11.0.1"]], "127.12.0.0/30": [[]]}
+    )
     watcher, seen = _watch(first, discovery, until=30, reload_at=(10, second))
-    assert dict(seen)[2.0] == ["10.0.0.1:443", "10.1.0.1:443"]
-    # At the reload 10.0.0.0/30 is not discovered again (its interval has not passed), 10.2.0.0/30 is, at once.
-    assert discovery.passes[2:] == [("10.2.0.0/30", 10)]
-    assert [(t.name, t.labels) for t in watcher.targets()] == [("10.0.0.1:443", (("zone", "b"),))]
-    assert set(watcher.passes()) == {"10.0.0.0/30", "10.2.0.0/30"}
+    assert dict(seen)[2.0] == ["127.10.0.1:443", "127.11.0.1:443"]
+    # At the reload 127.10.0.0/30 is not discovered again (its interval has not passed), 127.12.0.0/30 is, at once.
+    assert discovery.passes[2:] == [("127.12.0.0/30", 10)]
+    assert [(t.name, t.labels) for t in watcher.targets()] == [("127.10.0.1:443", (("zone", "b"),))]
+    assert set(watcher.passes()) == {"127.10.0.0/30", "127.12.0.0/30"}
 
 
 def test_passes_add_up_entries_of_one_network() -> None:
-    a, b = _range("10.0.0.0/30", ports=(443,)), _range("10.0.0.0/30", ports=(8443,))
+    a, b = _range("127.10.0.0/30", ports=(443,)), _range("127.10.0.0/30", ports=(8443,))
     rounds = [
         RangeRound(a, (), RangeTally(1, 2, 1), 100.0, 2.0),
         RangeRound(replace(b), (), RangeTally(0, 3, 1), 90.0, 1.0),
     ]
-    assert passes(rounds) == {"10.0.0.0/30": RangePass(RangeTally(1, 5, 2), 90.0, 3.0)}
+    assert passes(rounds) == {"127.10.0.0/30": RangePass(RangeTally(1, 5, 2), 90.0, 3.0)}

@@ -64,15 +64,15 @@ def test_shards_split_range_endpoints_by_name(tmp_path: Path) -> None:
 def test_a_slash_8_is_counted_and_cut_into_blocks_without_listing_it(tmp_path: Path) -> None:
     config = _config(
         tmp_path,
-        "max_range_endpoints: 16777216\ntargets:\n  - 10.1.2.3:443\n  - {network: 10.0.0.0/8, ports: [443]}\n",
+        "max_range_endpoints: 16777216\ntargets:\n  - 127.1.2.3:443\n  - {network: 127.0.0.0/8, ports: [443]}\n",
     )
     assert count_endpoints(config) == 2**24  # the explicit target is one of the range's endpoints
     blocks = list(range_blocks(config))
     assert len(blocks) == 2**24 // BLOCK_ENDPOINTS
     assert (blocks[0].start, blocks[0].stop, blocks[-1].stop) == (0, BLOCK_ENDPOINTS, 2**24)
-    # The explicit target travels with its own block only (10.1.2.3 is endpoint 0x010203 of the range).
+    # The explicit target travels with its own block only (127.1.2.3 is endpoint 0x010203 of the range).
     assert [(b.start, b.explicit) for b in blocks if b.explicit] == [
-        (0x010203 // BLOCK_ENDPOINTS * BLOCK_ENDPOINTS, frozenset({(0x0A010203, 443)}))
+        (0x010203 // BLOCK_ENDPOINTS * BLOCK_ENDPOINTS, frozenset({(0x7F010203, 443)}))
     ]
 
 

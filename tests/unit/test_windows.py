@@ -351,13 +351,13 @@ def test_the_timeline_draws_a_lane_per_version_and_each_recent_window_with_its_e
 
     now = 1_764_892_800.0  # 2025-12-05 00:00:00 UTC
     history = RefusalHistory(
-        open=(Window("10.0.0.1", T10, H, now - 100, now - 60, now - 2),),
+        open=(Window("127.10.0.1", T10, H, now - 100, now - 60, now - 2),),
         ended=(
-            Window("10.0.0.1", T10, H, now - 2 * DAY, now - 2 * DAY + 1, now - 2 * DAY + 30, now - 2 * DAY + 32),
-            Window("10.0.0.1", T10, H, now - 3601, now - 3600, now - 3570, now - 3568),
-            Window("10.0.0.1", T12, HTTP, None, now - 7200, now - 7000, now - 6000),
+            Window("127.10.0.1", T10, H, now - 2 * DAY, now - 2 * DAY + 1, now - 2 * DAY + 30, now - 2 * DAY + 32),
+            Window("127.10.0.1", T10, H, now - 3601, now - 3600, now - 3570, now - 3568),
+            Window("127.10.0.1", T12, HTTP, None, now - 7200, now - 7000, now - 6000),
         ),
-        counts={("10.0.0.1", T10, H): 2, ("10.0.0.1", T12, HTTP): 1},
+        counts={("127.10.0.1", T10, H): 2, ("127.10.0.1", T12, HTTP): 1},
     )
     svg = timeline_svg("pypi <files>", (T10, T12, Protocol.TLSv1_3), history, now)
     root = ET.fromstring(svg)
@@ -375,7 +375,7 @@ def test_the_timeline_draws_a_lane_per_version_and_each_recent_window_with_its_e
     titles = [r.find(f"{ns}title").text or "" for r in windows]  # type: ignore[union-attr]
     assert "from 2025-12-04 23:00:00 UTC to 2025-12-04 23:00:32 UTC (32 s)" in titles[0]
     assert "last accepted before: 2025-12-04 22:59:59 UTC" in titles[0]
-    assert "still open" in titles[1] and "on 10.0.0.1" in titles[1]
+    assert "still open" in titles[1] and "on 127.10.0.1" in titles[1]
     assert "HTTP 4xx/5xx" in titles[2] and "last accepted before: unknown" in titles[2]
     assert all(float(r.get("width", 0)) >= 3 for r in windows)  # a 32 s window still shows
     assert "<script" not in svg and "pypi &lt;files&gt;" in svg
