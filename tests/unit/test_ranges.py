@@ -80,7 +80,8 @@ def test_each_range_is_discovered_at_start_then_every_range_interval_from_the_la
     )
     watcher, seen = _watch(config, discovery, until=200)
     assert discovery.passes == [
-        ("127.10.0.0/30", 0), ("127.11.0.0/30", 1), ("127.10.0.0/30", 60), ("127.10.0.0/30", 120), ("127.10.0.0/30", 180)
+        ("127.10.0.0/30", 0), ("127.11.0.0/30", 1),
+        ("127.10.0.0/30", 60), ("127.10.0.0/30", 120), ("127.10.0.0/30", 180),
     ]  # fmt: skip
     at = dict(seen)  # loop time -> the targets after the last change then
     assert at[0.5] == ["127.10.0.1:443"]  # found by the pass's first block: a target before the pass ends
