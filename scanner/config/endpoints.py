@@ -40,6 +40,7 @@ from scanner.config.nodes import (
     duration_value,
     int_value,
     line_of,
+    nonempty_items,
     number_value,
     quote,
     quote_hint,
@@ -187,12 +188,10 @@ def _resolver(node: yaml.Node) -> Resolver:
     if "nameservers" not in pairs:
         raise InvalidNode(node, 'resolver: missing required key "nameservers"')
     servers_node = pairs["nameservers"][1]
-    if not isinstance(servers_node, yaml.SequenceNode) or not servers_node.value:
-        raise InvalidNode(
-            servers_node, f"resolver.nameservers: expected a non-empty list, got {describe(servers_node)}"
-        )
     servers = []
-    for item in servers_node.value:
+    for item in nonempty_items(
+        servers_node, f"resolver.nameservers: expected a non-empty list, got {describe(servers_node)}"
+    ):
         text = str_value(item, "resolver.nameservers")
         host, port = host_port(text, item)
         if not is_ip(host):
@@ -261,9 +260,8 @@ def _range(node: yaml.MappingNode, defaults: Layer) -> RangeConfig:
     ports: tuple[int, ...] = (443,)
     for key, (key_node, value_node) in pairs.items():
         if key == "ports":
-            if not isinstance(value_node, yaml.SequenceNode) or not value_node.value:
-                raise InvalidNode(value_node, f"ports: expected a non-empty list of ports, got {describe(value_node)}")
-            ports = tuple(_port(item) for item in value_node.value)
+            expected = f"ports: expected a non-empty list of ports, got {describe(value_node)}"
+            ports = tuple(_port(item) for item in nonempty_items(value_node, expected))
             if len(set(ports)) != len(ports):
                 raise InvalidNode(value_node, "ports: duplicate port")
         elif key != "network":

@@ -347,6 +347,13 @@ def str_list(node: yaml.Node, key: str) -> list[tuple[yaml.Node, str]]:
     return [(item, str_value(item, key)) for item in node.value]
 
 
+def nonempty_items(node: yaml.Node, message: str) -> list[yaml.Node]:
+    """The items of a non-empty list; raise `message` at the node for anything else."""
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise InvalidNode(node, message)
+    return list(node.value)
+
+
 def str_value(node: yaml.Node, key: str) -> str:
     """Return a string scalar's text, or raise naming `key`."""
     if not isinstance(node, yaml.ScalarNode) or node.tag != TAG_STR:

@@ -20,6 +20,7 @@ from scanner.config.nodes import (
     bool_flag,
     describe,
     line_of,
+    nonempty_items,
     protocol_lines,
     quote,
     read_mapping,
@@ -119,13 +120,9 @@ def config_profiles(node: yaml.Node) -> dict[str, ClientProfile]:
         protocols = protocol_lines(pairs["protocols"][1], f"clients.{name}.protocols")
         if not protocols:
             raise InvalidNode(pairs["protocols"][1], f"clients.{name}.protocols: at least one protocol is required")
-        ciphers_node = pairs["ciphers"][1]
-        if not isinstance(ciphers_node, yaml.SequenceNode) or not ciphers_node.value:
-            raise InvalidNode(
-                ciphers_node, f"clients.{name}.ciphers: expected a non-empty list of IANA cipher suite names"
-            )
         ciphers = []
-        for item in ciphers_node.value:
+        expected = f"clients.{name}.ciphers: expected a non-empty list of IANA cipher suite names"
+        for item in nonempty_items(pairs["ciphers"][1], expected):
             cipher = str_value(item, f"clients.{name}.ciphers")
             if not CIPHER_NAME_RE.fullmatch(cipher):
                 raise InvalidNode(

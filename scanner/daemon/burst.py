@@ -75,7 +75,6 @@ class Bursts:
         self._stopping = False
         self._full_logged = False
         self.started = 0  # bursts started, all time
-        self.probes = 0  # burst sweeps done, all time
 
     def __len__(self) -> int:
         return len(self._bursts)
@@ -129,7 +128,6 @@ class Bursts:
                 sweep = await self.engine.sweep(narrowed(target, protocol), [address] if address else None)
                 if self._stopping or self.targets(name) is None:
                     return
-                self.probes += 1
                 transitions = self.store.record_burst(replace(sweep, target=target))
                 log_transitions(self.tiers, transitions)
                 if any(flips_back(burst.started_by, t) for t in transitions):

@@ -25,7 +25,7 @@ class RangeTally:
 
     def counts(self) -> dict[str, int]:
         """{state: endpoints}, every state of RANGE_STATES."""
-        return {"open": self.open, "closed": self.closed, "silent": self.silent}
+        return {state: getattr(self, state) for state in RANGE_STATES}
 
 
 @dataclass(frozen=True, slots=True)

@@ -318,6 +318,27 @@ INVALID_INLINE = {
     ),
     "recursive_merge": ("defaults: &d\n  <<: *d\ntargets: [python.org]\n", 1, "defaults: recursive merge"),
     "merge_scalar": ("defaults:\n  <<: 5\ntargets: [python.org]\n", 2, "<<: expected a mapping to merge, got 5"),
+    # Lists that must not be empty (nonempty_items): the resolver's servers, a range's ports, a profile's suites.
+    "nameservers_empty": (
+        "resolver: {nameservers: []}\ntargets: [python.org]\n",
+        1,
+        "resolver.nameservers: expected a non-empty list, got list",
+    ),
+    "nameservers_scalar": (
+        "resolver: {nameservers: 5}\ntargets: [python.org]\n",
+        1,
+        "resolver.nameservers: expected a non-empty list, got 5",
+    ),
+    "range_ports_empty": (
+        "targets:\n  - {network: 127.0.0.0/30, ports: []}\n",
+        2,
+        "ports: expected a non-empty list of ports, got list",
+    ),
+    "profile_ciphers_empty": (
+        "clients:\n  x: {protocols: [TLSv1.2], ciphers: []}\ntargets: [python.org]\n",
+        2,
+        "clients.x.ciphers: expected a non-empty list of IANA cipher suite names",
+    ),
     "duplicate_top_level": (
         "targets: [a.org]\nconcurrency: 2\ntargets: [b.org]\n",
         3,
