@@ -5,12 +5,17 @@ A burst is a sweep narrowed to the one version on the one address, without clien
 Sweeper as the sweeps (the worker processes when there are some, never sslyze in this process then) and the same
 per-address politeness caps, and the store takes it in like a sweep (ResultStore.record_burst), so a flip it sees is a
 flip and its observations bound the refusal windows. An error is no observation: never a refusal.
+
+Cheap enough to run beside the sweeps: every burst with the same interval probes on the same tick of a shared clock
+(one wake-up of this process and of each worker for all of them, where probes spread over the interval would each pay
+for their own), and its hellos run on the worker's event loop rather than in a handshake thread (on_loop).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -36,6 +41,11 @@ Key = tuple[str, str, Protocol]  # (target, address, protocol)
 class _Burst:
     started_by: Transition  # the flip that started it: the opposite flip ends it
     task: asyncio.Task[None] | None = None
+
+
+def until_tick(now: float, interval: float) -> float:
+    """Seconds from `now` to the next tick of a clock ticking every `interval` (never 0: a tick due now is past)."""
+    return (math.floor(now / interval) + 1) * interval - now
 
 
 def narrowed(target: TargetConfig, protocol: Protocol) -> TargetConfig:
@@ -118,14 +128,16 @@ class Bursts:
             until = loop.time() + target.burst_for
             log.info("%s %s %s: burst every %gs", name, address or "-", protocol.value, target.burst_interval)
             while True:
-                await asyncio.sleep(target.burst_interval)
+                await asyncio.sleep(until_tick(loop.time(), target.burst_interval))
                 target = self.targets(name)
                 if target is None or self._stopping or target.burst_interval <= 0 or protocol not in target.protocols:
                     return
                 if loop.time() >= until:
                     log.info("%s %s %s: burst ended after %gs", name, address or "-", protocol.value, target.burst_for)
                     return
-                sweep = await self.engine.sweep(narrowed(target, protocol), [address] if address else None)
+                sweep = await self.engine.sweep(
+                    narrowed(target, protocol), [address] if address else None, on_loop=True
+                )
                 if self._stopping or self.targets(name) is None:
                     return
                 transitions = self.store.record_burst(replace(sweep, target=target))

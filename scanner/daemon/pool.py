@@ -54,7 +54,9 @@ class Sweeper(Protocol):
 
     resolver: Resolver | None
 
-    async def sweep(self, target: TargetConfig, addresses: list[str] | None = None) -> SweepResult: ...
+    async def sweep(
+        self, target: TargetConfig, addresses: list[str] | None = None, *, on_loop: bool = False
+    ) -> SweepResult: ...
 
     async def deep(self, target: TargetConfig, addresses: Sequence[str]) -> DeepResult: ...
 
@@ -113,6 +115,7 @@ class SweepRequest:
     id: int
     target: TargetConfig
     located: Located
+    on_loop: bool = False  # SweepEngine.sweep's on_loop
 
 
 @dataclass(frozen=True)
@@ -207,12 +210,14 @@ class WorkerPool:
         for worker in self._workers:
             self._send(worker, Stop())
 
-    async def sweep(self, target: TargetConfig, addresses: list[str] | None = None) -> SweepResult:
+    async def sweep(
+        self, target: TargetConfig, addresses: list[str] | None = None, *, on_loop: bool = False
+    ) -> SweepResult:
         located = await locate(target, addresses, self.resolver)
         if located.error is not None:
             error, reason = located.error, ErrorReason.DNS
             return ended_sweep(target, located.started_at, located.clock, error=error, error_reason=reason)
-        request = SweepRequest(next(self._ids), target, located)
+        request = SweepRequest(next(self._ids), target, located, on_loop)
         result = await self._ask(located.route or target.host, request)
         assert isinstance(result, SweepResult)
         # The configured target, not the worker's copy of it: one TargetConfig per target stays in memory.

@@ -81,7 +81,9 @@ async def _serve(replies: object) -> None:
     async def answer(request: SweepRequest | DeepRequest | DiscoverRequest) -> None:
         try:
             if isinstance(request, SweepRequest):
-                reply = Reply(request.id, await engine().sweep_located(request.target, request.located))
+                reply = Reply(
+                    request.id, await engine().sweep_located(request.target, request.located, on_loop=request.on_loop)
+                )
             elif isinstance(request, DeepRequest):
                 reply = Reply(request.id, await engine().deep(request.target, request.addresses))
             else:

@@ -99,6 +99,12 @@ class Handshake(typing.Protocol):
         """Send `attempt` at `protocol` on a fresh connection; the answer, never an exception."""
         ...
 
+    async def run_on_loop(
+        self, protocol: Protocol, attempt: Attempt, http: HttpCheck | None, http_host: str
+    ) -> ProtocolResult | None:
+        """`run` on the event loop, without a thread, where the library can: the same answer; None when it cannot."""
+        ...
+
     def abort(self) -> None:
         """Make a `run` stuck on the network return now."""
         ...

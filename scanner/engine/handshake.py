@@ -7,6 +7,7 @@ from scanner.results.sweep.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import importlib.util
@@ -147,9 +148,18 @@ def classify(exc: BaseException) -> ProtocolResult:
 
 
 class _Connection(SslConnection):
-    """sslyze's connection, opening HTTP proxy tunnels itself: sslyze's own CONNECT parser spins forever on EOF."""
+    """sslyze's connection, opening HTTP proxy tunnels itself (sslyze's own CONNECT parser spins forever on EOF), or
+    on a connection the event loop opened (`feed`: see Handshake.run_on_loop)."""
+
+    feed: _Feed | OSError | None = None
 
     def _do_pre_handshake(self) -> None:
+        if self.feed is not None:
+            if isinstance(self.feed, OSError):
+                raise self.feed  # the loop could not connect: sslyze's own words for why
+            if self.ssl_client.get_underlying_socket() is None:
+                self.ssl_client.set_underlying_socket(self.feed)  # type: ignore[arg-type]  # duck-typed socket
+            return
         proxy = self._server_location.http_proxy_settings
         if proxy is None:
             super()._do_pre_handshake()
@@ -221,14 +231,7 @@ class Handshake:
         self._lock = threading.Lock()
         self._connection: SslConnection | None = None
 
-    def run(
-        self,
-        protocol: Protocol,
-        attempt: Attempt,
-        http: HttpCheck | None,
-        http_host: str,
-        ignore_client_auth: bool = False,
-    ) -> ProtocolResult:
+    def _new_connection(self, protocol: Protocol, attempt: Attempt, ignore_client_auth: bool = False) -> _Connection:
         connection = _Connection(
             server_location=self.location,
             network_configuration=self.network,
@@ -246,6 +249,17 @@ class Handshake:
             connection.ssl_client.set_cipher_list(attempt.cipher_list)
         if attempt.groups and isinstance(connection.ssl_client, SslClient):
             connection.ssl_client.set_groups([_GROUPS[group] for group in attempt.groups])
+        return connection
+
+    def run(
+        self,
+        protocol: Protocol,
+        attempt: Attempt,
+        http: HttpCheck | None,
+        http_host: str,
+        ignore_client_auth: bool = False,
+    ) -> ProtocolResult:
+        connection = self._new_connection(protocol, attempt, ignore_client_auth)
         with self._lock:
             if self.aborted:
                 return TIMED_OUT
@@ -281,6 +295,42 @@ class Handshake:
             connections=1 + second.connections,
         )
 
+    async def run_on_loop(
+        self, protocol: Protocol, attempt: Attempt, http: HttpCheck | None, http_host: str
+    ) -> ProtocolResult | None:
+        """`run` on the event loop, no thread: the same hello and sslyze's own reading of the answer, the bytes carried
+        by an asyncio transport. None when this hello needs a thread: SSL 2.0 (nassl's IIS workaround reads mid-way),
+        STARTTLS or a proxy (sslyze's blocking preamble), an HTTP request over it (sslyze's blocking parser)."""
+        location = self.location
+        if (
+            protocol is Protocol.SSLv2
+            or http is not None
+            or self.network.tls_opportunistic_encryption is not None
+            or location.http_proxy_settings is not None
+            or not location.ip_address
+        ):
+            return None
+        loop = asyncio.get_running_loop()
+        connection = self._new_connection(protocol, attempt)
+        answer: asyncio.Future[ProtocolResult] = loop.create_future()
+        transport: asyncio.Transport | None = None
+        try:
+            async with asyncio.timeout(float(self.network.network_timeout)):
+                try:
+                    transport, _ = await loop.create_connection(
+                        lambda: _Hello(connection, answer), location.ip_address, location.port
+                    )
+                except OSError as exc:
+                    connection.feed = exc
+                    _Hello(connection, answer).step()
+                return await answer
+        except TimeoutError:
+            return TIMED_OUT
+        finally:
+            if transport is not None:
+                transport.abort()
+            vars(connection.ssl_client).pop("do_handshake", None)  # as in run(): no reference cycle
+
     def abort(self) -> None:
         """Tear down the socket so a thread stuck in recv() returns now."""
         with self._lock:
@@ -300,6 +350,93 @@ class Handshake:
             connection.close()
         except Exception:
             pass
+
+
+class _WouldBlock(Exception):
+    """Nothing received yet: the hello goes on when the loop delivers more (deliberately not an OSError, which sslyze
+    would map to a verdict)."""
+
+
+class _Feed:
+    """The socket nassl reads and writes on a loop-driven hello: what the transport delivered, in order, then the
+    end of the stream or the error that ended it, exactly as recv() on a socket would give them."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.received = bytearray()
+        self.ended = False
+        self.error: OSError | None = None
+
+    def recv(self, size: int) -> bytes:
+        if self.received:
+            data = bytes(self.received[:size])
+            del self.received[:size]
+            return data
+        if self.error is not None:
+            raise self.error
+        if self.ended:
+            return b""
+        raise _WouldBlock
+
+    def send(self, data: bytes) -> int:
+        self.transport.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class _Hello(asyncio.Protocol):
+    """Drives one sslyze connection from the loop's callbacks: each delivery re-enters sslyze's connect(), which
+    resumes OpenSSL's handshake where it waited (nassl keeps its state in memory BIOs) and maps the outcome to
+    sslyze's exceptions as on a thread, so both paths judge a server alike."""
+
+    def __init__(self, connection: _Connection, answer: asyncio.Future[ProtocolResult]) -> None:
+        self.connection = connection
+        self.answer = answer
+        self.feed: _Feed | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.feed = self.connection.feed = _Feed(transport)
+        self.step()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.feed is not None
+        self.feed.received += data
+        self.step()
+
+    def eof_received(self) -> bool:
+        assert self.feed is not None
+        self.feed.ended = True
+        self.step()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.feed is not None:
+            if isinstance(exc, OSError):
+                self.feed.error = exc
+            self.feed.ended = True
+            self.step()
+
+    def step(self) -> None:
+        if self.answer.done():
+            return
+        connection = self.connection
+        try:
+            connection.connect(should_retry_connection=False)
+            result = ProtocolResult(
+                ProtocolState.ACCEPTED, detail=connection.ssl_client.get_current_cipher_name(), connections=1
+            )
+        except _WouldBlock:
+            return
+        except ClientCertificateRequested:  # the server got as far as asking who we are: it accepts this version
+            result = ProtocolResult(ProtocolState.ACCEPTED, detail="client certificate requested", connections=1)
+        except Exception as exc:  # every failure becomes data, in classify()
+            result = replace(classify(exc), connections=1)
+        if isinstance(connection.feed, _Feed):
+            Handshake._close(connection)
+        self.answer.set_result(result)
 
 
 class _HttpAnswer(NamedTuple):

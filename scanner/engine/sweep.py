@@ -79,19 +79,23 @@ class SweepEngine:
 
         return await deep_scan(target, addresses)
 
-    async def sweep(self, target: TargetConfig, addresses: list[str] | None = None) -> SweepResult:
+    async def sweep(
+        self, target: TargetConfig, addresses: list[str] | None = None, *, on_loop: bool = False
+    ) -> SweepResult:
         """Resolve the target once (unless `addresses` are given), then try each protocol on each address.
 
-        Never raises for a misbehaving server: every failure is in the result.
+        Never raises for a misbehaving server: every failure is in the result. `on_loop`: the hellos the TLS library
+        can run on the event loop run there rather than in a handshake thread (the same answers; cheaper for a few
+        hellos at a time, as burst re-probes are).
         """
-        return await self.sweep_located(target, await locate(target, addresses, self.resolver))
+        return await self.sweep_located(target, await locate(target, addresses, self.resolver), on_loop=on_loop)
 
-    async def sweep_located(self, target: TargetConfig, located: Located) -> SweepResult:
+    async def sweep_located(self, target: TargetConfig, located: Located, *, on_loop: bool = False) -> SweepResult:
         """The sweep of `target` on the addresses `located` found (it started when they were looked for)."""
         if located.error is not None:
             found = _Found(error=located.error, reason=ErrorReason.DNS)
         else:
-            found = await self._sweep_addresses(target, located.addresses)
+            found = await self._sweep_addresses(target, located.addresses, on_loop)
         return ended_sweep(
             target,
             located.started_at,
@@ -103,7 +107,7 @@ class SweepEngine:
             dns_error=located.dns_error,
         )
 
-    async def _sweep_addresses(self, target: TargetConfig, addresses: tuple[str, ...]) -> _Found:
+    async def _sweep_addresses(self, target: TargetConfig, addresses: tuple[str, ...], on_loop: bool) -> _Found:
         """Each address of the target, under one deadline; a range endpoint only once its port accepts TCP."""
         try:
             peer = self.tls.peers(target)
@@ -116,7 +120,7 @@ class SweepEngine:
             opened = await self._tcp_open(addresses[0], target, deadline)
             if opened is not None:
                 return _Found(error=opened.detail, reason=opened.reason, closed=True)
-        results = await asyncio.gather(*(self._sweep_address(peer(a), deadline) for a in addresses))
+        results = await asyncio.gather(*(self._sweep_address(peer(a), deadline, on_loop) for a in addresses))
         if not all(r.error is not None for r in results):
             return _Found(tuple(results))
         error = results[0].error
@@ -124,15 +128,17 @@ class SweepEngine:
             error = f"all {len(results)} addresses failed: {error}"
         return _Found(tuple(results), error, results[0].error_reason)
 
-    async def _sweep_address(self, peer: Peer, deadline: float) -> AddressResult:
+    async def _sweep_address(self, peer: Peer, deadline: float, on_loop: bool) -> AddressResult:
         target, address = peer.target, peer.address
-        results = await asyncio.gather(*(self._try_version(peer, p, target.http, deadline) for p in target.protocols))
+        results = await asyncio.gather(
+            *(self._try_version(peer, p, target.http, deadline, on_loop) for p in target.protocols)
+        )
         protocols = dict(zip(target.protocols, results, strict=True))
         if not _speaks_tls(protocols.values()) and any(r.state is ProtocolState.REJECTED for r in results):
             # Refusals without an alert prove nothing by themselves (a version downgrade and a non-TLS peer read
             # the same to OpenSSL); a version outside the configured ones can show the peer speaks TLS.
             for extra in (p for p in (Protocol.TLSv1_2, Protocol.TLSv1_3, Protocol.TLSv1_0) if p not in protocols):
-                proof = await self._try_version(peer, extra, None, deadline)
+                proof = await self._try_version(peer, extra, None, deadline, on_loop)
                 if _speaks_tls([proof]):
                     return AddressResult(address, protocols, clients=await self._try_profiles(peer, protocols))
         protocols, error, reason = _judge_peer(protocols)
@@ -165,14 +171,14 @@ class SweepEngine:
         return self._slots
 
     async def _try_version(
-        self, peer: Peer, protocol: Protocol, http: HttpCheck | None, deadline: float
+        self, peer: Peer, protocol: Protocol, http: HttpCheck | None, deadline: float, on_loop: bool = False
     ) -> ProtocolResult:
         """The answer for one version: a first hello, and more only as next_attempt's rules say."""
         tried: list[Attempt] = []
         result = TIMED_OUT
         attempt: Attempt | None = first_attempt(protocol)
         while attempt is not None:
-            outcome = await self._hello(peer, protocol, attempt, http, deadline)
+            outcome = await self._hello(peer, protocol, attempt, http, deadline, on_loop)
             if outcome is None:
                 break  # no time left: a retry keeps the answer before it, a first attempt times out
             result, started = outcome
@@ -204,7 +210,13 @@ class SweepEngine:
         return replace(result, detail=detail, connections=int(started))
 
     async def _hello(
-        self, peer: Peer, protocol: Protocol, attempt: Attempt, http: HttpCheck | None, deadline: float
+        self,
+        peer: Peer,
+        protocol: Protocol,
+        attempt: Attempt,
+        http: HttpCheck | None,
+        deadline: float,
+        on_loop: bool = False,
     ) -> tuple[ProtocolResult, bool] | None:
         """One hello on a fresh connection within the deadline: (answer, whether a connection was opened), or None
         when there was no time left to start it."""
@@ -222,6 +234,10 @@ class SweepEngine:
                     if budget < 0.2:
                         return None
                     handshake = peer.handshake(budget)
+                    if on_loop:
+                        answer = await handshake.run_on_loop(protocol, attempt, http, peer.http_host)
+                        if answer is not None:
+                            return answer, True
                     future = loop.run_in_executor(
                         self._executor, handshake.run, protocol, attempt, http, peer.http_host
                     )

@@ -44,6 +44,8 @@ class FakeTls:
     hellos: list[tuple[str, Protocol, Attempt]] = field(default_factory=list)
     aborted: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    loop_capable: bool = True  # run_on_loop answers (False: it says a thread is needed)
+    on_loop: int = 0  # hellos answered on the loop
 
     def peers(self, target: TargetConfig) -> Callable[[str], FakePeer]:
         return lambda address: FakePeer(self, target, address)
@@ -81,6 +83,19 @@ class FakeHandshake:
             return TIMED_OUT
         return answer
 
+    async def run_on_loop(
+        self, protocol: Protocol, attempt: Attempt, http: HttpCheck | None, http_host: str
+    ) -> ProtocolResult | None:
+        tls = self.peer.tls
+        if not tls.loop_capable or http is not None:
+            return None
+        tls.on_loop += 1
+        tls.hellos.append((self.peer.address, protocol, attempt))
+        answer = tls.script(self.peer.address, protocol, attempt)
+        if answer is None:
+            await asyncio.sleep(3600)  # hangs until the engine's deadline cancels it
+        return answer
+
     def abort(self) -> None:
         with self.peer.tls.lock:
             self.peer.tls.aborted += 1
@@ -97,14 +112,18 @@ def target(protocols: tuple[Protocol, ...] = MODERN, **settings: object) -> Targ
 
 
 def run_sweep(
-    tls: FakeTls, t: TargetConfig, addresses: tuple[str, ...] = ("192.0.2.1",), stopping: bool = False
+    tls: FakeTls,
+    t: TargetConfig,
+    addresses: tuple[str, ...] = ("192.0.2.1",),
+    stopping: bool = False,
+    on_loop: bool = False,
 ) -> SweepResult:
     async def sweep() -> SweepResult:
         engine = SweepEngine(8, tls=tls)
         if stopping:
             engine.stop()
         try:
-            return await engine.sweep(t, list(addresses))
+            return await engine.sweep(t, list(addresses), on_loop=on_loop)
         finally:
             engine.close()
 
@@ -329,3 +348,29 @@ def test_the_engine_imports_no_sslyze() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        by_version({}),  # every version refused with an alert
+        by_version({}, default=CLOSED),  # closes without an alert: not a TLS server
+        by_version({Protocol.TLSv1_2: ACCEPTED}, default=CLOSED),  # one accepted proves the closes are refusals
+        by_version({Protocol.TLSv1_2: HANG}),  # a hang times out
+    ],
+)
+def test_hellos_on_the_loop_are_judged_as_hellos_in_threads(script: Script) -> None:
+    """Burst re-probes run their hellos on the loop: the same hellos, the same verdicts as in a thread."""
+    t = target(timeout=1.0)
+    threaded, looped = FakeTls(script, loop_capable=False), FakeTls(script)
+    by_thread, by_loop = run_sweep(threaded, t), run_sweep(looped, t, on_loop=True)
+    assert looped.on_loop == len(looped.hellos) > 0 and threaded.on_loop == 0
+    assert sorted(map(repr, looped.hellos)) == sorted(map(repr, threaded.hellos))
+    assert (by_loop.error, by_loop.error_reason) == (by_thread.error, by_thread.error_reason)
+    assert by_loop.protocols == by_thread.protocols
+
+
+def test_a_hello_the_library_cannot_run_on_the_loop_takes_a_thread() -> None:
+    tls = FakeTls(by_version({Protocol.TLSv1_2: ACCEPTED}))
+    result = run_sweep(tls, target(http=HttpCheck()), on_loop=True)  # an HTTP check needs a thread
+    assert tls.on_loop == 0 and result.protocols[Protocol.TLSv1_2].state is A

@@ -6,6 +6,7 @@ import asyncio
 import random
 import sqlite3
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -227,12 +228,14 @@ class Scripted:
     errors: list[tuple[float, float]] = field(default_factory=list)
     http: bool = False  # answer the refusal as HTTP 403 over an accepting handshake instead
     calls: list[tuple[float, tuple[Protocol, ...], tuple[str, ...] | None]] = field(default_factory=list)
+    on_loop: list[bool] = field(default_factory=list)  # each call's on_loop
     resolver: None = None
 
-    async def sweep(self, t: TargetConfig, addresses: list[str] | None = None) -> SweepResult:
+    async def sweep(self, t: TargetConfig, addresses: list[str] | None = None, *, on_loop: bool = False) -> SweepResult:
         loop = asyncio.get_running_loop()
         now = loop.time()
         self.calls.append((now, t.protocols, None if addresses is None else tuple(addresses)))
+        self.on_loop.append(on_loop)
         await asyncio.sleep(0.05)
         refused = any(a <= now < b for a, b in self.refused)
         failing = any(a <= now < b for a, b in self.errors)
@@ -289,6 +292,29 @@ def test_a_flip_is_followed_every_burst_interval_on_its_address_and_version_unti
     (window,) = [w for w in store.status("t").windows.ended if w.address == "127.0.0.1"]
     assert 52 <= window.first_accepted <= 54.5  # seen within a burst interval
     assert scheduler.bursts.started == 2 and len(scheduler.bursts) == 0
+    burst_calls = [on for call, on in zip(engine.calls, engine.on_loop, strict=True) if call[2] is not None]
+    assert all(burst_calls) and not any(
+        on for call, on in zip(engine.calls, engine.on_loop, strict=True) if call[2] is None
+    )
+
+
+def test_bursts_probe_together_on_the_ticks_of_a_shared_clock() -> None:
+    """One wake-up for all the bursts of an interval, not one per burst at its own phase."""
+    engine = Scripted(refused=[(20.0, 60.0)])
+    bursting(engine, until=100)
+    times = [c[0] for c in bursts(engine)]
+    assert len(times) >= 20
+    assert all(abs(t / 2.0 - round(t / 2.0)) < 1e-6 for t in times)  # on a multiple of burst_interval
+    per_tick = Counter(round(t / 2.0) for t in times)
+    assert set(per_tick.values()) == {2}  # both flipped addresses on every tick
+
+
+def test_until_tick() -> None:
+    from scanner.daemon.burst import until_tick
+
+    assert until_tick(10.5, 2.0) == 1.5
+    assert until_tick(12.0, 2.0) == 2.0  # a tick due now has passed: never 0, never a busy loop
+    assert 0 < until_tick(1e9 + 0.25, 0.5) <= 0.5
 
 
 def test_a_burst_ends_after_burst_for() -> None:
