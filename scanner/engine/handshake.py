@@ -320,6 +320,11 @@ class Handshake:
                     transport, _ = await loop.create_connection(
                         lambda: _Hello(connection, answer), location.ip_address, location.port
                     )
+                except (ConnectionResetError, ConnectionAbortedError) as exc:
+                    # Connected, then reset before the loop looked (a thread's blocking connect returns first and
+                    # meets the reset in its first read): the same, a reset hello rather than a refused connection.
+                    connection.feed = _Feed(None, error=exc)
+                    _Hello(connection, answer).step()
                 except OSError as exc:
                     connection.feed = exc
                     _Hello(connection, answer).step()
@@ -361,11 +366,11 @@ class _Feed:
     """The socket nassl reads and writes on a loop-driven hello: what the transport delivered, in order, then the
     end of the stream or the error that ended it, exactly as recv() on a socket would give them."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
+    def __init__(self, transport: asyncio.Transport | None, error: OSError | None = None) -> None:
+        self.transport = transport  # None: the connection was gone before it was made
         self.received = bytearray()
-        self.ended = False
-        self.error: OSError | None = None
+        self.ended = error is not None
+        self.error = error
 
     def recv(self, size: int) -> bytes:
         if self.received:
@@ -379,11 +384,13 @@ class _Feed:
         raise _WouldBlock
 
     def send(self, data: bytes) -> int:
-        self.transport.write(data)
+        if self.transport is not None:
+            self.transport.write(data)
         return len(data)
 
     def close(self) -> None:
-        self.transport.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
 class _Hello(asyncio.Protocol):

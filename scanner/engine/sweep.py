@@ -7,10 +7,10 @@ an engine is made) run in a bounded thread pool. What to send and how to read th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from scanner.config import ClientProfile, HttpCheck, Politeness, Resolver, TargetConfig
 from scanner.engine.attempts import TIMED_OUT, Attempt, Peer, TlsLibrary, classify_error, first_attempt, next_attempt
@@ -27,6 +27,8 @@ from scanner.results.sweep import (
     SweepResult,
     ended_sweep,
 )
+
+T = TypeVar("T")
 
 # Past its timeout a target gets this long before its hung connections are torn down.
 DEADLINE_GRACE_SECONDS = 0.8
@@ -120,7 +122,7 @@ class SweepEngine:
             opened = await self._tcp_open(addresses[0], target, deadline)
             if opened is not None:
                 return _Found(error=opened.detail, reason=opened.reason, closed=True)
-        results = await asyncio.gather(*(self._sweep_address(peer(a), deadline, on_loop) for a in addresses))
+        results = await _each([self._sweep_address(peer(a), deadline, on_loop) for a in addresses])
         if not all(r.error is not None for r in results):
             return _Found(tuple(results))
         error = results[0].error
@@ -130,9 +132,7 @@ class SweepEngine:
 
     async def _sweep_address(self, peer: Peer, deadline: float, on_loop: bool) -> AddressResult:
         target, address = peer.target, peer.address
-        results = await asyncio.gather(
-            *(self._try_version(peer, p, target.http, deadline, on_loop) for p in target.protocols)
-        )
+        results = await _each([self._try_version(peer, p, target.http, deadline, on_loop) for p in target.protocols])
         protocols = dict(zip(target.protocols, results, strict=True))
         if not _speaks_tls(protocols.values()) and any(r.state is ProtocolState.REJECTED for r in results):
             # Refusals without an alert prove nothing by themselves (a version downgrade and a non-TLS peer read
@@ -246,6 +246,13 @@ class SweepEngine:
             if handshake is not None:
                 handshake.abort()
             return TIMED_OUT, handshake is not None
+
+
+async def _each(awaitables: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """asyncio.gather, without making a task for a lone awaitable (a burst's one version on one address)."""
+    if len(awaitables) == 1:
+        return [await awaitables[0]]
+    return list(await asyncio.gather(*awaitables))
 
 
 def _speaks_tls(results: Iterable[ProtocolResult]) -> bool:

@@ -1,0 +1,152 @@
+"""Burst re-probes send their hellos from the worker's event loop (SweepEngine.sweep(on_loop=True)), sweeps from
+handshake threads: against real servers, well and badly behaved, both must give the same verdict on every version,
+or a burst would see flips the sweeps do not (a false brownout alarm). Loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from bench.servers import Endpoint, NginxServer, free_ports
+from scanner.config import TargetConfig
+from scanner.engine.sweep import SweepEngine
+from scanner.protocols import ALL_PROTOCOLS
+from scanner.protocols import Protocol as P
+from scanner.results.sweep import ErrorReason, ProtocolResult, SweepResult
+from scanner.state.status import Transition
+from scanner.state.store import ResultStore
+from tests.lab.peers import FlakyForwarder
+from tests.lab.servers import (
+    LabStack,
+    NginxLabFactory,
+    closed_port,
+    closing_server,
+    garbage_server,
+    plain_http_server,
+    rst_server,
+    tarpit,
+)
+
+TIMEOUT = 2.0
+
+
+def verdicts(sweep: SweepResult) -> tuple[object, ...]:
+    """What a sweep says of its one version: the target's error and the version's answer, minus counters."""
+    (answer,) = sweep.protocols.values()
+    return sweep.error, sweep.error_reason, _verdict(answer)
+
+
+def _verdict(answer: ProtocolResult) -> tuple[object, ...]:
+    return answer.state, answer.evidence, answer.reason, answer.detail
+
+
+async def _both(engine: SweepEngine, target: TargetConfig, protocol: P) -> tuple[SweepResult, SweepResult]:
+    narrowed = replace(target, protocols=(protocol,))
+    address = [target.address or target.host]
+    threaded = await engine.sweep(narrowed, address)
+    looped = await engine.sweep(narrowed, address, on_loop=True)
+    return threaded, looped
+
+
+def compare(targets: list[TargetConfig]) -> list[tuple[str, P, SweepResult, SweepResult]]:
+    """Each target at each version, one sweep by threads and one on the loop, all targets at once."""
+
+    async def main() -> list[tuple[str, P, SweepResult, SweepResult]]:
+        engine = SweepEngine(64)
+        try:
+            jobs = [(t, p) for t in targets for p in ALL_PROTOCOLS]
+            pairs = await asyncio.gather(*(_both(engine, t, p) for t, p in jobs))
+        finally:
+            engine.close()
+        return [(t.name, p, threaded, looped) for (t, p), (threaded, looped) in zip(jobs, pairs, strict=True)]
+
+    return asyncio.run(main())
+
+
+def test_loop_and_thread_hellos_give_the_same_verdicts(nginx_lab: NginxLabFactory, lab: LabStack) -> None:
+    modern, every = free_ports(2)
+    nginx = nginx_lab(
+        [
+            NginxServer("modern", modern, ["TLSv1.2", "TLSv1.3"]),
+            NginxServer("every", every, ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]),
+        ]
+    )
+    peers: dict[str, Callable[[], contextlib.AbstractContextManager[Endpoint]]] = {
+        "tarpit": tarpit,
+        "garbage": garbage_server,
+        "plain-http": plain_http_server,
+        "closing": closing_server,
+        "reset": rst_server,
+        "closed-port": closed_port,
+    }
+    endpoints = {name: lab.peer(factory) for name, factory in peers.items()}
+    endpoints |= {
+        "nginx-modern": nginx.endpoint("modern"),
+        "nginx-every": nginx.endpoint("every"),
+        # A TLS 1.2 server with only suites the modern client lacks: accepted only after the legacy retry.
+        "legacy-suites": lab.tls_server({P.TLSv1_2}, ciphers="NULL-SHA256:@SECLEVEL=0"),
+        "python-tls13": lab.tls_server({P.TLSv1_3}),
+        "client-cert": lab.tls_server({P.TLSv1_2}, require_client_cert=True),  # asks who we are: accepted
+    }
+    targets = [TargetConfig(name=name, host=e.host, port=e.port, timeout=TIMEOUT) for name, e in endpoints.items()]
+    results = compare(targets)
+    # Two peers answer differently from one connection to the next, whoever connects: random bytes (so OpenSSL's
+    # complaint varies), and a reset right after accept that races the client's connect() (seen at connect, "connection
+    # refused", or at the first read). For them only the state must agree: an error, never a rejection.
+    varying = {"garbage", "reset"}
+    differ = [
+        (name, p.value, verdicts(threaded), verdicts(looped))
+        for name, p, threaded, looped in results
+        if (
+            verdicts(threaded)[2][0] != verdicts(looped)[2][0]
+            if name in varying
+            else verdicts(threaded) != verdicts(looped)
+        )
+    ]
+    assert differ == []
+    looped = {(name, p): loop_sweep for name, p, _, loop_sweep in results}
+
+    def state(name: str, protocol: P) -> str:
+        return looped[(name, protocol)].protocols[protocol].state.value
+
+    # The comparison means something: the servers gave every kind of answer.
+    assert state("nginx-every", P.TLSv1_0) == "accepted" and state("nginx-modern", P.TLSv1_0) == "rejected"
+    assert state("legacy-suites", P.TLSv1_2) == "accepted" and state("python-tls13", P.TLSv1_3) == "accepted"
+    assert looped[("client-cert", P.TLSv1_2)].protocols[P.TLSv1_2].detail == "client certificate requested"
+    assert looped[("tarpit", P.TLSv1_2)].error_reason is ErrorReason.TIMEOUT
+    assert looped[("closed-port", P.TLSv1_2)].error_reason is ErrorReason.REFUSED
+    assert "not a TLS server" in str(looped[("garbage", P.TLSv1_2)].error)
+    assert {state("reset", p) for p in ALL_PROTOCOLS} == {"error"}
+
+
+@pytest.mark.parametrize("on_loop", [False, True], ids=["threads", "loop"])
+def test_burst_probes_make_no_false_flips_behind_a_path_that_resets(nginx_lab: NginxLabFactory, on_loop: bool) -> None:
+    """A sweep, then 80 single-version probes recorded as bursts are, through a forwarder resetting 30 % of
+    connections: not one flip of a version the server accepts all along."""
+    (port,) = free_ports(1)
+    nginx = nginx_lab([NginxServer("web", port, ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"])])
+    with FlakyForwarder(nginx.endpoint("web"), reset_fraction=0.3, seed=11) as path:
+        target = TargetConfig(name="web", host="127.0.0.1", port=path.endpoint.port, timeout=3.0)
+        store = ResultStore(None)
+        store.set_targets([target])
+
+        async def probes() -> list[Transition]:
+            engine = SweepEngine(16)
+            try:
+                flips = store.record(await engine.sweep(target, ["127.0.0.1"]))
+                probe = replace(target, protocols=(P.TLSv1_0,))
+                for _ in range(80):
+                    sweep = await engine.sweep(probe, ["127.0.0.1"], on_loop=on_loop)
+                    flips += store.record_burst(replace(sweep, target=target))
+                return flips
+            finally:
+                engine.close()
+
+        flips = asyncio.run(probes())
+    assert path.resets > 20  # the path really did reset
+    assert [f for f in flips if f.kind.value == "handshake"] == []
+    store.close()
