@@ -332,8 +332,8 @@ class Handshake:
         except TimeoutError:
             return TIMED_OUT
         finally:
-            if transport is not None:
-                transport.abort()
+            if transport is not None and not transport.is_closing():
+                transport.abort()  # timed out or cancelled: nothing more to say to this peer
             vars(connection.ssl_client).pop("do_handshake", None)  # as in run(): no reference cycle
 
     def abort(self) -> None:
