@@ -320,13 +320,11 @@ class Handshake:
                     transport, _ = await loop.create_connection(
                         lambda: _Hello(connection, answer), location.ip_address, location.port
                     )
-                except (ConnectionResetError, ConnectionAbortedError) as exc:
-                    # Connected, then reset before the loop looked (a thread's blocking connect returns first and
-                    # meets the reset in its first read): the same, a reset hello rather than a refused connection.
-                    connection.feed = _Feed(None, error=exc)
-                    _Hello(connection, answer).step()
                 except OSError as exc:
-                    connection.feed = exc
+                    # A reset here came after the connect (a thread's blocking connect returns first and meets it in
+                    # its first read): the same, a reset hello; any other error is the connect's own.
+                    reset = isinstance(exc, ConnectionResetError | ConnectionAbortedError)
+                    connection.feed = _Feed(None, error=exc) if reset else exc
                     _Hello(connection, answer).step()
                 return await answer
         except TimeoutError:

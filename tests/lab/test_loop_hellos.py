@@ -16,7 +16,7 @@ from scanner.config import TargetConfig
 from scanner.engine.sweep import SweepEngine
 from scanner.protocols import ALL_PROTOCOLS
 from scanner.protocols import Protocol as P
-from scanner.results.sweep import ErrorReason, ProtocolResult, SweepResult
+from scanner.results.sweep import ErrorReason, ProtocolState, SweepResult
 from scanner.state.status import Transition
 from scanner.state.store import ResultStore
 from tests.lab.peers import FlakyForwarder
@@ -37,11 +37,13 @@ TIMEOUT = 2.0
 def verdicts(sweep: SweepResult) -> tuple[object, ...]:
     """What a sweep says of its one version: the target's error and the version's answer, minus counters."""
     (answer,) = sweep.protocols.values()
-    return sweep.error, sweep.error_reason, _verdict(answer)
+    return sweep.error, sweep.error_reason, answer.state, answer.evidence, answer.reason, answer.detail
 
 
-def _verdict(answer: ProtocolResult) -> tuple[object, ...]:
-    return answer.state, answer.evidence, answer.reason, answer.detail
+def answer_state(sweep: SweepResult) -> ProtocolState:
+    """The state of a sweep's one version."""
+    (answer,) = sweep.protocols.values()
+    return answer.state
 
 
 async def _both(engine: SweepEngine, target: TargetConfig, protocol: P) -> tuple[SweepResult, SweepResult]:
@@ -102,7 +104,7 @@ def test_loop_and_thread_hellos_give_the_same_verdicts(nginx_lab: NginxLabFactor
         (name, p.value, verdicts(threaded), verdicts(looped))
         for name, p, threaded, looped in results
         if (
-            verdicts(threaded)[2][0] != verdicts(looped)[2][0]
+            answer_state(threaded) != answer_state(looped)
             if name in varying
             else verdicts(threaded) != verdicts(looped)
         )
