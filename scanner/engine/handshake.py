@@ -151,7 +151,7 @@ class _Connection(SslConnection):
     """sslyze's connection, opening HTTP proxy tunnels itself (sslyze's own CONNECT parser spins forever on EOF), or
     on a connection the event loop opened (`feed`: see Handshake.run_on_loop)."""
 
-    feed: _Feed | OSError | None = None
+    feed: _Socket | OSError | None = None
 
     def _do_pre_handshake(self) -> None:
         if self.feed is not None:
@@ -298,40 +298,40 @@ class Handshake:
     async def run_on_loop(
         self, protocol: Protocol, attempt: Attempt, http: HttpCheck | None, http_host: str
     ) -> ProtocolResult | None:
-        """`run` on the event loop, no thread: the same hello and sslyze's own reading of the answer, the bytes carried
-        by an asyncio transport. None when this hello needs a thread: SSL 2.0 (nassl's IIS workaround reads mid-way),
+        """`run` on the event loop, no thread: the same hello and sslyze's own reading of the answer, on a non-blocking
+        socket the loop watches. None when this hello needs a thread: SSL 2.0 (nassl's IIS workaround reads mid-way),
         STARTTLS or a proxy (sslyze's blocking preamble), an HTTP request over it (sslyze's blocking parser)."""
         location = self.location
+        address = location.ip_address
         if (
             protocol is Protocol.SSLv2
             or http is not None
             or self.network.tls_opportunistic_encryption is not None
             or location.http_proxy_settings is not None
-            or not location.ip_address
+            or not address
         ):
             return None
         loop = asyncio.get_running_loop()
         connection = self._new_connection(protocol, attempt)
-        answer: asyncio.Future[ProtocolResult] = loop.create_future()
-        transport: asyncio.Transport | None = None
+        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        hello = _Hello(connection, _Socket(sock, loop))
         try:
             async with asyncio.timeout(float(self.network.network_timeout)):
                 try:
-                    transport, _ = await loop.create_connection(
-                        lambda: _Hello(connection, answer), location.ip_address, location.port
-                    )
+                    await loop.sock_connect(sock, (address, location.port))
                 except OSError as exc:
                     # A reset here came after the connect (a thread's blocking connect returns first and meets it in
                     # its first read): the same, a reset hello; any other error is the connect's own.
-                    reset = isinstance(exc, ConnectionResetError | ConnectionAbortedError)
-                    connection.feed = _Feed(None, error=exc) if reset else exc
-                    _Hello(connection, answer).step()
-                return await answer
+                    if isinstance(exc, ConnectionResetError | ConnectionAbortedError):
+                        hello.socket.error = exc
+                    else:
+                        connection.feed = exc
+                return await hello.run()
         except TimeoutError:
             return TIMED_OUT
         finally:
-            if transport is not None and not transport.is_closing():
-                transport.abort()  # timed out or cancelled: nothing more to say to this peer
+            hello.end()  # timed out or cancelled: nothing more to say to this peer
             vars(connection.ssl_client).pop("do_handshake", None)  # as in run(): no reference cycle
 
     def abort(self) -> None:
@@ -356,73 +356,79 @@ class Handshake:
 
 
 class _WouldBlock(Exception):
-    """Nothing received yet: the hello goes on when the loop delivers more (deliberately not an OSError, which sslyze
-    would map to a verdict)."""
+    """Nothing received yet: the hello goes on when the socket is readable (deliberately not an OSError, which
+    sslyze would map to a verdict)."""
 
 
-class _Feed:
-    """The socket nassl reads and writes on a loop-driven hello: what the transport delivered, in order, then the
-    end of the stream or the error that ended it, exactly as recv() on a socket would give them."""
+class _Socket:
+    """The socket nassl reads and writes on a loop-driven hello: the real one, non-blocking, so that nothing to read
+    yet is _WouldBlock, and bytes the kernel cannot take yet are kept and sent when it can (nassl ignores short
+    sends). Everything else, end of stream and errors included, reaches sslyze exactly as from a blocking socket."""
 
-    def __init__(self, transport: asyncio.Transport | None, error: OSError | None = None) -> None:
-        self.transport = transport  # None: the connection was gone before it was made
-        self.received = bytearray()
-        self.ended = error is not None
-        self.error = error
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self.sock = sock
+        self.loop = loop
+        self.fd = sock.fileno()
+        self.error: OSError | None = None  # met before the hello began: what the first read gives
+        self.unsent = bytearray()
 
     def recv(self, size: int) -> bytes:
-        if self.received:
-            data = bytes(self.received[:size])
-            del self.received[:size]
-            return data
         if self.error is not None:
             raise self.error
-        if self.ended:
-            return b""
-        raise _WouldBlock
+        try:
+            return self.sock.recv(size)
+        except BlockingIOError:
+            raise _WouldBlock from None
 
     def send(self, data: bytes) -> int:
-        if self.transport is not None:
-            self.transport.write(data)
-        return len(data)
+        size = len(data)
+        if self.error is not None:
+            return size  # as if sent: the read that follows meets the error
+        if not self.unsent:
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            data = data[sent:]
+            if data:
+                self.loop.add_writer(self.fd, self._flush)
+        self.unsent += data
+        return size
+
+    def _flush(self) -> None:
+        try:
+            sent = self.sock.send(self.unsent)
+        except BlockingIOError:
+            return
+        except OSError:
+            sent = len(self.unsent)  # the peer is gone: the next read says so
+        del self.unsent[:sent]
+        if not self.unsent:
+            self.loop.remove_writer(self.fd)
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        if self.sock.fileno() != -1:
+            self.loop.remove_reader(self.fd)
+            self.loop.remove_writer(self.fd)
+            self.sock.close()
 
 
-class _Hello(asyncio.Protocol):
-    """Drives one sslyze connection from the loop's callbacks: each delivery re-enters sslyze's connect(), which
-    resumes OpenSSL's handshake where it waited (nassl keeps its state in memory BIOs) and maps the outcome to
-    sslyze's exceptions as on a thread, so both paths judge a server alike."""
+class _Hello:
+    """Drives one sslyze connection from the loop: each time the socket is readable, sslyze's connect() is entered
+    again and resumes OpenSSL's handshake where it waited (nassl keeps its state in memory BIOs), mapping the outcome
+    to sslyze's exceptions as on a thread, so both paths judge a server alike."""
 
-    def __init__(self, connection: _Connection, answer: asyncio.Future[ProtocolResult]) -> None:
+    def __init__(self, connection: _Connection, sock: _Socket) -> None:
         self.connection = connection
-        self.answer = answer
-        self.feed: _Feed | None = None
+        self.socket = sock
+        self.answer: asyncio.Future[ProtocolResult] = sock.loop.create_future()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.feed = self.connection.feed = _Feed(transport)
+    async def run(self) -> ProtocolResult:
+        if self.connection.feed is None:
+            self.connection.feed = self.socket
+            self.socket.loop.add_reader(self.socket.fd, self.step)
         self.step()
-
-    def data_received(self, data: bytes) -> None:
-        assert self.feed is not None
-        self.feed.received += data
-        self.step()
-
-    def eof_received(self) -> bool:
-        assert self.feed is not None
-        self.feed.ended = True
-        self.step()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.feed is not None:
-            if isinstance(exc, OSError):
-                self.feed.error = exc
-            self.feed.ended = True
-            self.step()
+        return await self.answer
 
     def step(self) -> None:
         if self.answer.done():
@@ -439,9 +445,15 @@ class _Hello(asyncio.Protocol):
             result = ProtocolResult(ProtocolState.ACCEPTED, detail="client certificate requested", connections=1)
         except Exception as exc:  # every failure becomes data, in classify()
             result = replace(classify(exc), connections=1)
-        if isinstance(connection.feed, _Feed):
-            Handshake._close(connection)
+        self.end()
         self.answer.set_result(result)
+
+    def end(self) -> None:
+        """Close the connection (sslyze closes the socket), or just the socket when sslyze never had it."""
+        if self.connection.feed is self.socket and self.socket.sock.fileno() != -1:
+            self.socket.loop.remove_reader(self.socket.fd)
+            Handshake._close(self.connection)
+        self.socket.close()
 
 
 class _HttpAnswer(NamedTuple):

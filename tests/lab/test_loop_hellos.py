@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -152,3 +153,36 @@ def test_burst_probes_make_no_false_flips_behind_a_path_that_resets(nginx_lab: N
     assert path.resets > 20  # the path really did reset
     assert [f for f in flips if f.kind.value == "handshake"] == []
     store.close()
+
+
+def test_loop_socket_sends_what_the_kernel_could_not_take_at_once() -> None:
+    """nassl ignores short sends: the loop hello's socket keeps what did not fit and sends it when it can, in order."""
+    from scanner.engine.handshake import _Socket, _WouldBlock
+
+    async def main() -> tuple[bytes, bool]:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ours.setblocking(False)
+        wrapped = _Socket(ours, loop)
+        payload = bytes(range(256)) * 4096  # 1 MiB: far more than the send buffer
+        pieces = [payload[i : i + 10_000] for i in range(0, len(payload), 10_000)]
+        claimed = sum(wrapped.send(piece) for piece in pieces)
+        assert claimed == len(payload)  # as a blocking socket would say
+        kept = bool(wrapped.unsent)
+        theirs.setblocking(False)
+        received = bytearray()
+        until = loop.time() + 10
+        while len(received) < len(payload) and loop.time() < until:
+            with contextlib.suppress(BlockingIOError):
+                received += theirs.recv(1 << 20)
+            await asyncio.sleep(0.001)
+        with pytest.raises(_WouldBlock):  # nothing was sent back: the read says "not yet", not an error
+            wrapped.recv(10)
+        wrapped.close()
+        theirs.close()
+        return bytes(received), kept
+
+    received, kept = asyncio.run(main())
+    assert kept  # the case under test happened: the kernel took only part of it at once
+    assert received == bytes(range(256)) * 4096
