@@ -7,6 +7,8 @@ the probes made:
 - ticks: all addresses on the same tick, hellos in handshake threads;
 - ticks + loop: all on the same tick, hellos on the event loop (on_loop=True: bursts now).
 
+Then what carrying one probe to a worker process and back adds: its request and reply pickled and unpickled.
+
 The ratios are what matter: the absolute figures move with the machine's load.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import pickle
 import resource
 import sys
 import time
@@ -23,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.servers import NginxLab, NginxServer
 from scanner.config import TargetConfig
+from scanner.daemon.pool import Reply, SweepRequest
+from scanner.engine.locate import locate
 from scanner.engine.sweep import SweepEngine
 from scanner.protocols import Protocol
 
@@ -67,6 +72,31 @@ async def _measure(targets: list[TargetConfig], aligned: bool, on_loop: bool, wi
         engine.close()
 
 
+async def _messages(target: TargetConfig) -> dict[str, object]:
+    """A burst probe's request to a worker and the worker's reply, as the pool sends them."""
+    engine = SweepEngine(4)
+    try:
+        located = await locate(target, [target.host], None)
+        result = await engine.sweep_located(target, located, on_loop=True)
+    finally:
+        engine.close()
+    return {"request": SweepRequest(1, target, located, on_loop=True), "reply": Reply(1, result)}
+
+
+def _pickle_costs(messages: dict[str, object], n: int = 2000) -> None:
+    for name, message in messages.items():
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        cpu = _cpu()
+        for _ in range(n):
+            pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        dumped = (_cpu() - cpu) / n
+        cpu = _cpu()
+        for _ in range(n):
+            pickle.loads(data)
+        loaded = (_cpu() - cpu) / n
+        print(f"  {name}: {len(data)} bytes, pickled in {dumped * 1e6:.0f} µs, unpickled in {loaded * 1e6:.0f} µs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--addresses", type=int, default=100)
@@ -89,9 +119,12 @@ def main() -> None:
                 costs[way].append(cost)
                 print(f"  {way:<13} {cost * 1000:.3f} ms CPU per probe ({made} probes)")
                 time.sleep(1)
+        messages = asyncio.run(_messages(targets[0]))
     best = {way: min(values) for way, values in costs.items()}
     base = best["spread"]
     print("best of each: " + ", ".join(f"{way} {v * 1000:.3f} ms ({v / base:.2f}x)" for way, v in best.items()))
+    print("one probe's messages to and from a worker process:")
+    _pickle_costs(messages)
 
 
 if __name__ == "__main__":
