@@ -449,9 +449,9 @@ class _Hello:
         self.answer.set_result(result)
 
     def end(self) -> None:
-        """Close the connection (sslyze closes the socket), or just the socket when sslyze never had it."""
+        """Close the connection (sslyze closes the socket, which stops the loop watching it), or just the socket when
+        sslyze never had it or failed to close it."""
         if self.connection.feed is self.socket and self.socket.sock.fileno() != -1:
-            self.socket.loop.remove_reader(self.socket.fd)
             Handshake._close(self.connection)
         self.socket.close()
 
