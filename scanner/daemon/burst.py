@@ -1,14 +1,15 @@
 """Burst re-probing: after a version flips on an address (its handshake, or the HTTP status over it), that one
 (target, address, version) is swept again every `burst_interval` until it flips back or `burst_for` has passed.
 
-A burst is a sweep narrowed to the one version on the one address, without client profiles: it goes through the same
-Sweeper as the sweeps (the worker processes when there are some, never sslyze in this process then) and the same
-per-address politeness caps, and the store takes it in like a sweep (ResultStore.record_burst), so a flip it sees is a
+A burst's probe is the one version on the one address, without client profiles, judged as a sweep judges it
+(Sweeper.probe): in the worker process the target's sweeps go to (never sslyze in this process then), under the same
+per-address politeness caps; the store takes it in like a sweep (ResultStore.record_burst), so a flip it sees is a
 flip and its observations bound the refusal windows. An error is no observation: never a refusal.
 
 Cheap enough to run beside the sweeps: every burst with the same interval probes on the same tick of a shared clock
 (one wake-up of this process and of each worker for all of them, where probes spread over the interval would each pay
-for their own), and its hellos run on the worker's event loop rather than in a handshake thread (on_loop).
+for their own); a probe's hellos run on the worker's event loop rather than in a handshake thread; and what goes to
+the worker and back is a few hundred bytes (scanner.daemon.pool.ProbeRequest), not a sweep.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from scanner.config import TargetConfig
 from scanner.daemon.pool import Sweeper
@@ -46,11 +47,6 @@ class _Burst:
 def until_tick(now: float, interval: float) -> float:
     """Seconds from `now` to the next tick of a clock ticking every `interval` (never 0: a tick due now is past)."""
     return (math.floor(now / interval) + 1) * interval - now
-
-
-def narrowed(target: TargetConfig, protocol: Protocol) -> TargetConfig:
-    """The target as a burst sweeps it: the one version, no client profiles."""
-    return replace(target, protocols=(protocol,), clients=())
 
 
 def flips_back(started_by: Transition, t: Transition) -> bool:
@@ -135,12 +131,12 @@ class Bursts:
                 if loop.time() >= until:
                     log.info("%s %s %s: burst ended after %gs", name, address or "-", protocol.value, target.burst_for)
                     return
-                sweep = await self.engine.sweep(
-                    narrowed(target, protocol), [address] if address else None, on_loop=True
-                )
+                # Routed as the target's sweeps are (by their lowest address): one worker's politeness caps cover both.
+                route = min(self.store.last_addresses(name) or [address])
+                sweep = await self.engine.probe(target, protocol, address, route)
                 if self._stopping or self.targets(name) is None:
                     return
-                transitions = self.store.record_burst(replace(sweep, target=target))
+                transitions = self.store.record_burst(sweep)
                 log_transitions(self.tiers, transitions)
                 if any(flips_back(burst.started_by, t) for t in transitions):
                     return

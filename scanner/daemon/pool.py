@@ -25,15 +25,24 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol as Interface
 
 from scanner.config import Politeness, Resolver, TargetConfig
 from scanner.engine.locate import Located, locate
 from scanner.errors import WorkerError
 from scanner.logs import JsonFormatter
+from scanner.protocols import Protocol
 from scanner.results.deep import DeepResult
 from scanner.results.ranges import Discovered
-from scanner.results.sweep import ErrorReason, SweepResult, ended_sweep
+from scanner.results.sweep import (
+    AddressResult,
+    ErrorReason,
+    ProtocolResult,
+    ProtocolState,
+    SweepResult,
+    ended_sweep,
+    probed,
+)
 from scanner.targets import RangeBlock
 
 log = logging.getLogger(__name__)
@@ -45,18 +54,22 @@ AUTO_TARGETS_PER_WORKER = 1000
 _HEADER = struct.Struct(">I")
 STOP_WAIT_SECONDS = 5.0  # for a worker to exit once its stdin is closed, before it is killed
 RESTART_DELAY_SECONDS = 1.0  # before a worker that died is started again
+# Targets whose pickle a pool keeps for its probes: more bursts than run at once (scanner.daemon.burst.MAX_BURSTS).
+MAX_PICKLED_TARGETS = 1024
 # A worker ignores these: the parent stops it by closing its stdin (see scanner.daemon.worker).
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
-class Sweeper(Protocol):
+class Sweeper(Interface):
     """What runs sweeps and deep scans: the in-process SweepEngine or the WorkerPool."""
 
     resolver: Resolver | None
 
-    async def sweep(
-        self, target: TargetConfig, addresses: list[str] | None = None, *, on_loop: bool = False
-    ) -> SweepResult: ...
+    async def sweep(self, target: TargetConfig, addresses: list[str] | None = None) -> SweepResult: ...
+
+    async def probe(self, target: TargetConfig, protocol: Protocol, address: str, route: str = "") -> SweepResult:
+        """A burst's re-probe: `protocol` alone on one address of the target (SweepEngine.probe_address), in the
+        worker process `route` (the lowest address of the target's last sweep) goes to, as its sweeps do."""
 
     async def deep(self, target: TargetConfig, addresses: Sequence[str]) -> DeepResult: ...
 
@@ -115,7 +128,17 @@ class SweepRequest:
     id: int
     target: TargetConfig
     located: Located
-    on_loop: bool = False  # SweepEngine.sweep's on_loop
+
+
+@dataclass(frozen=True)
+class ProbeRequest:
+    """A burst's re-probe (SweepEngine.probe_address): sent every tick, so kept small. The target goes pickled once
+    per target object (the pool keeps the bytes; the worker unpickles them once and keeps the TargetConfig by them)."""
+
+    id: int
+    target: bytes
+    protocol: Protocol
+    address: str
 
 
 @dataclass(frozen=True)
@@ -144,10 +167,14 @@ class Stop:
     """Shutting down: handshakes not yet started end as errors."""
 
 
+Request = SweepRequest | ProbeRequest | DeepRequest | DiscoverRequest
+Answer = SweepResult | AddressResult | DeepResult | Discovered
+
+
 @dataclass(frozen=True)
 class Reply:
     id: int
-    result: SweepResult | DeepResult | Discovered | None
+    result: Answer | None
     error: str | None = None  # the sweep raised (a bug, logged by the worker): result is None
 
 
@@ -171,8 +198,8 @@ async def read_frame(reader: asyncio.StreamReader) -> object | None:
 
 @dataclass
 class _Pending:
-    future: asyncio.Future[SweepResult | DeepResult | Discovered]
-    request: SweepRequest | DeepRequest | DiscoverRequest
+    future: asyncio.Future[Answer]
+    request: Request
 
 
 @dataclass
@@ -204,24 +231,39 @@ class WorkerPool:
         self._spawning = 0  # worker starts in progress, with the stop signals blocked here
         self._closing = False
         self._starting: asyncio.Task[None] | None = None
+        self._pickled_targets: dict[int, tuple[TargetConfig, bytes]] = {}  # id -> (the target, pickled)
 
     def stop(self) -> None:
         self._stopping = True
         for worker in self._workers:
             self._send(worker, Stop())
 
-    async def sweep(
-        self, target: TargetConfig, addresses: list[str] | None = None, *, on_loop: bool = False
-    ) -> SweepResult:
+    async def sweep(self, target: TargetConfig, addresses: list[str] | None = None) -> SweepResult:
         located = await locate(target, addresses, self.resolver)
         if located.error is not None:
             error, reason = located.error, ErrorReason.DNS
             return ended_sweep(target, located.started_at, located.clock, error=error, error_reason=reason)
-        request = SweepRequest(next(self._ids), target, located, on_loop)
+        request = SweepRequest(next(self._ids), target, located)
         result = await self._ask(located.route or target.host, request)
         assert isinstance(result, SweepResult)
         # The configured target, not the worker's copy of it: one TargetConfig per target stays in memory.
         return replace(result, target=target)
+
+    async def probe(self, target: TargetConfig, protocol: Protocol, address: str, route: str = "") -> SweepResult:
+        started_at, clock = time.time(), time.monotonic()
+        request = ProbeRequest(next(self._ids), self._pickled(target), protocol, address)
+        found = await self._ask(route or address or target.host, request)
+        assert isinstance(found, AddressResult)
+        return probed(target, started_at, clock, found)
+
+    def _pickled(self, target: TargetConfig) -> bytes:
+        """The target pickled, once per TargetConfig object (a reload makes new ones; the old ones' bytes go)."""
+        kept = self._pickled_targets.get(id(target))
+        if kept is None or kept[0] is not target:
+            if len(self._pickled_targets) >= MAX_PICKLED_TARGETS:
+                self._pickled_targets.clear()
+            kept = self._pickled_targets[id(target)] = (target, pickle.dumps(target, protocol=pickle.HIGHEST_PROTOCOL))
+        return kept[1]
 
     async def deep(self, target: TargetConfig, addresses: Sequence[str]) -> DeepResult:
         request = DeepRequest(next(self._ids), target, tuple(addresses), time.time())
@@ -237,9 +279,7 @@ class WorkerPool:
         assert isinstance(result, Discovered)
         return result
 
-    async def _ask(
-        self, route: str | None, request: SweepRequest | DeepRequest | DiscoverRequest, index: int | None = None
-    ) -> SweepResult | DeepResult | Discovered:
+    async def _ask(self, route: str | None, request: Request, index: int | None = None) -> Answer:
         """Send the request to worker `index`, else the one `route` hashes to (None: the first); wait for its reply."""
         if self._starting is None:
             self._starting = asyncio.create_task(self._start_all())
@@ -251,7 +291,7 @@ class WorkerPool:
             return _failed(request, "the worker processes are stopping")
         if worker.process is None:
             return _failed(request, f"worker process {index} could not be started")
-        future: asyncio.Future[SweepResult | DeepResult | Discovered] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         worker.pending[request.id] = _Pending(future, request)
         self._send(worker, request)
         try:
@@ -363,7 +403,7 @@ class WorkerPool:
                 await worker.reader
 
 
-def _failed(request: SweepRequest | DeepRequest | DiscoverRequest, why: str) -> SweepResult | DeepResult | Discovered:
+def _failed(request: Request, why: str) -> Answer:
     """The error result of a request its worker could not answer: never a verdict on the target."""
     if isinstance(request, DiscoverRequest):  # no partial answer: the range is discovered again next time
         raise WorkerError(f"discovery of {request.block.network}: {why}")
@@ -377,4 +417,7 @@ def _failed(request: SweepRequest | DeepRequest | DiscoverRequest, why: str) -> 
             error_reason=ErrorReason.OTHER,
             dns_error=located.dns_error,
         )
+    if isinstance(request, ProbeRequest):
+        error = ProtocolResult(ProtocolState.ERROR, detail=why, reason=ErrorReason.OTHER)
+        return AddressResult(request.address, {request.protocol: error}, why, ErrorReason.OTHER)
     return DeepResult(request.target, request.started_at, time.time() - request.started_at, error=why)

@@ -10,17 +10,22 @@ import asyncio
 import gc
 import logging
 import os
+import pickle
 import signal
 import sys
 from typing import TYPE_CHECKING
 
+from scanner.config import TargetConfig
 from scanner.daemon.memory import trim_periodically
 from scanner.daemon.pool import (
+    MAX_PICKLED_TARGETS,
     STOP_SIGNALS,
     Cancel,
     DeepRequest,
     DiscoverRequest,
+    ProbeRequest,
     Reply,
+    Request,
     Settings,
     Stop,
     SweepRequest,
@@ -70,6 +75,15 @@ async def _serve(replies: object) -> None:
     stopping = False
     one_block = asyncio.Lock()  # one discovery block at a time, within this worker's share of `concurrency`
     trimmer = asyncio.create_task(trim_periodically())
+    probed: dict[bytes, TargetConfig] = {}  # the targets of probes, by their pickle (scanner.daemon.pool.ProbeRequest)
+
+    def probed_target(pickled: bytes) -> TargetConfig:
+        target = probed.get(pickled)
+        if target is None:
+            if len(probed) >= MAX_PICKLED_TARGETS:
+                probed.clear()
+            target = probed[pickled] = pickle.loads(pickled)
+        return target
 
     def engine() -> SweepEngine:
         if not engines:
@@ -87,12 +101,13 @@ async def _serve(replies: object) -> None:
             found = await discover_in_thread(request.block, settings.concurrency, settings.politeness, lambda: stopping)
         return Reply(request.id, found)
 
-    async def answer(request: SweepRequest | DeepRequest | DiscoverRequest) -> None:
+    async def answer(request: Request) -> None:
         try:
-            if isinstance(request, SweepRequest):
-                reply = Reply(
-                    request.id, await engine().sweep_located(request.target, request.located, on_loop=request.on_loop)
-                )
+            if isinstance(request, ProbeRequest):
+                target = probed_target(request.target)
+                reply = Reply(request.id, await engine().probe_address(target, request.protocol, request.address))
+            elif isinstance(request, SweepRequest):
+                reply = Reply(request.id, await engine().sweep_located(request.target, request.located))
             elif isinstance(request, DeepRequest):
                 reply = Reply(request.id, await engine().deep(request.target, request.addresses))
             else:
@@ -100,15 +115,14 @@ async def _serve(replies: object) -> None:
         except asyncio.CancelledError:
             return
         except Exception as exc:  # a bug: logged here with its traceback, reported to the parent as an error
-            what = request.block.network if isinstance(request, DiscoverRequest) else request.target.name
-            log.exception("%s of %s failed", type(request).__name__.removesuffix("Request").lower(), what)
+            log.exception("%s of %s failed", type(request).__name__.removesuffix("Request").lower(), _what(request))
             reply = Reply(request.id, None, f"{type(exc).__name__}: {exc}")
         finally:
             tasks.pop(request.id, None)
         writer.write(frame(reply))
 
     while (message := await read_frame(reader)) is not None:
-        if isinstance(message, SweepRequest | DeepRequest | DiscoverRequest):
+        if isinstance(message, SweepRequest | ProbeRequest | DeepRequest | DiscoverRequest):
             tasks[message.id] = asyncio.create_task(answer(message))
         elif isinstance(message, Cancel):
             task = tasks.pop(message.id, None)
@@ -129,6 +143,15 @@ async def _serve(replies: object) -> None:
     for each in engines:
         each.close()
     transport.close()
+
+
+def _what(request: Request) -> str:
+    """What a request is about, for the log."""
+    if isinstance(request, DiscoverRequest):
+        return request.block.network
+    if isinstance(request, ProbeRequest):
+        return f"{request.protocol.value} on {request.address or 'the proxy'}"
+    return request.target.name
 
 
 if __name__ == "__main__":

@@ -120,14 +120,14 @@ def profile_attempt(profile: ClientProfile, protocol: Protocol) -> Attempt:
 
 
 def classify(exc: BaseException) -> ProtocolResult:
-    """Map anything a handshake attempt raised to a ProtocolResult: the one place exceptions become reasons (sslyze's
-    and nassl's here, the rest in classify_error)."""
+    """Map anything a hello raised to its answer, as one connection's: the one place exceptions become reasons
+    (sslyze's and nassl's here, the rest in classify_error). The checks go from sslyze's narrowest class up."""
     if isinstance(exc, ServerTlsConfigurationNotSupported):
         # sslyze raises this when our own OpenSSL refuses the server's DH group: the server did pick this version.
-        return ProtocolResult(ProtocolState.ACCEPTED, detail=exc.error_message)
+        return ProtocolResult(ProtocolState.ACCEPTED, detail=exc.error_message, connections=1)
     if isinstance(exc, TlsHandshakeTimedOut | ConnectionToServerTimedOut):
-        return TIMED_OUT
-    if isinstance(exc, ServerRejectedTlsHandshake):
+        result = TIMED_OUT
+    elif isinstance(exc, ServerRejectedTlsHandshake):
         message = exc.error_message.strip()
         if message.startswith("TLS alert"):
             evidence = Evidence.ALERT
@@ -137,14 +137,16 @@ def classify(exc: BaseException) -> ProtocolResult:
             evidence = Evidence.RESET
         else:
             evidence = Evidence.CLOSED
-        return ProtocolResult(ProtocolState.REJECTED, detail=message, evidence=evidence)
-    if isinstance(exc, ServerRejectedConnection):
-        return ProtocolResult(ProtocolState.ERROR, detail="connection refused", reason=ErrorReason.REFUSED)
-    if isinstance(exc, ConnectionToServerFailed):
-        return ProtocolResult(ProtocolState.ERROR, detail=exc.error_message, reason=ErrorReason.OTHER)
-    if isinstance(exc, _nassl.OpenSSLError):
-        return ProtocolResult(ProtocolState.ERROR, detail=f"TLS error: {exc}", reason=ErrorReason.TLS)
-    return classify_error(exc)
+        return ProtocolResult(ProtocolState.REJECTED, detail=message, evidence=evidence, connections=1)
+    elif isinstance(exc, ServerRejectedConnection):
+        result = ProtocolResult(ProtocolState.ERROR, detail="connection refused", reason=ErrorReason.REFUSED)
+    elif isinstance(exc, ConnectionToServerFailed):
+        result = ProtocolResult(ProtocolState.ERROR, detail=exc.error_message, reason=ErrorReason.OTHER)
+    elif isinstance(exc, _nassl.OpenSSLError):
+        result = ProtocolResult(ProtocolState.ERROR, detail=f"TLS error: {exc}", reason=ErrorReason.TLS)
+    else:
+        result = classify_error(exc)
+    return replace(result, connections=1)
 
 
 class _Connection(SslConnection):
@@ -276,7 +278,7 @@ class Handshake:
         except Exception as exc:  # every failure becomes data, in classify()
             if self.aborted:
                 return TIMED_OUT
-            return replace(classify(exc), connections=1)
+            return classify(exc)
         finally:
             self._close(connection)
             with self._lock:
@@ -444,7 +446,7 @@ class _Hello:
         except ClientCertificateRequested:  # the server got as far as asking who we are: it accepts this version
             result = ProtocolResult(ProtocolState.ACCEPTED, detail="client certificate requested", connections=1)
         except Exception as exc:  # every failure becomes data, in classify()
-            result = replace(classify(exc), connections=1)
+            result = classify(exc)
         self.end()
         self.answer.set_result(result)
 

@@ -7,6 +7,7 @@ an engine is made) run in a bounded thread pool. What to send and how to read th
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -26,6 +27,7 @@ from scanner.results.sweep import (
     ProtocolState,
     SweepResult,
     ended_sweep,
+    probed,
 )
 
 T = TypeVar("T")
@@ -81,23 +83,19 @@ class SweepEngine:
 
         return await deep_scan(target, addresses)
 
-    async def sweep(
-        self, target: TargetConfig, addresses: list[str] | None = None, *, on_loop: bool = False
-    ) -> SweepResult:
+    async def sweep(self, target: TargetConfig, addresses: list[str] | None = None) -> SweepResult:
         """Resolve the target once (unless `addresses` are given), then try each protocol on each address.
 
-        Never raises for a misbehaving server: every failure is in the result. `on_loop`: the hellos the TLS library
-        can run on the event loop run there rather than in a handshake thread (the same answers; cheaper for a few
-        hellos at a time, as burst re-probes are).
+        Never raises for a misbehaving server: every failure is in the result.
         """
-        return await self.sweep_located(target, await locate(target, addresses, self.resolver), on_loop=on_loop)
+        return await self.sweep_located(target, await locate(target, addresses, self.resolver))
 
-    async def sweep_located(self, target: TargetConfig, located: Located, *, on_loop: bool = False) -> SweepResult:
+    async def sweep_located(self, target: TargetConfig, located: Located) -> SweepResult:
         """The sweep of `target` on the addresses `located` found (it started when they were looked for)."""
         if located.error is not None:
             found = _Found(error=located.error, reason=ErrorReason.DNS)
         else:
-            found = await self._sweep_addresses(target, located.addresses, on_loop)
+            found = await self._sweep_addresses(target, located.addresses)
         return ended_sweep(
             target,
             located.started_at,
@@ -109,7 +107,29 @@ class SweepEngine:
             dns_error=located.dns_error,
         )
 
-    async def _sweep_addresses(self, target: TargetConfig, addresses: tuple[str, ...], on_loop: bool) -> _Found:
+    async def probe(self, target: TargetConfig, protocol: Protocol, address: str, route: str = "") -> SweepResult:
+        """A burst re-probe of `target`: `protocol` alone on one `address`, as a SweepResult (`route` is the worker
+        pool's)."""
+        started_at, clock = time.time(), time.monotonic()
+        found = await self.probe_address(target, protocol, address)
+        return probed(target, started_at, clock, found)
+
+    async def probe_address(self, target: TargetConfig, protocol: Protocol, address: str) -> AddressResult:
+        """`protocol` alone on one address of `target`, without client profiles, judged as a sweep judges it (a
+        refusal without an alert is believed only once another version shows the peer speaks TLS). Its hellos run
+        on the event loop where the TLS library can (the same answers as from a handshake thread, at a fraction of
+        the CPU for the few hellos at a time a burst makes)."""
+        try:
+            peer = self.tls.peers(target)(address)
+        except Exception as exc:
+            error = ProtocolResult(
+                ProtocolState.ERROR, detail=f"client certificate unusable: {exc}", reason=ErrorReason.OTHER
+            )
+            return AddressResult(address, {protocol: error}, error.detail, ErrorReason.OTHER)
+        deadline = asyncio.get_running_loop().time() + target.timeout + DEADLINE_GRACE_SECONDS
+        return await self._sweep_address(peer, deadline, (protocol,), probing=True)
+
+    async def _sweep_addresses(self, target: TargetConfig, addresses: tuple[str, ...]) -> _Found:
         """Each address of the target, under one deadline; a range endpoint only once its port accepts TCP."""
         try:
             peer = self.tls.peers(target)
@@ -122,7 +142,7 @@ class SweepEngine:
             opened = await self._tcp_open(addresses[0], target, deadline)
             if opened is not None:
                 return _Found(error=opened.detail, reason=opened.reason, closed=True)
-        results = await _each([self._sweep_address(peer(a), deadline, on_loop) for a in addresses])
+        results = await _each([self._sweep_address(peer(a), deadline, target.protocols) for a in addresses])
         if not all(r.error is not None for r in results):
             return _Found(tuple(results))
         error = results[0].error
@@ -130,19 +150,30 @@ class SweepEngine:
             error = f"all {len(results)} addresses failed: {error}"
         return _Found(tuple(results), error, results[0].error_reason)
 
-    async def _sweep_address(self, peer: Peer, deadline: float, on_loop: bool) -> AddressResult:
-        target, address = peer.target, peer.address
-        results = await _each([self._try_version(peer, p, target.http, deadline, on_loop) for p in target.protocols])
-        protocols = dict(zip(target.protocols, results, strict=True))
+    async def _sweep_address(
+        self, peer: Peer, deadline: float, versions: Sequence[Protocol], probing: bool = False
+    ) -> AddressResult:
+        """`versions` on one address, then the target's client profiles; a burst's probe (`probing`) sends its
+        hellos from the event loop and tries no profile."""
+        protocols, error, reason = await self._try_versions(peer, deadline, versions, probing)
+        clients = {} if probing else await self._try_profiles(peer, protocols)
+        return AddressResult(peer.address, protocols, error, reason, clients)
+
+    async def _try_versions(
+        self, peer: Peer, deadline: float, versions: Sequence[Protocol], on_loop: bool
+    ) -> tuple[dict[Protocol, ProtocolResult], str | None, ErrorReason | None]:
+        """The answer for each version, judged: refusals the peer gave no sign of meaning become errors."""
+        http = peer.target.http
+        results = await _each([self._try_version(peer, p, http, deadline, on_loop) for p in versions])
+        protocols = dict(zip(versions, results, strict=True))
         if not _speaks_tls(protocols.values()) and any(r.state is ProtocolState.REJECTED for r in results):
             # Refusals without an alert prove nothing by themselves (a version downgrade and a non-TLS peer read
             # the same to OpenSSL); a version outside the configured ones can show the peer speaks TLS.
             for extra in (p for p in (Protocol.TLSv1_2, Protocol.TLSv1_3, Protocol.TLSv1_0) if p not in protocols):
                 proof = await self._try_version(peer, extra, None, deadline, on_loop)
                 if _speaks_tls([proof]):
-                    return AddressResult(address, protocols, clients=await self._try_profiles(peer, protocols))
-        protocols, error, reason = _judge_peer(protocols)
-        return AddressResult(address, protocols, error, reason, await self._try_profiles(peer, protocols))
+                    return protocols, None, None
+        return _judge_peer(protocols)
 
     async def _try_profiles(self, peer: Peer, versions: Mapping[Protocol, ProtocolResult]) -> dict[str, ProtocolResult]:
         """Each client profile of the target, after the version sweep, on a deadline of its own."""
@@ -185,7 +216,10 @@ class SweepEngine:
             if started:
                 tried.append(attempt)
             attempt = next_attempt(protocol, tried, result)
-        return replace(result, connections=len(tried), retries=sum(a.retry for a in tried))
+        retries = sum(a.retry for a in tried)
+        if (result.connections, result.retries) == (len(tried), retries):
+            return result  # one hello's answer, as it came (a replace() costs as much as the rest of this function)
+        return replace(result, connections=len(tried), retries=retries)
 
     async def _try_profile(
         self, peer: Peer, profile: ClientProfile, versions: Mapping[Protocol, ProtocolResult], deadline: float

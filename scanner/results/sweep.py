@@ -139,3 +139,10 @@ def ended_sweep(
     time.monotonic() read `clock` (CLOCK_MONOTONIC: the same in every process of the machine)."""
     duration = time.monotonic() - clock
     return SweepResult(target, started_at, duration, addresses, error, error_reason, closed, dns_error)
+
+
+def probed(target: TargetConfig, started_at: float, clock: float, found: AddressResult) -> SweepResult:
+    """A burst's probe of one address, ending now, as the sweep of that one address it stands for (the address's
+    error is the sweep's, as in a sweep of one address)."""
+    error, reason = found.error, found.error_reason
+    return ended_sweep(target, started_at, clock, addresses=(found,), error=error, error_reason=reason)

@@ -1,6 +1,6 @@
-"""Burst re-probes send their hellos from the worker's event loop (SweepEngine.sweep(on_loop=True)), sweeps from
-handshake threads: against real servers, well and badly behaved, both must give the same verdict on every version,
-or a burst would see flips the sweeps do not (a false brownout alarm). Loopback only."""
+"""Burst re-probes send their hellos from the worker's event loop (SweepEngine.probe), sweeps from handshake threads:
+against real servers, well and badly behaved, both must give the same verdict on every version, or a burst would see
+flips the sweeps do not (a false brownout alarm). Loopback only."""
 
 from __future__ import annotations
 
@@ -48,10 +48,9 @@ def answer_state(sweep: SweepResult) -> ProtocolState:
 
 
 async def _both(engine: SweepEngine, target: TargetConfig, protocol: P) -> tuple[SweepResult, SweepResult]:
-    narrowed = replace(target, protocols=(protocol,))
-    address = [target.address or target.host]
-    threaded = await engine.sweep(narrowed, address)
-    looped = await engine.sweep(narrowed, address, on_loop=True)
+    address = target.address or target.host
+    threaded = await engine.sweep(replace(target, protocols=(protocol,)), [address])
+    looped = await engine.probe(target, protocol, address)
     return threaded, looped
 
 
@@ -126,10 +125,11 @@ def test_loop_and_thread_hellos_give_the_same_verdicts(nginx_lab: NginxLabFactor
     assert {state("reset", p) for p in ALL_PROTOCOLS} == {"error"}
 
 
-@pytest.mark.parametrize("on_loop", [False, True], ids=["threads", "loop"])
-def test_burst_probes_make_no_false_flips_behind_a_path_that_resets(nginx_lab: NginxLabFactory, on_loop: bool) -> None:
-    """A sweep, then 80 single-version probes recorded as bursts are, through a forwarder resetting 30 % of
-    connections: not one flip of a version the server accepts all along."""
+@pytest.mark.parametrize("probing", [False, True], ids=["one-version sweeps", "probes"])
+def test_burst_probes_make_no_false_flips_behind_a_path_that_resets(nginx_lab: NginxLabFactory, probing: bool) -> None:
+    """A sweep, then 80 single-version hellos recorded as bursts are (burst probes, and as a check of the test
+    itself one-version sweeps from threads), through a forwarder resetting 30 % of connections: not one flip of a
+    version the server accepts all along."""
     (port,) = free_ports(1)
     nginx = nginx_lab([NginxServer("web", port, ["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"])])
     with FlakyForwarder(nginx.endpoint("web"), reset_fraction=0.3, seed=11) as path:
@@ -141,10 +141,13 @@ def test_burst_probes_make_no_false_flips_behind_a_path_that_resets(nginx_lab: N
             engine = SweepEngine(16)
             try:
                 flips = store.record(await engine.sweep(target, ["127.0.0.1"]))
-                probe = replace(target, protocols=(P.TLSv1_0,))
+                narrowed = replace(target, protocols=(P.TLSv1_0,))
                 for _ in range(80):
-                    sweep = await engine.sweep(probe, ["127.0.0.1"], on_loop=on_loop)
-                    flips += store.record_burst(replace(sweep, target=target))
+                    if probing:
+                        sweep = await engine.probe(target, P.TLSv1_0, "127.0.0.1")
+                    else:
+                        sweep = replace(await engine.sweep(narrowed, ["127.0.0.1"]), target=target)
+                    flips += store.record_burst(sweep)
                 return flips
             finally:
                 engine.close()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.servers import NginxServer, free_ports
+from bench.servers import NginxServer, child_pids, free_ports
 from tests.lab.daemon import Daemon, Daemons, Scrape, lab_config, write_config
 from tests.lab.servers import NginxLabFactory
 from tests.lab.test_browser import ARTIFACTS, png_pixels, run_chromium
@@ -112,6 +112,43 @@ def test_an_http_403_window_behind_an_accepting_handshake(
     assert value(scrape, WINDOWS) is None  # the handshake was accepted throughout
     assert scrape.value(ACCEPTED, target="web", protocol="TLSv1.0") == 1
     assert scrape.value("tls_scanner_refusal_pattern", target="web", protocol="TLSv1.0", kind="http", pattern="none")
+
+
+def test_bursts_in_worker_processes_bound_a_handshake_and_an_http_window_within_seconds(
+    nginx_lab: NginxLabFactory, start_daemon: Daemons, tmp_path: Path
+) -> None:
+    """`workers: 2`: the bursts' probes run in the worker processes (the HTTP one on a handshake thread there) and end
+    both kinds of window within 3 s of the re-enable, at a 15 s interval."""
+    web, api = free_ports(2)
+    nginx = nginx_lab([NginxServer("web", web, NGINX_ALL), NginxServer("api", api, NGINX_ALL)])
+    targets = [target("web", web), target("api", api, http={"path": "/"})]
+    d = start_daemon(write_config(tmp_path / "c.yaml", {"workers": 2, **lab_config(targets, interval="15s")}))
+
+    def up(s: Scrape) -> bool:
+        return s.value(ACCEPTED, target="web", protocol="TLSv1.0") == 1 and (
+            s.value("tls_scanner_http_status_code", target="api", protocol="TLSv1.0") == 200
+        )
+
+    d.wait_metrics(up, 30, "TLS 1.0 accepted on web, a 200 over it on api")
+    assert len(child_pids(d.pid)) == 2
+    browned = [NginxServer("web", web, NGINX_MODERN), NginxServer("api", api, NGINX_ALL, legacy_403=True)]
+    off = timed_reload(lambda: nginx.reload(browned))
+
+    def opened(s: Scrape) -> bool:
+        return value(s, OPEN) == 1 and s.value(OPEN, target="api", protocol="TLSv1.0", kind="http") == 1
+
+    d.wait_metrics(opened, 20, "both windows open")
+    time.sleep(max(0.0, 10 - (time.time() - off[1])))
+    on = timed_reload(lambda: nginx.reload([NginxServer("web", web, NGINX_ALL), NginxServer("api", api, NGINX_ALL)]))
+
+    def ended(s: Scrape) -> bool:
+        return value(s, WINDOWS) == 1 and s.value(WINDOWS, target="api", protocol="TLSv1.0", kind="http") == 1
+
+    scrape = d.wait_metrics(ended, 5, "both windows ended")
+    for name, kind in (("web", "handshake"), ("api", "http")):
+        end = scrape.value(END, target=name, protocol="TLSv1.0", kind=kind)
+        assert end is not None and on[0] <= end <= on[1] + 3, (name, on, end)
+    assert "Traceback" not in d.log_text()
 
 
 def test_a_restart_in_the_middle_of_a_window_keeps_it(

@@ -1,16 +1,22 @@
-"""Worker processes (`workers:`): the same answers as one process, a worker's death is an error and never a
-verdict, and no worker outlives the daemon."""
+"""Worker processes (`workers:`): the same answers as one process (sweeps and burst probes), a worker's death is an
+error and never a verdict, and no worker outlives the daemon."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from bench.servers import alive, child_pids, wait_for
+from scanner.config import Politeness, TargetConfig
+from scanner.daemon.pool import WorkerPool
+from scanner.engine.sweep import SweepEngine
 from scanner.protocols import Protocol as P
+from scanner.results.sweep import ProtocolState, SweepResult
 from tests.lab.daemon import Daemons, established_connections, lab_config, run_once, write_config
 from tests.lab.servers import LabStack, tarpit
 
@@ -107,3 +113,58 @@ def test_ctrl_c_to_the_process_group_stops_cleanly(lab: LabStack, start_daemon: 
     assert d.wait(10) == 0, d.log_text()[-2000:]
     assert "Traceback" not in d.log_text()
     wait_for(lambda: not any(alive(pid) for pid in workers), 5, what="the workers to exit")
+
+
+def test_a_probe_in_a_worker_answers_as_in_one_process(lab: LabStack) -> None:
+    """A burst's probe sent to a worker process (a few hundred bytes, the target pickled once per target object) gives
+    the same answer as in this process; a reloaded target (a new object) is probed as it is now."""
+    modern, every = lab.tls_server({P.TLSv1_2, P.TLSv1_3}), lab.tls_server({P.TLSv1_0, P.TLSv1_2})
+    web = TargetConfig(name="web", host="127.0.0.1", port=modern.port, timeout=3.0)
+    moved = replace(web, port=every.port)  # what a reload makes of it
+    jobs = [(web, P.TLSv1_0), (web, P.TLSv1_2), (web, P.TLSv1_0), (moved, P.TLSv1_0)]
+
+    def answers(sweep: SweepResult) -> dict[P, tuple[object, ...]]:
+        return {p: (r.state, r.evidence, r.reason, r.connections) for p, r in sweep.protocols.items()}
+
+    async def main() -> tuple[list[SweepResult], list[SweepResult]]:
+        pool, engine = WorkerPool(1, 8, Politeness(), None), SweepEngine(8)
+        try:
+            in_worker = [await pool.probe(t, p, "127.0.0.1") for t, p in jobs]
+            here = [await engine.probe(t, p, "127.0.0.1") for t, p in jobs]
+        finally:
+            await pool.shutdown()
+            engine.close()
+        return in_worker, here
+
+    in_worker, here = asyncio.run(main())
+    assert [answers(s) for s in in_worker] == [answers(s) for s in here]
+    states = [s.protocols[p].state for s, (_, p) in zip(in_worker, jobs, strict=True)]
+    assert states == [ProtocolState.REJECTED, ProtocolState.ACCEPTED, ProtocolState.REJECTED, ProtocolState.ACCEPTED]
+    assert [s.target for s in in_worker] == [web, web, web, moved]
+
+
+def test_a_probe_whose_worker_dies_is_an_error_not_a_rejection(lab: LabStack) -> None:
+    pit = lab.peer(tarpit)
+    held = TargetConfig(name="pit", host="127.0.0.1", port=pit.port, timeout=10.0)
+
+    async def main() -> SweepResult:
+        others = child_pids(os.getpid())  # the lab's own, if any
+        pool = WorkerPool(1, 8, Politeness(), None)
+        try:
+            probe = asyncio.create_task(pool.probe(held, P.TLSv1_0, "127.0.0.1"))
+            pids = await asyncio.to_thread(
+                wait_for, lambda: (child_pids(os.getpid()) - others) or None, 10, what="the worker process"
+            )
+            await asyncio.to_thread(
+                wait_for, lambda: established_connections(os.getpid(), pit.port) > 0 or None, 10, what="a hello"
+            )
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            return await asyncio.wait_for(probe, 5)
+        finally:
+            await pool.shutdown()
+
+    result = asyncio.run(main())
+    answer = result.protocols[P.TLSv1_0]
+    assert answer.state is ProtocolState.ERROR and "worker process exited" in (answer.detail or "")
+    assert result.error is not None and result.target is held

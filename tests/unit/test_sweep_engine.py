@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -116,18 +116,28 @@ def run_sweep(
     t: TargetConfig,
     addresses: tuple[str, ...] = ("192.0.2.1",),
     stopping: bool = False,
-    on_loop: bool = False,
 ) -> SweepResult:
     async def sweep() -> SweepResult:
         engine = SweepEngine(8, tls=tls)
         if stopping:
             engine.stop()
         try:
-            return await engine.sweep(t, list(addresses), on_loop=on_loop)
+            return await engine.sweep(t, list(addresses))
         finally:
             engine.close()
 
     return asyncio.run(sweep())
+
+
+def run_probe(tls: FakeTls, t: TargetConfig, protocol: Protocol, address: str = "192.0.2.1") -> SweepResult:
+    async def probe() -> SweepResult:
+        engine = SweepEngine(8, tls=tls)
+        try:
+            return await engine.probe(t, protocol, address)
+        finally:
+            engine.close()
+
+    return asyncio.run(probe())
 
 
 def test_every_version_refused_with_an_alert_is_rejected_per_version() -> None:
@@ -359,18 +369,40 @@ def test_the_engine_imports_no_sslyze() -> None:
         by_version({Protocol.TLSv1_2: HANG}),  # a hang times out
     ],
 )
-def test_hellos_on_the_loop_are_judged_as_hellos_in_threads(script: Script) -> None:
-    """Burst re-probes run their hellos on the loop: the same hellos, the same verdicts as in a thread."""
+def test_probes_on_the_loop_are_judged_as_one_version_sweeps_in_threads(script: Script) -> None:
+    """Burst re-probes run their hellos on the loop: the same hellos, the same verdicts as a sweep of that one version
+    from handshake threads."""
     t = target(timeout=1.0)
-    threaded, looped = FakeTls(script, loop_capable=False), FakeTls(script)
-    by_thread, by_loop = run_sweep(threaded, t), run_sweep(looped, t, on_loop=True)
-    assert looped.on_loop == len(looped.hellos) > 0 and threaded.on_loop == 0
-    assert sorted(map(repr, looped.hellos)) == sorted(map(repr, threaded.hellos))
-    assert (by_loop.error, by_loop.error_reason) == (by_thread.error, by_thread.error_reason)
-    assert by_loop.protocols == by_thread.protocols
+    for protocol in t.protocols:
+        threaded, looped = FakeTls(script, loop_capable=False), FakeTls(script)
+        by_thread, by_loop = run_sweep(threaded, replace(t, protocols=(protocol,))), run_probe(looped, t, protocol)
+        assert looped.on_loop == len(looped.hellos) > 0 and threaded.on_loop == 0
+        assert sorted(map(repr, looped.hellos)) == sorted(map(repr, threaded.hellos))
+        assert (by_loop.error, by_loop.error_reason) == (by_thread.error, by_thread.error_reason)
+        assert by_loop.protocols == by_thread.protocols
+        assert by_loop.target is t  # the configured target, for the store
+
+
+def test_a_probe_tries_its_one_version_and_no_client_profile() -> None:
+    tls = FakeTls(by_version({Protocol.TLSv1_2: ACCEPTED, Protocol.TLSv1_3: ACCEPTED}))
+    t = target(clients=(profile("old", Protocol.TLSv1_2),))
+    result = run_probe(tls, t, Protocol.TLSv1_2)
+    assert [p for _, p, _ in tls.hellos] == [Protocol.TLSv1_2]
+    assert dict(result.protocols) == {Protocol.TLSv1_2: replace(ACCEPTED, connections=1)}
+    assert result.addresses[0].clients == {}
+
+
+def test_a_probe_with_an_unusable_client_certificate_is_an_error() -> None:
+    class Broken(FakeTls):
+        def peers(self, target: TargetConfig) -> Callable[[str], FakePeer]:
+            raise ValueError("no such key file")
+
+    result = run_probe(Broken(by_version({})), target(), Protocol.TLSv1_0)
+    assert result.error == "client certificate unusable: no such key file"
+    assert result.protocols[Protocol.TLSv1_0].state is E  # an error: never a refusal
 
 
 def test_a_hello_the_library_cannot_run_on_the_loop_takes_a_thread() -> None:
     tls = FakeTls(by_version({Protocol.TLSv1_2: ACCEPTED}))
-    result = run_sweep(tls, target(http=HttpCheck()), on_loop=True)  # an HTTP check needs a thread
+    result = run_probe(tls, target(http=HttpCheck()), Protocol.TLSv1_2)  # an HTTP check needs a thread
     assert tls.on_loop == 0 and result.protocols[Protocol.TLSv1_2].state is A

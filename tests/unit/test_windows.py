@@ -228,28 +228,32 @@ class Scripted:
     errors: list[tuple[float, float]] = field(default_factory=list)
     http: bool = False  # answer the refusal as HTTP 403 over an accepting handshake instead
     calls: list[tuple[float, tuple[Protocol, ...], tuple[str, ...] | None]] = field(default_factory=list)
-    on_loop: list[bool] = field(default_factory=list)  # each call's on_loop
+    probes: list[tuple[float, str]] = field(default_factory=list)  # each probe's (time, route)
     resolver: None = None
 
-    async def sweep(self, t: TargetConfig, addresses: list[str] | None = None, *, on_loop: bool = False) -> SweepResult:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+    async def sweep(self, t: TargetConfig, addresses: list[str] | None = None) -> SweepResult:
+        now = asyncio.get_running_loop().time()
         self.calls.append((now, t.protocols, None if addresses is None else tuple(addresses)))
-        self.on_loop.append(on_loop)
         await asyncio.sleep(0.05)
-        refused = any(a <= now < b for a, b in self.refused)
-        failing = any(a <= now < b for a, b in self.errors)
-        results: dict[Protocol, ProtocolResult] = {}
-        for p in t.protocols:
-            if p is T10 and failing:
-                results[p] = ProtocolResult(E, reason=ErrorReason.TIMEOUT)
-            elif p is T10 and refused and not self.http:
-                results[p] = ProtocolResult(R, evidence=Evidence.ALERT)
-            else:
-                status = (403 if p is T10 and refused else 200) if self.http else None
-                results[p] = ProtocolResult(A, http_status=status)
+        results = {p: self._answer(p, now) for p in t.protocols}
         wanted = addresses or ["127.0.0.1", "127.0.0.2"]
         return SweepResult(t, now, 0.05, tuple(AddressResult(a, results) for a in wanted))
+
+    async def probe(self, t: TargetConfig, protocol: Protocol, address: str, route: str = "") -> SweepResult:
+        now = asyncio.get_running_loop().time()
+        self.calls.append((now, (protocol,), (address,)))
+        self.probes.append((now, route))
+        await asyncio.sleep(0.05)
+        return SweepResult(t, now, 0.05, (AddressResult(address, {protocol: self._answer(protocol, now)}),))
+
+    def _answer(self, p: Protocol, now: float) -> ProtocolResult:
+        refused = any(a <= now < b for a, b in self.refused)
+        if p is T10 and any(a <= now < b for a, b in self.errors):
+            return ProtocolResult(E, reason=ErrorReason.TIMEOUT)
+        if p is T10 and refused and not self.http:
+            return ProtocolResult(R, evidence=Evidence.ALERT)
+        status = (403 if p is T10 and refused else 200) if self.http else None
+        return ProtocolResult(A, http_status=status)
 
     async def deep(self, t: TargetConfig, addresses: list[str]) -> DeepResult:
         raise AssertionError("no deep scans here")
@@ -292,10 +296,9 @@ def test_a_flip_is_followed_every_burst_interval_on_its_address_and_version_unti
     (window,) = [w for w in store.status("t").windows.ended if w.address == "127.0.0.1"]
     assert 52 <= window.first_accepted <= 54.5  # seen within a burst interval
     assert scheduler.bursts.started == 2 and len(scheduler.bursts) == 0
-    burst_calls = [on for call, on in zip(engine.calls, engine.on_loop, strict=True) if call[2] is not None]
-    assert all(burst_calls) and not any(
-        on for call, on in zip(engine.calls, engine.on_loop, strict=True) if call[2] is None
-    )
+    assert len(engine.probes) == len(calls)  # every burst call a probe, no sweep
+    # Both bursts go where the target's sweeps go: by the lowest address of its last sweep.
+    assert {route for _, route in engine.probes} == {"127.0.0.1"}
 
 
 def test_bursts_probe_together_on_the_ticks_of_a_shared_clock() -> None:
