@@ -22,7 +22,7 @@ import struct
 import sys
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol as Interface
@@ -183,6 +183,26 @@ def frame(message: object) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
+class Outbox:
+    """Messages framed as they are sent, written together once per turn of the event loop: the probes of a burst tick
+    (and their replies as they come in) cost one write to the pipe, not one each."""
+
+    def __init__(self, write: Callable[[bytes], object]) -> None:
+        self.write = write
+        self._frames: list[bytes] = []
+
+    def send(self, message: object) -> None:
+        if not self._frames:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._frames.append(frame(message))
+
+    def flush(self) -> None:
+        if self._frames:
+            data = b"".join(self._frames)
+            self._frames.clear()
+            self.write(data)
+
+
 async def read_frame(reader: asyncio.StreamReader) -> object | None:
     """The next message, or None at the end of the stream."""
     try:
@@ -209,6 +229,19 @@ class _Worker:
     pending: dict[int, _Pending] = field(default_factory=dict)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     reader: asyncio.Task[None] | None = None
+    outbox: Outbox = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(self._write)
+
+    def writable(self) -> bool:
+        process = self.process
+        return process is not None and process.stdin is not None and not process.stdin.is_closing()
+
+    def _write(self, data: bytes) -> None:
+        if self.writable():
+            assert self.process is not None and self.process.stdin is not None
+            self.process.stdin.write(data)
 
 
 class WorkerPool:
@@ -340,10 +373,8 @@ class WorkerPool:
         worker.started.set()
 
     def _send(self, worker: _Worker, message: object) -> None:
-        process = worker.process
-        if process is None or process.stdin is None or process.stdin.is_closing():
-            return
-        process.stdin.write(frame(message))
+        if worker.writable():
+            worker.outbox.send(message)
 
     async def _read(self, worker: _Worker) -> None:
         process = worker.process
@@ -388,6 +419,7 @@ class WorkerPool:
             await self._starting
         for worker in self._workers:
             if worker.process is not None and worker.process.stdin is not None:
+                worker.outbox.flush()
                 worker.process.stdin.close()
         for worker in self._workers:
             process = worker.process

@@ -23,13 +23,13 @@ from scanner.daemon.pool import (
     Cancel,
     DeepRequest,
     DiscoverRequest,
+    Outbox,
     ProbeRequest,
     Reply,
     Request,
     Settings,
     Stop,
     SweepRequest,
-    frame,
     read_frame,
 )
 from scanner.daemon.ranges import discover_in_thread
@@ -66,6 +66,7 @@ async def _serve(replies: object) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, replies)
     writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    replies = Outbox(writer.write)
     settings = await read_frame(reader)
     if not isinstance(settings, Settings):
         return  # the parent went away before it said anything
@@ -119,7 +120,7 @@ async def _serve(replies: object) -> None:
             reply = Reply(request.id, None, f"{type(exc).__name__}: {exc}")
         finally:
             tasks.pop(request.id, None)
-        writer.write(frame(reply))
+        replies.send(reply)
 
     while (message := await read_frame(reader)) is not None:
         if isinstance(message, SweepRequest | ProbeRequest | DeepRequest | DiscoverRequest):
@@ -142,6 +143,7 @@ async def _serve(replies: object) -> None:
     await asyncio.gather(*tasks.values(), return_exceptions=True)
     for each in engines:
         each.close()
+    replies.flush()
     transport.close()
 
 
