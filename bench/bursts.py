@@ -1,10 +1,10 @@
 """`python bench/run.py bursts`: what burst re-probing costs. Two daemons on the same N=2000 targets in the same run,
-one with bursts (the default `burst_interval: 2s`), one without (`burst_interval: 0`); after both finished their
-first round, the CPU of each (main process and workers) over a window with no flip, then TLS 1.0 is dropped on
-`--burst-targets` (100) server blocks by an nginx reload (each block on its own loopback address from
-`--address-base`, port 443), and once the bursting daemon has a refusal window open on
-each, the CPU of each over the same window again while the bursts run. The cost of the bursts is the bursting
-daemon's CPU over the other's in the burst window, corrected by the same ratio in the quiet window.
+one with bursts (every `--burst-interval` seconds, 2 by default as `burst_interval`), one without (`burst_interval:
+0`); after both finished their first round, the CPU of each (main process and workers) over a window with no flip,
+then TLS 1.0 is dropped on `--burst-targets` (100) server blocks by an nginx reload (each block on its own loopback
+address from `--address-base`, port 443), and once the bursting daemon has a refusal window open on each, the CPU of
+each over the same window again while the bursts run. The cost of the bursts is the bursting daemon's CPU over the
+other's in the burst window, corrected by the same ratio in the quiet window.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ def bench_bursts(args: argparse.Namespace) -> dict[str, Any]:
     n, flipped = args.targets, args.burst_targets
     window = args.burst_window
     print(
-        f"\n=== bursts: {n} targets, TLS 1.0 dropped on {flipped}, two daemons side by side, {window:.0f}s windows ==="
+        f"\n=== bursts: {n} targets, TLS 1.0 dropped on {flipped}, two daemons side by side, {window:.0f}s windows,"
+        f" bursts every {args.burst_interval:g}s ==="
     )
-    result: dict[str, Any] = {"targets": n, "flipped": flipped, "window_s": window}
+    result: dict[str, Any] = {"targets": n, "flipped": flipped, "window_s": window, "interval_s": args.burst_interval}
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tls-bench-bursts-")))
         # Each server block on its own loopback address (as on the Internet): on ports of one address the
@@ -50,7 +51,8 @@ def bench_bursts(args: argparse.Namespace) -> dict[str, Any]:
         legacy = [i for i, s in enumerate(lab.servers) if "TLSv1.0" in s.ssl_protocols][:flipped]
         daemons: dict[str, tuple[subprocess.Popen[bytes], str, Path]] = {}
         ports = run.free_ports(2)
-        for (name, burst), port in zip((("bursts", "2s"), ("none", "0")), ports, strict=True):
+        every = args.burst_interval
+        for (name, burst), port in zip((("bursts", f"{every:g}s"), ("none", "0")), ports, strict=True):
             config, state = work / f"{name}.yaml", work / f"{name}.db"
             _config(config, lab.servers, burst)
             log = (work / f"{name}.log").open("wb")
@@ -113,7 +115,7 @@ def bench_bursts(args: argparse.Namespace) -> dict[str, Any]:
         result["extra_cpu"] = extra
         result["extra_cores"] = burst["bursts"] - burst["none"] * baseline
         result["raw_extra_cpu"] = burst["bursts"] / burst["none"] - 1 if burst["none"] else float("nan")
-        result["burst_probes_per_s"] = probes = opened / 2.0  # each burst every burst_interval (2 s)
+        result["burst_probes_per_s"] = probes = opened / every  # each burst every burst_interval
         if probes:
             main_ms = (burst["bursts_main"] - burst["none_main"] * baseline) / probes * 1000
             total_ms = result["extra_cores"] / probes * 1000

@@ -958,6 +958,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-peers", action="store_true", help="wan: skip the sslyze CLI and sslscan")
     parser.add_argument("--burst-targets", type=int, default=100, help="bursts: targets TLS 1.0 is dropped on")
     parser.add_argument("--burst-window", type=float, default=60, help="bursts: each CPU window (s)")
+    parser.add_argument("--burst-interval", type=float, default=2.0, help="bursts: the bursting daemon's interval (s)")
     parser.add_argument("--profile", type=Path, default=None, help="wan: py-spy the first full run into this file")
     parser.add_argument(
         "--scanner-root", type=Path, default=REPO, help="directory `python -m scanner` runs in (default: this repo)"

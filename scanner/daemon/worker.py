@@ -1,4 +1,5 @@
-"""A worker process of the pool (scanner.daemon.pool): sweeps and deep scans on its own loop and handshake threads.
+"""A worker process of the pool (scanner.daemon.pool): sweeps, burst probes and deep scans on its own loop and
+handshake threads.
 
 Started by the daemon or `--once` as `python -m scanner.daemon.worker`; reads requests on stdin and writes replies on
 stdout (length-prefixed pickles), logs to stderr. It exits when its stdin closes, so it never outlives its parent.
