@@ -67,7 +67,7 @@ async def _serve(replies: object) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, replies)
     writer = asyncio.StreamWriter(transport, protocol, None, loop)
-    replies = Outbox(writer.write)
+    outbox = Outbox(writer.write)  # replies
     settings = await read_frame(reader)
     if not isinstance(settings, Settings):
         return  # the parent went away before it said anything
@@ -121,7 +121,7 @@ async def _serve(replies: object) -> None:
             reply = Reply(request.id, None, f"{type(exc).__name__}: {exc}")
         finally:
             tasks.pop(request.id, None)
-        replies.send(reply)
+        outbox.send(reply)
 
     while (message := await read_frame(reader)) is not None:
         if isinstance(message, SweepRequest | ProbeRequest | DeepRequest | DiscoverRequest):
@@ -144,7 +144,7 @@ async def _serve(replies: object) -> None:
     await asyncio.gather(*tasks.values(), return_exceptions=True)
     for each in engines:
         each.close()
-    replies.flush()
+    outbox.flush()
     transport.close()
 
 

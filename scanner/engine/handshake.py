@@ -18,12 +18,18 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from nassl import _nassl
 from nassl.ephemeral_key_info import OpenSslEcNidEnum
 from nassl.legacy_ssl_client import LegacySslClient
-from nassl.ssl_client import ClientCertificateRequested, OpenSslVerifyEnum, OpenSslVersionEnum, SslClient
+from nassl.ssl_client import (
+    BaseSslClient,
+    ClientCertificateRequested,
+    OpenSslVerifyEnum,
+    OpenSslVersionEnum,
+    SslClient,
+)
 
 from scanner.config import ClientProfile, HttpCheck, StartTls, TargetConfig
 from scanner.engine.attempts import TIMED_OUT, TLS13_ALL_SUITES, Attempt, classify_error
@@ -150,6 +156,36 @@ def classify(exc: BaseException) -> ProtocolResult:
     return replace(result, connections=1)
 
 
+# nassl makes an SSL_CTX for every client (~50 µs: OpenSSL builds a default cipher list in it), though nothing a hello
+# sets lives there: the clients of one OpenSSL, version and client-auth choice share one (contexts are made to be
+# shared, across threads too). A client with a certificate keeps its own (the key is loaded into it).
+_CONTEXTS: dict[tuple[type[BaseSslClient], OpenSslVersionEnum, bool], Any] = {}  # nassl's SSL_CTX: typed Any
+
+
+def _shared_client(
+    client_class: type[BaseSslClient], version: OpenSslVersionEnum, ignore_client_auth: bool
+) -> BaseSslClient:
+    """`client_class(ssl_version=version, ssl_verify=NONE, ignore_client_authentication_requests=...)`, as nassl 5's
+    constructor makes it, but on the shared SSL_CTX for those settings."""
+    key = (client_class, version, ignore_client_auth)
+    context = _CONTEXTS.get(key)
+    if context is None:
+        context = client_class._NASSL_MODULE.SSL_CTX(version.value)
+        context.set_verify(OpenSslVerifyEnum.NONE.value)
+        if ignore_client_auth:
+            context.set_client_cert_cb_NULL()
+        context = _CONTEXTS.setdefault(key, context)
+    client = client_class.__new__(client_class)
+    client._is_handshake_completed = False
+    client._ssl_version = version
+    client._ssl_ctx = context
+    client._sock = None
+    client._init_ssl_objects()
+    if isinstance(client, LegacySslClient) and version is OpenSslVersionEnum.SSLV2:
+        client.do_handshake = client.do_ssl2_iis_handshake  # type: ignore[method-assign]  # as nassl's constructor
+    return client
+
+
 class _Connection(SslConnection):
     """sslyze's connection, opening HTTP proxy tunnels itself (sslyze's own CONNECT parser spins forever on EOF), or
     on a connection the event loop opened (`feed`: see Handshake.run_on_loop)."""
@@ -157,28 +193,19 @@ class _Connection(SslConnection):
     feed: _Socket | OSError | None = None
 
     @classmethod
-    def made(
-        cls,
-        location: ServerNetworkLocation,
-        network: ServerNetworkConfiguration,
-        protocol: Protocol,
-        attempt: Attempt,
-        sni: bool,
-        ignore_client_auth: bool,
-    ) -> _Connection:
+    def made(cls, handshake: Handshake, protocol: Protocol, attempt: Attempt, ignore_client_auth: bool) -> _Connection:
         """sslyze's connection for one attempt, its nassl client made as SslConnection.__init__ makes it (sslyze 6.3),
-        but given the attempt's suites at once: sslyze's own default list, replaced straight after, cost a parse of
-        ~50 µs per hello (a unit test holds the two hellos alike)."""
+        but given the attempt's suites at once (sslyze's own default list, replaced straight after, cost a parse of
+        ~40 µs per hello) and, without a client certificate, on a shared SSL_CTX (_shared_client). A unit test holds
+        the hellos alike."""
         legacy = protocol not in (Protocol.TLSv1_2, Protocol.TLSv1_3) if attempt.legacy is None else attempt.legacy
         client_class = LegacySslClient if legacy else SslClient
         version = OpenSslVersionEnum(_SSLYZE_VERSION[protocol].value)
+        network = handshake.network
         mine = network.tls_client_auth_credentials
+        client: BaseSslClient
         if mine is None:
-            client = client_class(
-                ssl_version=version,
-                ssl_verify=OpenSslVerifyEnum.NONE,
-                ignore_client_authentication_requests=ignore_client_auth,
-            )
+            client = _shared_client(client_class, version, ignore_client_auth)
         else:
             client = client_class(
                 ssl_version=version,
@@ -196,10 +223,10 @@ class _Connection(SslConnection):
             client.set_cipher_list(attempt.cipher_list)
         if attempt.groups and isinstance(client, SslClient):
             client.set_groups([_GROUPS[group] for group in attempt.groups])
-        if sni and attempt.sni and protocol is not Protocol.SSLv2:
+        if handshake.sni and attempt.sni and protocol is not Protocol.SSLv2:
             client.set_tlsext_host_name(network.tls_server_name_indication)
         connection = cls.__new__(cls)
-        connection._server_location = location
+        connection._server_location = handshake.location
         connection._network_configuration = network
         connection.ssl_client = client
         return connection
@@ -285,7 +312,7 @@ class Handshake:
     def _new_connection(self, protocol: Protocol, attempt: Attempt, ignore_client_auth: bool = False) -> _Connection:
         # Be told when a client certificate is asked for (unless ignore_client_auth): carrying on without one may end
         # in an alert that would read as a rejection.
-        return _Connection.made(self.location, self.network, protocol, attempt, self.sni, ignore_client_auth)
+        return _Connection.made(self, protocol, attempt, ignore_client_auth)
 
     def run(
         self,

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bench.servers import Endpoint, NginxLab, NginxServer, free_ports
-from scanner.config import load_config
+from scanner.config import HttpCheck, TargetConfig, load_config
+from scanner.engine.sweep import SweepEngine
 from scanner.errors import ConfigError
 from scanner.protocols import Protocol
+from scanner.results.sweep import SweepResult
 from tests.lab.daemon import run_once, run_scanner, write_config
 from tests.lab.peers import ConnectProxy
 from tests.lab.servers import LabCerts, TLSServer, closing_server, require_nginx
@@ -200,3 +204,24 @@ def test_proxy_hanging_up_on_connect_ends_in_errors(tmp_path: Path) -> None:
         proc = run_scanner("--config", path, "--once", "--format", "json", timeout=6)
     (target,) = json.loads(proc.stdout)["targets"]
     assert proc.returncode == 3 and target["protocols"] == {"TLSv1.2": "error"}
+
+
+def test_every_hello_without_a_certificate_hears_it_asked_for(mtls: Endpoint) -> None:
+    """Hellos share nassl contexts by their settings: the first hello of each sweep must still be told a certificate
+    is asked for after the hellos that ignore the request (to read nginx's HTTP 400) ran on the same version."""
+    modern = (Protocol.TLSv1_2, Protocol.TLSv1_3)
+    http = TargetConfig(name="m", host="127.0.0.1", port=mtls.port, timeout=3.0, protocols=modern, http=HttpCheck())
+
+    async def main() -> list[SweepResult]:
+        engine = SweepEngine(4)
+        try:
+            swept = [await engine.sweep(http, ["127.0.0.1"]) for _ in range(3)]
+            return [*swept, await engine.probe(replace(http, http=None), Protocol.TLSv1_2, "127.0.0.1")]
+        finally:
+            engine.close()
+
+    *sweeps, probe = asyncio.run(main())
+    for sweep in sweeps:
+        for answer in sweep.protocols.values():
+            assert (answer.detail, answer.http_status) == ("client certificate requested", 400)
+    assert probe.protocols[Protocol.TLSv1_2].detail == "client certificate requested"

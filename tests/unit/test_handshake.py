@@ -86,7 +86,7 @@ def test_our_connections_send_the_hello_sslyzes_sent(tmp_path: Path, sni: str | 
                 continue  # sslyze refuses the combination; the adapter never asks for it
             theirs = sslyzes(peer, protocol, attempt, ignore)
             handshake = peer.handshake(1.0)
-            ours = _Connection.made(handshake.location, handshake.network, protocol, attempt, handshake.sni, ignore)
+            ours = _Connection.made(handshake, protocol, attempt, ignore)
             assert type(ours.ssl_client) is type(theirs.ssl_client), (protocol, attempt)
             if isinstance(ours.ssl_client, SslClient):
                 assert ours.ssl_client.get_cipher_list() == theirs.ssl_client.get_cipher_list()
@@ -99,3 +99,24 @@ def test_our_connections_send_the_hello_sslyzes_sent(tmp_path: Path, sni: str | 
             assert named == (sni is not None and attempt.sni and protocol not in SSL), (protocol, attempt)
             checked += 1
     assert checked >= 14
+
+
+def test_clients_share_a_context_only_with_the_same_settings() -> None:
+    """A context takes the client-auth choice: a hello told to ignore a certificate request must not share one with
+    hellos that are to hear of it (nor the two OpenSSLs, nor two versions)."""
+    from nassl.legacy_ssl_client import LegacySslClient
+    from nassl.ssl_client import OpenSslVersionEnum as V
+
+    from scanner.engine.handshake import _shared_client
+
+    def context(kind: type[SslClient] | type[LegacySslClient], version: V, ignore: bool) -> object:
+        return _shared_client(kind, version, ignore)._ssl_ctx
+
+    same = context(SslClient, V.TLSV1_2, False)
+    assert context(SslClient, V.TLSV1_2, False) is same
+    others = [
+        context(SslClient, V.TLSV1_2, True),
+        context(LegacySslClient, V.TLSV1_2, False),
+        context(SslClient, V.TLSV1_3, False),
+    ]
+    assert all(other is not same for other in others) and len({id(o) for o in others}) == 3
