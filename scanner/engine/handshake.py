@@ -157,8 +157,9 @@ def classify(exc: BaseException) -> ProtocolResult:
 
 
 # nassl makes an SSL_CTX for every client (~50 µs: OpenSSL builds a default cipher list in it), though nothing a hello
-# sets lives there: the clients of one OpenSSL, version and client-auth choice share one (contexts are made to be
-# shared, across threads too). A client with a certificate keeps its own (the key is loaded into it).
+# sets lives there: the clients of one OpenSSL, version and client-auth choice share one. Safe across the handshake
+# threads: nassl holds the GIL in every OpenSSL call (even the legacy 1.0.2 one, which has no locking callbacks, sees
+# one thread at a time). A client with a certificate keeps its own (the key is loaded into it).
 _CONTEXTS: dict[tuple[type[BaseSslClient], OpenSslVersionEnum, bool], Any] = {}  # nassl's SSL_CTX: typed Any
 
 

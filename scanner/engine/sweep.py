@@ -1,7 +1,9 @@
-"""The sweep engine: one sweep of one target, every address, one handshake per version, errors as data.
+"""The sweep engine: one sweep of one target, every address, one handshake per version, errors as data; and a burst's
+probe, one version on one address, judged the same way.
 
 Asyncio on top; the blocking handshakes of the TLS library (scanner.engine.handshake, the sslyze adapter, loaded when
-an engine is made) run in a bounded thread pool. What to send and how to read the answers: scanner.engine.attempts.
+an engine is made) run in a bounded thread pool, a probe's on the event loop. What to send and how to read the
+answers: scanner.engine.attempts.
 """
 
 from __future__ import annotations
