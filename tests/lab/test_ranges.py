@@ -115,11 +115,18 @@ def test_daemon_over_a_slash_16_adds_and_retires_listeners(
         names = {f"{h}:{port}" for h in hosts} | {f"127.0.200.9:{tls.endpoint.port}"}
         d = start_daemon(config)
 
+        def counted(s: Scrape) -> float:
+            states = ("open", "closed", "silent")
+            return sum(s.value(RANGE_ENDPOINTS, range="127.0.0.0/16", state=k) or 0 for k in states)
+
         def found(expected: set[str]) -> Scrape:
+            # A first pass shows its counts and its responders as it goes: the responders of the early blocks can be
+            # found and swept before the last block is counted, so wait for the pass to have counted every endpoint.
             return d.wait_metrics(
                 lambda s: (
                     s.targets() == expected
                     and s.value(RANGE_ENDPOINTS, range="127.0.0.0/16", state="open") == len(expected)
+                    and counted(s) == 131072
                     and all(s.value("tls_scanner_scan_success", target=n) is not None for n in expected)
                 ),
                 180,  # up to two passes (the one under way, then one that sees the change) on a slow machine
