@@ -124,7 +124,7 @@ async def _serve(replies: object) -> None:
         outbox.send(reply)
 
     while (message := await read_frame(reader)) is not None:
-        if isinstance(message, SweepRequest | ProbeRequest | DeepRequest | DiscoverRequest):
+        if isinstance(message, Request):
             tasks[message.id] = asyncio.create_task(answer(message))
         elif isinstance(message, Cancel):
             task = tasks.pop(message.id, None)

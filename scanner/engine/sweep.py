@@ -124,9 +124,7 @@ class SweepEngine:
         try:
             peer = self.tls.peers(target)(address)
         except Exception as exc:
-            error = ProtocolResult(
-                ProtocolState.ERROR, detail=f"client certificate unusable: {exc}", reason=ErrorReason.OTHER
-            )
+            error = ProtocolResult(ProtocolState.ERROR, detail=_unusable(exc), reason=ErrorReason.OTHER)
             return AddressResult(address, {protocol: error}, error.detail, ErrorReason.OTHER)
         deadline = asyncio.get_running_loop().time() + target.timeout + DEADLINE_GRACE_SECONDS
         return await self._sweep_address(peer, deadline, (protocol,), probing=True)
@@ -136,7 +134,7 @@ class SweepEngine:
         try:
             peer = self.tls.peers(target)
         except Exception as exc:
-            return _Found(error=f"client certificate unusable: {exc}", reason=ErrorReason.OTHER)
+            return _Found(error=_unusable(exc), reason=ErrorReason.OTHER)
         # One deadline for the whole sweep, on the loop's clock: waiting for a slot counts against it, and at the
         # deadline the loop tears down what is left without waiting for any handshake thread.
         deadline = asyncio.get_running_loop().time() + target.timeout + DEADLINE_GRACE_SECONDS
@@ -289,6 +287,11 @@ async def _each(awaitables: list[Coroutine[Any, Any, T]]) -> list[T]:
     if len(awaitables) == 1:
         return [await awaitables[0]]
     return list(await asyncio.gather(*awaitables))
+
+
+def _unusable(exc: Exception) -> str:
+    """Why a target's hellos cannot be made: the TLS library refused its client certificate."""
+    return f"client certificate unusable: {exc}"
 
 
 def _speaks_tls(results: Iterable[ProtocolResult]) -> bool:
